@@ -1,0 +1,14 @@
+//! The pure core: plain functions over plain data. No I/O, no clock, no database.
+//! Architecture invariant: nothing under `core` depends on tokio, sqlx, reqwest or axum.
+
+pub mod attention;
+pub mod episode;
+pub mod model;
+pub mod people;
+pub mod phone;
+pub mod profile;
+pub mod rows;
+pub mod schedule;
+
+#[cfg(test)]
+mod attention_tests;

@@ -1,0 +1,630 @@
+//! The store adapter: every table behind one narrow API, on SQLite (embedded default) or
+//! PostgreSQL, chosen by the URL. Queries are written once in SQL both engines accept
+//! (`$n` parameters, `ON CONFLICT`, `RETURNING`, times as Unix milliseconds); the
+//! `on_pool!`/`in_tx!` macros run the same body against whichever pool is configured.
+
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::Row;
+use thiserror::Error;
+
+use crate::core::attention::{Attention, Urgency};
+use crate::core::episode::OpenEpisode;
+use crate::core::model::RecordKind;
+use crate::core::people::People;
+use crate::core::profile::MappingProfile;
+use crate::core::schedule::ScheduleSpec;
+use crate::secrets::{Keyring, Sealed, SecretError, SecretString};
+
+static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
+static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
+
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error("database: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("migrations: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("database URL {0:?} is neither sqlite:// nor postgres://")]
+    UnknownEngine(String),
+    #[error("tenant {0:?} does not exist")]
+    NoSuchTenant(String),
+    #[error("tenant {0:?} already exists")]
+    TenantExists(String),
+    #[error("stored {what} of tenant {tenant} is not valid: {problem}")]
+    Corrupt { tenant: String, what: &'static str, problem: String },
+    #[error(transparent)]
+    Secret(#[from] SecretError),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+#[derive(Clone)]
+enum Backend {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+#[derive(Clone)]
+pub struct Store {
+    backend: Backend,
+}
+
+/// Run `$body` with `$pool` bound to the concrete pool; the body is compiled once per engine.
+macro_rules! on_pool {
+    ($store:expr, $pool:ident => $body:expr) => {
+        match &$store.backend {
+            Backend::Sqlite($pool) => $body,
+            Backend::Postgres($pool) => $body,
+        }
+    };
+}
+
+/// Run `$body` in a transaction bound to `$tx`, committed when the body succeeds. SQLite
+/// takes the write lock up front (`BEGIN IMMEDIATE`) so two writers never deadlock on upgrade.
+macro_rules! in_tx {
+    ($store:expr, $tx:ident => $body:expr) => {
+        match &$store.backend {
+            Backend::Sqlite(pool) => {
+                let mut $tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+                let out = $body;
+                $tx.commit().await?;
+                out
+            }
+            Backend::Postgres(pool) => {
+                let mut $tx = pool.begin().await?;
+                let out = $body;
+                $tx.commit().await?;
+                out
+            }
+        }
+    };
+}
+
+pub fn millis(t: DateTime<Utc>) -> i64 {
+    t.timestamp_millis()
+}
+
+pub fn from_millis(ms: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(ms).unwrap_or_default()
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tenant {
+    pub id: String,
+    pub name: String,
+    pub qad_base_url: String,
+    pub qad_domain: String,
+    pub qad_entity: String,
+    pub schedule: ScheduleSpec,
+    pub profile: MappingProfile,
+}
+
+impl Tenant {
+    /// The `x-qad-workspace-id` value.
+    pub fn workspace(&self) -> String {
+        format!("{}_{}", self.qad_domain, self.qad_entity)
+    }
+}
+
+/// One entry of a record's audit trail.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuditEntry {
+    pub id: i64,
+    pub kind: String,
+    pub record_key: String,
+    pub episode: Option<i64>,
+    pub at: DateTime<Utc>,
+    pub event: String,
+    pub detail: Value,
+}
+
+/// An event to append: what happened to which record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewAudit {
+    pub kind: String,
+    pub record_key: String,
+    pub event: String,
+    pub detail: Value,
+}
+
+/// An open episode with what is needed to re-check it without reading QAD for the record itself.
+#[derive(Debug, Clone)]
+pub struct OpenRecord {
+    pub kind: RecordKind,
+    pub record_key: String,
+    pub open: OpenEpisode,
+    pub data: Option<Value>,
+}
+
+/// A record needing attention as the store lists it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttentionRow {
+    pub kind: String,
+    pub record_key: String,
+    pub episode: i64,
+    pub state: String,
+    pub reason_code: String,
+    pub summary: String,
+    pub urgency: String,
+    pub people: People,
+    pub due_date: Option<String>,
+    pub resolution: Option<String>,
+}
+
+/// What one record's processing changes, applied in one transaction so a crash leaves the
+/// record either untouched (and re-read next poll) or fully processed.
+#[derive(Debug, Clone)]
+pub struct RecordChange {
+    pub kind: RecordKind,
+    pub record_key: String,
+    /// The row's new content version and data, when it was read from QAD.
+    pub seen: Option<(String, Value)>,
+    pub episode: EpisodeChange,
+    pub audit: Vec<(String, Value)>,
+}
+
+#[derive(Debug, Clone)]
+pub enum EpisodeChange {
+    None,
+    Open { attention: Attention, summary: String, people: People },
+    Update { episode: i64, attention: Attention, summary: String, people: People },
+    Resolve { episode: i64, cause: String },
+    Replace { episode: i64, cause: String, attention: Attention, summary: String, people: People },
+}
+
+/// What applying a change did, for the caller's counters and its printed lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Applied {
+    pub opened: Option<i64>,
+    pub resolved: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct PollRow {
+    pub id: i64,
+    pub tenant_id: String,
+    pub requested_by: String,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub outcome: String,
+    pub rows_read: i64,
+    pub rows_changed: i64,
+    pub opened: i64,
+    pub resolved: i64,
+    pub row_errors: i64,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PollTotals {
+    pub rows_read: i64,
+    pub rows_changed: i64,
+    pub opened: i64,
+    pub resolved: i64,
+    pub row_errors: i64,
+}
+
+fn json<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string(v).expect("plain data serialises")
+}
+
+impl Store {
+    /// Connect by URL: `sqlite://path` (created if missing, WAL) or `postgres://…`.
+    pub async fn connect(url: &str) -> Result<Self> {
+        if url.starts_with("sqlite:") {
+            // WAL with synchronous=NORMAL: a committed transaction survives the process being
+            // killed at any instant; FULL would add survival of power loss at a cost per commit.
+            let opts = SqliteConnectOptions::from_str(url)?
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Normal)
+                .busy_timeout(Duration::from_secs(10))
+                .foreign_keys(true);
+            let pool = SqlitePoolOptions::new().max_connections(8).connect_with(opts).await?;
+            Ok(Store { backend: Backend::Sqlite(pool) })
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            let pool = PgPoolOptions::new()
+                .max_connections(16)
+                .after_connect(|conn, _| {
+                    Box::pin(async move {
+                        sqlx::query("SET synchronous_commit = on").execute(conn).await?;
+                        Ok(())
+                    })
+                })
+                .connect(url)
+                .await?;
+            Ok(Store { backend: Backend::Postgres(pool) })
+        } else {
+            Err(StoreError::UnknownEngine(url.to_string()))
+        }
+    }
+
+    pub fn engine(&self) -> &'static str {
+        match self.backend {
+            Backend::Sqlite(_) => "sqlite",
+            Backend::Postgres(_) => "postgres",
+        }
+    }
+
+    pub async fn migrate(&self) -> Result<()> {
+        match &self.backend {
+            Backend::Sqlite(p) => SQLITE_MIGRATIONS.run(p).await?,
+            Backend::Postgres(p) => POSTGRES_MIGRATIONS.run(p).await?,
+        }
+        Ok(())
+    }
+
+    pub async fn ping(&self) -> Result<()> {
+        on_pool!(self, p => { sqlx::query("SELECT 1").execute(p).await?; });
+        Ok(())
+    }
+
+    pub async fn close(&self) {
+        on_pool!(self, p => p.close().await)
+    }
+
+    /// SQLite: move the WAL's content into the main file (used by the secret-scan tests and
+    /// before a backup); PostgreSQL: nothing to do.
+    pub async fn checkpoint(&self) -> Result<()> {
+        if let Backend::Sqlite(p) = &self.backend {
+            sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)").execute(p).await?;
+        }
+        Ok(())
+    }
+
+    // ---- tenants -------------------------------------------------------------------
+
+    pub async fn create_tenant(&self, t: &Tenant, now: DateTime<Utc>) -> Result<()> {
+        let res = on_pool!(self, p => sqlx::query(
+            "INSERT INTO tenants (id, name, qad_base_url, qad_domain, qad_entity, schedule, profile, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8) ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(&t.id).bind(&t.name).bind(&t.qad_base_url).bind(&t.qad_domain).bind(&t.qad_entity)
+        .bind(json(&t.schedule)).bind(json(&t.profile)).bind(millis(now))
+        .execute(p).await?.rows_affected());
+        if res == 0 {
+            return Err(StoreError::TenantExists(t.id.clone()));
+        }
+        Ok(())
+    }
+
+    pub async fn tenant(&self, id: &str) -> Result<Tenant> {
+        let row = on_pool!(self, p => {
+            let r = sqlx::query("SELECT id, name, qad_base_url, qad_domain, qad_entity, schedule, profile FROM tenants WHERE id = $1")
+                .bind(id).fetch_optional(p).await?;
+            r.map(|r| tenant_from(r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5), r.get(6)))
+        });
+        row.ok_or_else(|| StoreError::NoSuchTenant(id.into()))?
+    }
+
+    pub async fn tenants(&self) -> Result<Vec<Tenant>> {
+        on_pool!(self, p => {
+            sqlx::query("SELECT id, name, qad_base_url, qad_domain, qad_entity, schedule, profile FROM tenants ORDER BY id")
+                .fetch_all(p).await?
+                .into_iter()
+                .map(|r| tenant_from(r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5), r.get(6)))
+                .collect()
+        })
+    }
+
+    // ---- secrets -------------------------------------------------------------------
+
+    pub async fn set_secret(&self, keys: &Keyring, tenant: &str, field: &str, value: &SecretString, now: DateTime<Utc>) -> Result<()> {
+        let sealed = keys.seal(tenant, field, value);
+        on_pool!(self, p => { sqlx::query(
+            "INSERT INTO secrets (tenant_id, field, key_id, nonce, ciphertext, set_at) VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT (tenant_id, field) DO UPDATE SET key_id = excluded.key_id, nonce = excluded.nonce,
+                 ciphertext = excluded.ciphertext, set_at = excluded.set_at",
+        )
+        .bind(tenant).bind(field).bind(&sealed.key_id).bind(&sealed.nonce).bind(&sealed.ciphertext).bind(millis(now))
+        .execute(p).await?; });
+        Ok(())
+    }
+
+    /// The decrypted secret, or `None` when it was never set.
+    pub async fn secret(&self, keys: &Keyring, tenant: &str, field: &str) -> Result<Option<SecretString>> {
+        let sealed = on_pool!(self, p => sqlx::query("SELECT key_id, nonce, ciphertext FROM secrets WHERE tenant_id = $1 AND field = $2")
+            .bind(tenant).bind(field).fetch_optional(p).await?
+            .map(|r| Sealed { key_id: r.get(0), nonce: r.get(1), ciphertext: r.get(2) }));
+        Ok(match sealed {
+            Some(s) => Some(keys.open(tenant, field, &s)?),
+            None => None,
+        })
+    }
+
+    /// When each secret of a tenant was set: the only thing about a secret any API returns.
+    pub async fn secrets_set_at(&self, tenant: &str) -> Result<Vec<(String, DateTime<Utc>)>> {
+        on_pool!(self, p => Ok(sqlx::query("SELECT field, set_at FROM secrets WHERE tenant_id = $1 ORDER BY field")
+            .bind(tenant).fetch_all(p).await?
+            .into_iter().map(|r| (r.get(0), from_millis(r.get(1)))).collect()))
+    }
+
+    /// Re-seal every value not under the current master key; returns how many.
+    pub async fn reseal_secrets(&self, keys: &Keyring, now: DateTime<Utc>) -> Result<u64> {
+        let rows: Vec<(String, String, Sealed)> = on_pool!(self, p => sqlx::query("SELECT tenant_id, field, key_id, nonce, ciphertext FROM secrets")
+            .fetch_all(p).await?
+            .into_iter()
+            .map(|r| (r.get(0), r.get(1), Sealed { key_id: r.get(2), nonce: r.get(3), ciphertext: r.get(4) }))
+            .collect());
+        let mut n = 0;
+        for (tenant, field, sealed) in rows.into_iter().filter(|(_, _, s)| keys.is_stale(s)) {
+            let plain = keys.open(&tenant, &field, &sealed)?;
+            self.set_secret(keys, &tenant, &field, &plain, now).await?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    // ---- cursors and polls -----------------------------------------------------------
+
+    pub async fn cursor(&self, tenant: &str, stream: &str) -> Result<Option<String>> {
+        on_pool!(self, p => Ok(sqlx::query("SELECT cursor FROM poll_cursors WHERE tenant_id = $1 AND stream = $2")
+            .bind(tenant).bind(stream).fetch_optional(p).await?.map(|r| r.get(0))))
+    }
+
+    pub async fn cursors(&self, tenant: &str) -> Result<Vec<(String, String, DateTime<Utc>)>> {
+        on_pool!(self, p => Ok(sqlx::query("SELECT stream, cursor, updated_at FROM poll_cursors WHERE tenant_id = $1 ORDER BY stream")
+            .bind(tenant).fetch_all(p).await?
+            .into_iter().map(|r| (r.get(0), r.get(1), from_millis(r.get(2)))).collect()))
+    }
+
+    pub async fn set_cursor(&self, tenant: &str, stream: &str, cursor: &str, now: DateTime<Utc>) -> Result<()> {
+        on_pool!(self, p => { sqlx::query(
+            "INSERT INTO poll_cursors (tenant_id, stream, cursor, updated_at) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (tenant_id, stream) DO UPDATE SET cursor = excluded.cursor, updated_at = excluded.updated_at",
+        ).bind(tenant).bind(stream).bind(cursor).bind(millis(now)).execute(p).await?; });
+        Ok(())
+    }
+
+    pub async fn start_poll(&self, tenant: &str, requested_by: &str, now: DateTime<Utc>) -> Result<i64> {
+        on_pool!(self, p => Ok(sqlx::query(
+            "INSERT INTO polls (tenant_id, requested_by, started_at, outcome) VALUES ($1, $2, $3, 'running') RETURNING id",
+        ).bind(tenant).bind(requested_by).bind(millis(now)).fetch_one(p).await?.get(0)))
+    }
+
+    pub async fn finish_poll(&self, id: i64, totals: PollTotals, error: Option<&str>, now: DateTime<Utc>) -> Result<()> {
+        let outcome = if error.is_some() { "failed" } else { "ok" };
+        on_pool!(self, p => { sqlx::query(
+            "UPDATE polls SET finished_at = $2, outcome = $3, rows_read = $4, rows_changed = $5, opened = $6,
+                 resolved = $7, row_errors = $8, error = $9 WHERE id = $1",
+        )
+        .bind(id).bind(millis(now)).bind(outcome).bind(totals.rows_read).bind(totals.rows_changed)
+        .bind(totals.opened).bind(totals.resolved).bind(totals.row_errors).bind(error)
+        .execute(p).await?; });
+        Ok(())
+    }
+
+    pub async fn polls(&self, tenant: &str, limit: i64) -> Result<Vec<PollRow>> {
+        on_pool!(self, p => Ok(sqlx::query(
+            "SELECT id, tenant_id, requested_by, started_at, finished_at, outcome, rows_read, rows_changed, opened, resolved,
+                    row_errors, error FROM polls WHERE tenant_id = $1 ORDER BY id DESC LIMIT $2",
+        ).bind(tenant).bind(limit).fetch_all(p).await?.into_iter().map(|r| PollRow {
+            id: r.get(0), tenant_id: r.get(1), requested_by: r.get(2), started_at: from_millis(r.get(3)),
+            finished_at: r.get::<Option<i64>, _>(4).map(from_millis), outcome: r.get(5), rows_read: r.get(6),
+            rows_changed: r.get(7), opened: r.get(8), resolved: r.get(9), row_errors: r.get(10), error: r.get(11),
+        }).collect()))
+    }
+
+    /// Polls left `running` by a process that died: marked failed so history tells the truth.
+    pub async fn abandon_running_polls(&self, tenant: &str, now: DateTime<Utc>) -> Result<u64> {
+        on_pool!(self, p => Ok(sqlx::query(
+            "UPDATE polls SET outcome = 'failed', finished_at = $2, error = 'abandoned: the process stopped mid-poll'
+             WHERE tenant_id = $1 AND outcome = 'running'",
+        ).bind(tenant).bind(millis(now)).execute(p).await?.rows_affected()))
+    }
+
+    // ---- records, episodes, audit ----------------------------------------------------------
+
+    /// Stored content versions of the given records (absent: never seen).
+    pub async fn versions(&self, tenant: &str, kind: RecordKind, keys: &[String]) -> Result<HashMap<String, String>> {
+        let mut out = HashMap::new();
+        // One query per chunk keeps the parameter count under SQLite's limit.
+        for chunk in keys.chunks(500) {
+            let placeholders: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 3)).collect();
+            let sql = format!(
+                "SELECT record_key, version FROM qad_records WHERE tenant_id = $1 AND kind = $2 AND record_key IN ({})",
+                placeholders.join(", ")
+            );
+            on_pool!(self, p => {
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).bind(tenant).bind(kind.as_str());
+                for k in chunk {
+                    q = q.bind(k);
+                }
+                for r in q.fetch_all(p).await? {
+                    out.insert(r.get::<String, _>(0), r.get::<String, _>(1));
+                }
+            });
+        }
+        Ok(out)
+    }
+
+    pub async fn record_data(&self, tenant: &str, kind: RecordKind, key: &str) -> Result<Option<Value>> {
+        let text: Option<String> = on_pool!(self, p => sqlx::query("SELECT data FROM qad_records WHERE tenant_id = $1 AND kind = $2 AND record_key = $3")
+            .bind(tenant).bind(kind.as_str()).bind(key).fetch_optional(p).await?.map(|r| r.get(0)));
+        Ok(text.and_then(|t| serde_json::from_str(&t).ok()))
+    }
+
+    /// Every open episode of a tenant, with the record's last-seen data.
+    pub async fn open_records(&self, tenant: &str) -> Result<Vec<OpenRecord>> {
+        let rows: Vec<(String, String, i64, String, String, String, Option<String>)> = on_pool!(self, p => sqlx::query(
+            "SELECT a.kind, a.record_key, a.episode, a.reason_code, a.urgency, a.people, r.data
+             FROM attention a LEFT JOIN qad_records r
+               ON r.tenant_id = a.tenant_id AND r.kind = a.kind AND r.record_key = a.record_key
+             WHERE a.tenant_id = $1 AND a.state = 'open' ORDER BY a.id",
+        ).bind(tenant).fetch_all(p).await?.into_iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5), r.get(6))).collect());
+        let corrupt = |what, problem: String| StoreError::Corrupt { tenant: tenant.into(), what, problem };
+        rows.into_iter()
+            .map(|(kind, key, episode, reason_code, urgency, people, data)| {
+                Ok(OpenRecord {
+                    kind: RecordKind::parse(&kind).ok_or_else(|| corrupt("attention kind", kind.clone()))?,
+                    record_key: key,
+                    open: OpenEpisode {
+                        episode,
+                        reason_code,
+                        urgency: Urgency::parse(&urgency).ok_or_else(|| corrupt("attention urgency", urgency.clone()))?,
+                        people: serde_json::from_str(&people).map_err(|e| corrupt("attention people", e.to_string()))?,
+                    },
+                    data: data.and_then(|d| serde_json::from_str(&d).ok()),
+                })
+            })
+            .collect()
+    }
+
+    /// Apply one record's change: its version, its episode and its audit entries, atomically.
+    pub async fn apply(&self, tenant: &str, change: &RecordChange, now: DateTime<Utc>) -> Result<Applied> {
+        let at = millis(now);
+        let kind = change.kind.as_str();
+        let key = change.record_key.as_str();
+        let applied = in_tx!(self, tx => {
+            let mut applied = Applied::default();
+            if let Some((version, data)) = &change.seen {
+                sqlx::query(
+                    "INSERT INTO qad_records (tenant_id, kind, record_key, version, data, first_seen, last_seen)
+                     VALUES ($1, $2, $3, $4, $5, $6, $6)
+                     ON CONFLICT (tenant_id, kind, record_key) DO UPDATE
+                       SET version = excluded.version, data = excluded.data, last_seen = excluded.last_seen",
+                ).bind(tenant).bind(kind).bind(key).bind(version).bind(data.to_string()).bind(at).execute(&mut *tx).await?;
+            }
+            let mut episode_for_audit: Option<i64> = None;
+            let (resolve, open, update) = match &change.episode {
+                EpisodeChange::None => (None, None, None),
+                EpisodeChange::Open { attention, summary, people } => (None, Some((attention, summary, people)), None),
+                EpisodeChange::Update { episode, attention, summary, people } => (None, None, Some((*episode, attention, summary, people))),
+                EpisodeChange::Resolve { episode, cause } => (Some((*episode, cause)), None, None),
+                EpisodeChange::Replace { episode, cause, attention, summary, people } => (Some((*episode, cause)), Some((attention, summary, people)), None),
+            };
+            if let Some((episode, cause)) = resolve {
+                sqlx::query("UPDATE attention SET state = 'resolved', resolved_at = $5, updated_at = $5, resolution = $6
+                             WHERE tenant_id = $1 AND kind = $2 AND record_key = $3 AND episode = $4 AND state = 'open'")
+                    .bind(tenant).bind(kind).bind(key).bind(episode).bind(at).bind(cause).execute(&mut *tx).await?;
+                sqlx::query("INSERT INTO audit (tenant_id, kind, record_key, episode, at, event, detail) VALUES ($1, $2, $3, $4, $5, 'resolved', $6)")
+                    .bind(tenant).bind(kind).bind(key).bind(episode).bind(at)
+                    .bind(serde_json::json!({ "cause": cause }).to_string()).execute(&mut *tx).await?;
+                applied.resolved = Some(episode);
+                episode_for_audit = Some(episode);
+            }
+            if let Some((episode, a, summary, people)) = update {
+                sqlx::query("UPDATE attention SET urgency = $5, reason = $6, summary = $7, people = $8, updated_at = $9, due_date = $10
+                             WHERE tenant_id = $1 AND kind = $2 AND record_key = $3 AND episode = $4 AND state = 'open'")
+                    .bind(tenant).bind(kind).bind(key).bind(episode).bind(a.urgency.as_str()).bind(json(&a.reason))
+                    .bind(summary).bind(json(people)).bind(at).bind(a.due_date.map(|d| d.to_string()))
+                    .execute(&mut *tx).await?;
+                episode_for_audit = Some(episode);
+            }
+            if let Some((a, summary, people)) = open {
+                let next: i64 = sqlx::query("SELECT COALESCE(MAX(episode), 0) + 1 FROM attention WHERE tenant_id = $1 AND kind = $2 AND record_key = $3")
+                    .bind(tenant).bind(kind).bind(key).fetch_one(&mut *tx).await?.get(0);
+                sqlx::query(
+                    "INSERT INTO attention (tenant_id, kind, record_key, episode, state, reason_code, reason, summary, urgency, people,
+                                            due_date, opened_at, updated_at)
+                     VALUES ($1, $2, $3, $4, 'open', $5, $6, $7, $8, $9, $10, $11, $11)",
+                )
+                .bind(tenant).bind(kind).bind(key).bind(next).bind(a.reason.code()).bind(json(&a.reason)).bind(summary)
+                .bind(a.urgency.as_str()).bind(json(people)).bind(a.due_date.map(|d| d.to_string())).bind(at)
+                .execute(&mut *tx).await?;
+                sqlx::query("INSERT INTO audit (tenant_id, kind, record_key, episode, at, event, detail) VALUES ($1, $2, $3, $4, $5, 'needs_attention', $6)")
+                    .bind(tenant).bind(kind).bind(key).bind(next).bind(at)
+                    .bind(serde_json::json!({ "reason": a.reason, "urgency": a.urgency, "summary": summary, "people": people }).to_string())
+                    .execute(&mut *tx).await?;
+                applied.opened = Some(next);
+                episode_for_audit = Some(next);
+            }
+            for (event, detail) in &change.audit {
+                sqlx::query("INSERT INTO audit (tenant_id, kind, record_key, episode, at, event, detail) VALUES ($1, $2, $3, $4, $5, $6, $7)")
+                    .bind(tenant).bind(kind).bind(key).bind(episode_for_audit).bind(at).bind(event).bind(detail.to_string())
+                    .execute(&mut *tx).await?;
+            }
+            applied
+        });
+        Ok(applied)
+    }
+
+    /// Append entries that belong to no record change (e.g. a malformed row whose key could not be read).
+    pub async fn append_audit(&self, tenant: &str, entries: &[NewAudit], now: DateTime<Utc>) -> Result<()> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        in_tx!(self, tx => {
+            for e in entries {
+                sqlx::query("INSERT INTO audit (tenant_id, kind, record_key, episode, at, event, detail) VALUES ($1, $2, $3, NULL, $4, $5, $6)")
+                    .bind(tenant).bind(&e.kind).bind(&e.record_key).bind(millis(now)).bind(&e.event).bind(e.detail.to_string())
+                    .execute(&mut *tx).await?;
+            }
+        });
+        Ok(())
+    }
+
+    pub async fn audit_trail(&self, tenant: &str, kind: &str, key: &str) -> Result<Vec<AuditEntry>> {
+        on_pool!(self, p => Ok(sqlx::query(
+            "SELECT id, kind, record_key, episode, at, event, detail FROM audit WHERE tenant_id = $1 AND kind = $2 AND record_key = $3 ORDER BY id",
+        ).bind(tenant).bind(kind).bind(key).fetch_all(p).await?.into_iter().map(audit_from).collect()))
+    }
+
+    /// Audit entries of a tenant after `after_id`, oldest first.
+    pub async fn audit_since(&self, tenant: &str, after_id: i64, limit: i64) -> Result<Vec<AuditEntry>> {
+        on_pool!(self, p => Ok(sqlx::query(
+            "SELECT id, kind, record_key, episode, at, event, detail FROM audit WHERE tenant_id = $1 AND id > $2 ORDER BY id LIMIT $3",
+        ).bind(tenant).bind(after_id).bind(limit).fetch_all(p).await?.into_iter().map(audit_from).collect()))
+    }
+
+    pub async fn attention(&self, tenant: &str, state: Option<&str>) -> Result<Vec<AttentionRow>> {
+        let rows: Vec<(String, String, i64, String, String, String, String, String, Option<String>, Option<String>)> = on_pool!(self, p => sqlx::query(
+            "SELECT kind, record_key, episode, state, reason_code, summary, urgency, people, due_date, resolution FROM attention
+             WHERE tenant_id = $1 AND ($2 IS NULL OR state = $2) ORDER BY kind, record_key, episode",
+        ).bind(tenant).bind(state).fetch_all(p).await?.into_iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5), r.get(6), r.get(7), r.get(8), r.get(9))).collect());
+        rows.into_iter()
+            .map(|(kind, record_key, episode, state, reason_code, summary, urgency, people, due_date, resolution)| {
+                Ok(AttentionRow {
+                    people: serde_json::from_str(&people).map_err(|e| StoreError::Corrupt { tenant: tenant.into(), what: "attention people", problem: e.to_string() })?,
+                    kind, record_key, episode, state, reason_code, summary, urgency, due_date, resolution,
+                })
+            })
+            .collect()
+    }
+
+    /// Test and maintenance hook: the raw SQL engine, for checks no API should offer.
+    pub async fn execute_raw(&self, sql: &str) -> Result<u64> {
+        on_pool!(self, p => Ok(sqlx::query(sqlx::AssertSqlSafe(sql)).execute(p).await?.rows_affected()))
+    }
+}
+
+fn audit_from<R: Row>(r: R) -> AuditEntry
+where
+    for<'a> i64: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> Option<i64>: sqlx::Decode<'a, R::Database>,
+    for<'a> String: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    usize: sqlx::ColumnIndex<R>,
+{
+    AuditEntry {
+        id: r.get(0),
+        kind: r.get(1),
+        record_key: r.get(2),
+        episode: r.get(3),
+        at: from_millis(r.get(4)),
+        event: r.get(5),
+        detail: serde_json::from_str(&r.get::<String, _>(6)).unwrap_or(Value::Null),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn tenant_from(id: String, name: String, url: String, domain: String, entity: String, schedule: String, profile: String) -> Result<Tenant> {
+    let corrupt = |what, e: serde_json::Error| StoreError::Corrupt { tenant: id.clone(), what, problem: e.to_string() };
+    Ok(Tenant {
+        schedule: serde_json::from_str(&schedule).map_err(|e| corrupt("schedule", e))?,
+        profile: serde_json::from_str(&profile).map_err(|e| corrupt("mapping profile", e))?,
+        id,
+        name,
+        qad_base_url: url,
+        qad_domain: domain,
+        qad_entity: entity,
+    })
+}
