@@ -1,6 +1,36 @@
 //! ml-connector: polls QAD ERP for records that need a person and alerts them through Twilio.
 //! See ARCHITECTURE.md for the map.
 
+pub mod cli;
+pub mod clock;
 pub mod core;
+pub mod poller;
+pub mod qad;
+pub mod qad_sandbox;
+pub mod sandbox;
+pub mod scheduler;
 pub mod secrets;
 pub mod store;
+
+/// TLS through rustls on ring: installed once per process before any HTTP client is built.
+pub fn init_tls() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

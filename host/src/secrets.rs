@@ -18,11 +18,21 @@ const KEY_PREFIX: &str = "mlk1.";
 
 #[derive(Debug, Error)]
 pub enum SecretError {
-    #[error("master key is not valid: expected {KEY_PREFIX} followed by 32 bytes in base64url (make one with `ml-connector keygen`)")]
+    #[error(
+        "master key is not valid: expected {KEY_PREFIX} followed by 32 bytes in base64url (make one with `ml-connector keygen`)"
+    )]
     BadMasterKey,
-    #[error("secret {field} of tenant {tenant} was sealed under master key {key_id}, which is not configured")]
-    UnknownKey { tenant: String, field: String, key_id: String },
-    #[error("secret {field} of tenant {tenant} does not open: it was tampered with or belongs elsewhere")]
+    #[error(
+        "secret {field} of tenant {tenant} was sealed under master key {key_id}, which is not configured"
+    )]
+    UnknownKey {
+        tenant: String,
+        field: String,
+        key_id: String,
+    },
+    #[error(
+        "secret {field} of tenant {tenant} does not open: it was tampered with or belongs elsewhere"
+    )]
     Tampered { tenant: String, field: String },
 }
 
@@ -60,13 +70,23 @@ struct MasterKey {
 
 impl MasterKey {
     fn parse(text: &str) -> Result<Self, SecretError> {
-        let b64 = text.trim().strip_prefix(KEY_PREFIX).ok_or(SecretError::BadMasterKey)?;
-        let mut bytes = URL_SAFE_NO_PAD.decode(b64).map_err(|_| SecretError::BadMasterKey)?;
+        let b64 = text
+            .trim()
+            .strip_prefix(KEY_PREFIX)
+            .ok_or(SecretError::BadMasterKey)?;
+        let mut bytes = URL_SAFE_NO_PAD
+            .decode(b64)
+            .map_err(|_| SecretError::BadMasterKey)?;
         if bytes.len() != 32 {
             bytes.zeroize();
             return Err(SecretError::BadMasterKey);
         }
-        let id = hex::encode(&Sha256::new().chain_update(b"ml-connector key id\0").chain_update(&bytes).finalize()[..4]);
+        let id = hex::encode(
+            &Sha256::new()
+                .chain_update(b"ml-connector key id\0")
+                .chain_update(&bytes)
+                .finalize()[..4],
+        );
         let cipher = XChaCha20Poly1305::new(Key::from_slice(&bytes));
         bytes.zeroize();
         Ok(MasterKey { id, cipher })
@@ -81,7 +101,9 @@ pub struct Keyring {
 
 impl fmt::Debug for Keyring {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Keyring").field("current", &self.current.id).finish_non_exhaustive()
+        f.debug_struct("Keyring")
+            .field("current", &self.current.id)
+            .finish_non_exhaustive()
     }
 }
 
@@ -102,7 +124,10 @@ impl Keyring {
     pub fn new(current: &str, previous: &[String]) -> Result<Self, SecretError> {
         Ok(Keyring {
             current: MasterKey::parse(current)?,
-            previous: previous.iter().map(|p| MasterKey::parse(p)).collect::<Result<_, _>>()?,
+            previous: previous
+                .iter()
+                .map(|p| MasterKey::parse(p))
+                .collect::<Result<_, _>>()?,
         })
     }
 
@@ -116,24 +141,52 @@ impl Keyring {
         let ciphertext = self
             .current
             .cipher
-            .encrypt(&nonce, Payload { msg: plaintext.expose().as_bytes(), aad: &ad })
+            .encrypt(
+                &nonce,
+                Payload {
+                    msg: plaintext.expose().as_bytes(),
+                    aad: &ad,
+                },
+            )
             .expect("XChaCha20-Poly1305 encryption cannot fail for in-memory sizes");
-        Sealed { key_id: self.current.id.clone(), nonce: nonce.to_vec(), ciphertext }
+        Sealed {
+            key_id: self.current.id.clone(),
+            nonce: nonce.to_vec(),
+            ciphertext,
+        }
     }
 
-    pub fn open(&self, tenant: &str, field: &str, sealed: &Sealed) -> Result<SecretString, SecretError> {
+    pub fn open(
+        &self,
+        tenant: &str,
+        field: &str,
+        sealed: &Sealed,
+    ) -> Result<SecretString, SecretError> {
         let key = std::iter::once(&self.current)
             .chain(&self.previous)
             .find(|k| k.id == sealed.key_id)
-            .ok_or_else(|| SecretError::UnknownKey { tenant: tenant.into(), field: field.into(), key_id: sealed.key_id.clone() })?;
-        let tampered = || SecretError::Tampered { tenant: tenant.into(), field: field.into() };
+            .ok_or_else(|| SecretError::UnknownKey {
+                tenant: tenant.into(),
+                field: field.into(),
+                key_id: sealed.key_id.clone(),
+            })?;
+        let tampered = || SecretError::Tampered {
+            tenant: tenant.into(),
+            field: field.into(),
+        };
         if sealed.nonce.len() != 24 {
             return Err(tampered());
         }
         let ad = aad(tenant, field, &sealed.key_id);
         let mut plain = key
             .cipher
-            .decrypt(XNonce::from_slice(&sealed.nonce), Payload { msg: &sealed.ciphertext, aad: &ad })
+            .decrypt(
+                XNonce::from_slice(&sealed.nonce),
+                Payload {
+                    msg: &sealed.ciphertext,
+                    aad: &ad,
+                },
+            )
             .map_err(|_| tampered())?;
         let text = String::from_utf8(plain.clone()).map_err(|_| tampered());
         plain.zeroize();
@@ -165,8 +218,14 @@ mod tests {
     fn a_ciphertext_moved_to_another_tenant_or_field_does_not_open() {
         let k = Keyring::new(&generate_master_key(), &[]).unwrap();
         let a = k.seal("t1", "qad.password", &SecretString::new("one"));
-        assert!(matches!(k.open("t2", "qad.password", &a), Err(SecretError::Tampered { .. })));
-        assert!(matches!(k.open("t1", "twilio.auth_token", &a), Err(SecretError::Tampered { .. })));
+        assert!(matches!(
+            k.open("t2", "qad.password", &a),
+            Err(SecretError::Tampered { .. })
+        ));
+        assert!(matches!(
+            k.open("t1", "twilio.auth_token", &a),
+            Err(SecretError::Tampered { .. })
+        ));
     }
 
     #[test]
@@ -178,18 +237,30 @@ mod tests {
         assert!(after.is_stale(&sealed));
         assert_eq!(after.open("t1", "f", &sealed).unwrap().expose(), "v");
         let without_old = Keyring::new(&generate_master_key(), &[]).unwrap();
-        assert!(matches!(without_old.open("t1", "f", &sealed), Err(SecretError::UnknownKey { .. })));
+        assert!(matches!(
+            without_old.open("t1", "f", &sealed),
+            Err(SecretError::UnknownKey { .. })
+        ));
     }
 
     #[test]
     fn bad_master_keys_are_refused() {
-        for bad in ["", "mlk1.", "mlk1.AAAA", "not-a-key", &generate_master_key().replace("mlk1.", "mlk2.")] {
+        for bad in [
+            "",
+            "mlk1.",
+            "mlk1.AAAA",
+            "not-a-key",
+            &generate_master_key().replace("mlk1.", "mlk2."),
+        ] {
             assert!(Keyring::new(bad, &[]).is_err(), "{bad}");
         }
     }
 
     #[test]
     fn debug_never_shows_the_secret() {
-        assert_eq!(format!("{:?}", SecretString::new("hunter2")), "SecretString(***)");
+        assert_eq!(
+            format!("{:?}", SecretString::new("hunter2")),
+            "SecretString(***)"
+        );
     }
 }

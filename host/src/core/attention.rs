@@ -26,7 +26,9 @@ impl Urgency {
         }
     }
     pub fn parse(s: &str) -> Option<Self> {
-        [Self::Low, Self::Normal, Self::High, Self::Critical].into_iter().find(|u| u.as_str() == s)
+        [Self::Low, Self::Normal, Self::High, Self::Critical]
+            .into_iter()
+            .find(|u| u.as_str() == s)
     }
 }
 
@@ -36,12 +38,43 @@ impl Urgency {
 #[serde(tag = "code", rename_all = "snake_case")]
 pub enum Reason {
     /// The invoice's PO has no (or not enough) goods received to match against.
-    MissingReceipt { po: String, invoiced: Decimal, received_value: Decimal },
-    QuantityVariance { po: String, receiver: String, line: u32, invoiced: Decimal, received: Decimal, variance_pct: Decimal },
-    PriceVariance { po: String, receiver: String, line: u32, invoiced: Decimal, ordered: Decimal, variance_pct: Decimal },
-    PendingApproval { total: Decimal, currency: String },
-    ShortReceipt { po: String, line: u32, ordered: Decimal, received: Decimal },
-    OverReceipt { po: String, line: u32, ordered: Decimal, received: Decimal },
+    MissingReceipt {
+        po: String,
+        invoiced: Decimal,
+        received_value: Decimal,
+    },
+    QuantityVariance {
+        po: String,
+        receiver: String,
+        line: u32,
+        invoiced: Decimal,
+        received: Decimal,
+        variance_pct: Decimal,
+    },
+    PriceVariance {
+        po: String,
+        receiver: String,
+        line: u32,
+        invoiced: Decimal,
+        ordered: Decimal,
+        variance_pct: Decimal,
+    },
+    PendingApproval {
+        total: Decimal,
+        currency: String,
+    },
+    ShortReceipt {
+        po: String,
+        line: u32,
+        ordered: Decimal,
+        received: Decimal,
+    },
+    OverReceipt {
+        po: String,
+        line: u32,
+        ordered: Decimal,
+        received: Decimal,
+    },
 }
 
 impl Reason {
@@ -59,21 +92,63 @@ impl Reason {
     /// One line a person understands.
     pub fn describe(&self) -> String {
         match self {
-            Reason::MissingReceipt { po, invoiced, received_value } if received_value.is_zero() => {
+            Reason::MissingReceipt {
+                po,
+                invoiced,
+                received_value,
+            } if received_value.is_zero() => {
                 format!("no goods receipt posted for {po} (invoiced {invoiced})")
             }
-            Reason::MissingReceipt { po, invoiced, received_value } => {
-                format!("goods received for {po} worth {received_value} do not cover the {invoiced} invoiced")
+            Reason::MissingReceipt {
+                po,
+                invoiced,
+                received_value,
+            } => {
+                format!(
+                    "goods received for {po} worth {received_value} do not cover the {invoiced} invoiced"
+                )
             }
-            Reason::QuantityVariance { receiver, line, invoiced, received, variance_pct, .. } => {
-                format!("quantity variance on receipt {receiver} line {line}: invoiced {invoiced}, received {received} ({variance_pct}%)")
+            Reason::QuantityVariance {
+                receiver,
+                line,
+                invoiced,
+                received,
+                variance_pct,
+                ..
+            } => {
+                format!(
+                    "quantity variance on receipt {receiver} line {line}: invoiced {invoiced}, received {received} ({variance_pct}%)"
+                )
             }
-            Reason::PriceVariance { receiver, line, invoiced, ordered, variance_pct, .. } => {
-                format!("price variance on receipt {receiver} line {line}: invoiced {invoiced}, PO price {ordered} ({variance_pct}%)")
+            Reason::PriceVariance {
+                receiver,
+                line,
+                invoiced,
+                ordered,
+                variance_pct,
+                ..
+            } => {
+                format!(
+                    "price variance on receipt {receiver} line {line}: invoiced {invoiced}, PO price {ordered} ({variance_pct}%)"
+                )
             }
-            Reason::PendingApproval { total, currency } => format!("waiting for approval: {total} {currency}"),
-            Reason::ShortReceipt { po, line, ordered, received } => format!("short receipt on {po} line {line}: {received} of {ordered} received"),
-            Reason::OverReceipt { po, line, ordered, received } => format!("over receipt on {po} line {line}: {received} received, {ordered} ordered"),
+            Reason::PendingApproval { total, currency } => {
+                format!("waiting for approval of {total} {currency}")
+            }
+            Reason::ShortReceipt {
+                po,
+                line,
+                ordered,
+                received,
+            } => format!("short receipt on {po} line {line}: {received} of {ordered} received"),
+            Reason::OverReceipt {
+                po,
+                line,
+                ordered,
+                received,
+            } => {
+                format!("over receipt on {po} line {line}: {received} received, {ordered} ordered")
+            }
         }
     }
 }
@@ -97,12 +172,21 @@ pub fn urgency_from_due(due: NaiveDate, today: NaiveDate) -> Urgency {
 
 /// A variance is beyond tolerance when it exceeds the percent *or* the amount tolerance:
 /// within tolerance means within both.
-fn beyond_tolerance(actual: Decimal, expected: Decimal, value_at_stake: Decimal, tol: &Tolerance) -> Option<Decimal> {
+fn beyond_tolerance(
+    actual: Decimal,
+    expected: Decimal,
+    value_at_stake: Decimal,
+    tol: &Tolerance,
+) -> Option<Decimal> {
     let diff = (actual - expected).abs();
     if diff.is_zero() {
         return None;
     }
-    let pct = if expected.is_zero() { Decimal::from(100) } else { (diff / expected.abs() * Decimal::from(100)).round_dp(2) };
+    let pct = if expected.is_zero() {
+        Decimal::from(100)
+    } else {
+        (diff / expected.abs() * Decimal::from(100)).round_dp(2)
+    };
     (pct > tol.percent || value_at_stake > tol.amount).then_some(pct)
 }
 
@@ -121,38 +205,65 @@ pub struct InvoiceFacts<'a> {
 /// lines and matching lines alone (no derived match status is needed).
 pub fn invoice_attention(f: InvoiceFacts<'_>, today: NaiveDate) -> Option<Attention> {
     let inv = f.invoice;
-    if inv.approved || inv.reason_code == "AP-RMALLOC" || !inv.logistic_matching || inv.po_number.is_empty() {
+    if invoice_cleared(inv) {
         return None;
     }
     let reason = match_reason(f)?;
-    Some(Attention { reason, urgency: urgency_from_due(inv.due_date, today), due_date: Some(inv.due_date) })
+    Some(Attention {
+        reason,
+        urgency: urgency_from_due(inv.due_date, today),
+        due_date: Some(inv.due_date),
+    })
 }
 
 fn match_reason(f: InvoiceFacts<'_>) -> Option<Reason> {
     let inv = f.invoice;
     let po = inv.po_number.clone();
-    let po_price = |line: u32| f.po_lines.iter().find(|l| l.line == line).map(|l| l.unit_cost);
+    let po_price = |line: u32| {
+        f.po_lines
+            .iter()
+            .find(|l| l.line == line)
+            .map(|l| l.unit_cost)
+    };
     let received_value: Decimal = f
         .receipts
         .iter()
         .map(|r| r.received * po_price(r.line).unwrap_or(r.unit_cost))
         .sum();
-    let missing = || Reason::MissingReceipt { po: po.clone(), invoiced: inv.amount, received_value };
+    let missing = || Reason::MissingReceipt {
+        po: po.clone(),
+        invoiced: inv.amount,
+        received_value,
+    };
     if f.receipts.is_empty() {
         return Some(missing());
     }
     if f.matchings.is_empty() {
         // Not matched line by line yet: compare what was invoiced with what was received.
-        return beyond_tolerance(inv.amount, received_value, (inv.amount - received_value).abs(), f.tolerance)
-            .filter(|_| inv.amount > received_value)
-            .map(|_| missing());
+        return beyond_tolerance(
+            inv.amount,
+            received_value,
+            (inv.amount - received_value).abs(),
+            f.tolerance,
+        )
+        .filter(|_| inv.amount > received_value)
+        .map(|_| missing());
     }
     for m in f.matchings {
-        let Some(receipt) = f.receipts.iter().find(|r| r.receiver == m.receiver && r.line == m.line) else {
+        let Some(receipt) = f
+            .receipts
+            .iter()
+            .find(|r| r.receiver == m.receiver && r.line == m.line)
+        else {
             return Some(missing());
         };
         let ordered_price = po_price(m.line).unwrap_or(receipt.unit_cost);
-        if let Some(pct) = beyond_tolerance(m.quantity, receipt.received, (m.quantity - receipt.received).abs() * ordered_price, f.tolerance) {
+        if let Some(pct) = beyond_tolerance(
+            m.quantity,
+            receipt.received,
+            (m.quantity - receipt.received).abs() * ordered_price,
+            f.tolerance,
+        ) {
             return Some(Reason::QuantityVariance {
                 po,
                 receiver: m.receiver.clone(),
@@ -162,7 +273,12 @@ fn match_reason(f: InvoiceFacts<'_>) -> Option<Reason> {
                 variance_pct: pct,
             });
         }
-        if let Some(pct) = beyond_tolerance(m.unit_price, ordered_price, (m.unit_price - ordered_price).abs() * m.quantity, f.tolerance) {
+        if let Some(pct) = beyond_tolerance(
+            m.unit_price,
+            ordered_price,
+            (m.unit_price - ordered_price).abs() * m.quantity,
+            f.tolerance,
+        ) {
             return Some(Reason::PriceVariance {
                 po,
                 receiver: m.receiver.clone(),
@@ -177,7 +293,11 @@ fn match_reason(f: InvoiceFacts<'_>) -> Option<Reason> {
 }
 
 /// A PO needs a person while its approval is pending. High-value POs are at least high urgency.
-pub fn po_attention(po: &PurchaseOrder, high_value: Decimal, today: NaiveDate) -> Option<Attention> {
+pub fn po_attention(
+    po: &PurchaseOrder,
+    high_value: Decimal,
+    today: NaiveDate,
+) -> Option<Attention> {
     if po.approval != ApprovalStatus::Pending {
         return None;
     }
@@ -186,7 +306,10 @@ pub fn po_attention(po: &PurchaseOrder, high_value: Decimal, today: NaiveDate) -
         urgency = urgency.max(Urgency::High);
     }
     Some(Attention {
-        reason: Reason::PendingApproval { total: po.total, currency: po.currency.clone() },
+        reason: Reason::PendingApproval {
+            total: po.total,
+            currency: po.currency.clone(),
+        },
         urgency,
         due_date: Some(po.due_date),
     })
@@ -195,7 +318,12 @@ pub fn po_attention(po: &PurchaseOrder, high_value: Decimal, today: NaiveDate) -
 /// A receipt needs a person when its PO line, counting every receipt of that line, was
 /// received short or over beyond tolerance. Only the latest receipt of the line carries
 /// it, so a later receipt that completes the line resolves the earlier one.
-pub fn receipt_attention(receipt: &Receipt, line_receipts: &[Receipt], po_line: Option<&PoLine>, tol: &Tolerance) -> Option<Attention> {
+pub fn receipt_attention(
+    receipt: &Receipt,
+    line_receipts: &[Receipt],
+    po_line: Option<&PoLine>,
+    tol: &Tolerance,
+) -> Option<Attention> {
     let ordered = po_line.map(|l| l.ordered).or(receipt.ordered)?;
     let same_line = |r: &&Receipt| r.po_number == receipt.po_number && r.line == receipt.line;
     let latest = line_receipts
@@ -218,25 +346,76 @@ pub fn receipt_attention(receipt: &Receipt, line_receipts: &[Receipt], po_line: 
     beyond_tolerance(received, ordered, (received - ordered).abs() * price, tol)?;
     let (po, line) = (receipt.po_number.clone(), receipt.line);
     let reason = if received < ordered {
-        Reason::ShortReceipt { po, line, ordered, received }
+        Reason::ShortReceipt {
+            po,
+            line,
+            ordered,
+            received,
+        }
     } else {
-        Reason::OverReceipt { po, line, ordered, received }
+        Reason::OverReceipt {
+            po,
+            line,
+            ordered,
+            received,
+        }
     };
-    Some(Attention { reason, urgency: Urgency::Normal, due_date: None })
+    Some(Attention {
+        reason,
+        urgency: Urgency::Normal,
+        due_date: None,
+    })
+}
+
+/// Cleared by its own fields: no receipt or PO lookup is needed to know it is fine.
+pub fn invoice_cleared(inv: &Invoice) -> bool {
+    inv.approved
+        || inv.reason_code == "AP-RMALLOC"
+        || !inv.logistic_matching
+        || inv.po_number.is_empty()
 }
 
 /// Why an open invoice episode ended, for the audit trail.
-pub fn invoice_resolution(previous: &Reason, f: InvoiceFacts<'_>) -> String {
+pub fn invoice_resolution(previous_code: &str, f: InvoiceFacts<'_>) -> String {
     let inv = f.invoice;
     if inv.approved || inv.reason_code == "AP-RMALLOC" {
         return format!("invoice approved in QAD (reason code {})", inv.reason_code);
     }
-    match previous {
-        Reason::MissingReceipt { .. } if !f.receipts.is_empty() => {
+    if !inv.logistic_matching {
+        return "receiver matching switched off for the invoice".to_string();
+    }
+    match previous_code {
+        "missing_receipt" if !f.receipts.is_empty() => {
             let mut receivers: Vec<&str> = f.receipts.iter().map(|r| r.receiver.as_str()).collect();
             receivers.dedup();
-            format!("goods receipt {} posted for {}", receivers.join(", "), inv.po_number)
+            format!(
+                "goods receipt {} posted for {}",
+                receivers.join(", "),
+                inv.po_number
+            )
         }
         _ => "three-way match now within tolerance".to_string(),
     }
+}
+
+/// The one line a person reads about a record needing attention.
+pub fn summary(
+    kind: RecordKind,
+    key: &str,
+    supplier: &str,
+    amount: Option<(Decimal, &str)>,
+    a: &Attention,
+) -> String {
+    let mut s = format!("{} {key}", kind.label());
+    if !supplier.is_empty() {
+        s.push_str(&format!(" from {supplier}"));
+    }
+    if let Some((amount, currency)) = amount {
+        s.push_str(&format!(", {amount} {currency}"));
+    }
+    s.push_str(&format!(": {}", a.reason.describe()));
+    if let Some(due) = a.due_date {
+        s.push_str(&format!("; due {due}"));
+    }
+    s
 }

@@ -32,7 +32,14 @@ fn invoice(amount: &str, due: &str) -> Invoice {
     }
 }
 fn po_line(line: u32, qty: &str, cost: &str) -> PoLine {
-    PoLine { po_number: "PO1".into(), line, part: "P".into(), ordered: n(qty), unit_cost: n(cost), unit: "EA".into() }
+    PoLine {
+        po_number: "PO1".into(),
+        line,
+        part: "P".into(),
+        ordered: n(qty),
+        unit_cost: n(cost),
+        unit: "EA".into(),
+    }
 }
 fn receipt(receiver: &str, line: u32, qty: &str, date: &str) -> Receipt {
     Receipt {
@@ -51,33 +58,115 @@ fn receipt(receiver: &str, line: u32, qty: &str, date: &str) -> Receipt {
     }
 }
 fn matching(receiver: &str, line: u32, qty: &str, price: &str) -> MatchingLine {
-    MatchingLine { voucher: "SI-1".into(), receiver: receiver.into(), line, quantity: n(qty), unit_price: n(price) }
+    MatchingLine {
+        voucher: "SI-1".into(),
+        receiver: receiver.into(),
+        line,
+        quantity: n(qty),
+        unit_price: n(price),
+    }
 }
 fn tol(pct: &str, amount: &str) -> Tolerance {
-    Tolerance { percent: n(pct), amount: n(amount), approval_required: true }
+    Tolerance {
+        percent: n(pct),
+        amount: n(amount),
+        approval_required: true,
+    }
 }
 
 #[test]
 fn invoice_three_way_match_table() {
     let today = d("2026-11-27");
     let lines = vec![po_line(1, "100", "10"), po_line(2, "50", "4")];
-    let both_received = vec![receipt("R1", 1, "100", "2026-11-20"), receipt("R1", 2, "50", "2026-11-20")];
+    let both_received = vec![
+        receipt("R1", 1, "100", "2026-11-20"),
+        receipt("R1", 2, "50", "2026-11-20"),
+    ];
     let t = tol("5", "50");
-    type Case = (&'static str, Invoice, Vec<Receipt>, Vec<MatchingLine>, Option<(&'static str, Urgency)>);
-    let approved = Invoice { approved: true, ..invoice("1200", "2026-12-30") };
-    let rmalloc = Invoice { reason_code: "AP-RMALLOC".into(), ..invoice("1200", "2026-12-30") };
-    let no_matching = Invoice { logistic_matching: false, ..invoice("1200", "2026-12-30") };
+    type Case = (
+        &'static str,
+        Invoice,
+        Vec<Receipt>,
+        Vec<MatchingLine>,
+        Option<(&'static str, Urgency)>,
+    );
+    let approved = Invoice {
+        approved: true,
+        ..invoice("1200", "2026-12-30")
+    };
+    let rmalloc = Invoice {
+        reason_code: "AP-RMALLOC".into(),
+        ..invoice("1200", "2026-12-30")
+    };
+    let no_matching = Invoice {
+        logistic_matching: false,
+        ..invoice("1200", "2026-12-30")
+    };
     let cases: Vec<Case> = vec![
-        ("no receipt at all, due in 3 days", invoice("1200", "2026-11-30"), vec![], vec![], Some(("missing_receipt", Urgency::Normal))),
-        ("no receipt, overdue", invoice("1200", "2026-11-20"), vec![], vec![], Some(("missing_receipt", Urgency::Critical))),
-        ("no receipt, due tomorrow", invoice("1200", "2026-11-28"), vec![], vec![], Some(("missing_receipt", Urgency::High))),
-        ("no receipt, due in a month", invoice("1200", "2026-12-30"), vec![], vec![], Some(("missing_receipt", Urgency::Low))),
-        ("approved invoices are cleared", approved, vec![], vec![], None),
+        (
+            "no receipt at all, due in 3 days",
+            invoice("1200", "2026-11-30"),
+            vec![],
+            vec![],
+            Some(("missing_receipt", Urgency::Normal)),
+        ),
+        (
+            "no receipt, overdue",
+            invoice("1200", "2026-11-20"),
+            vec![],
+            vec![],
+            Some(("missing_receipt", Urgency::Critical)),
+        ),
+        (
+            "no receipt, due tomorrow",
+            invoice("1200", "2026-11-28"),
+            vec![],
+            vec![],
+            Some(("missing_receipt", Urgency::High)),
+        ),
+        (
+            "no receipt, due in a month",
+            invoice("1200", "2026-12-30"),
+            vec![],
+            vec![],
+            Some(("missing_receipt", Urgency::Low)),
+        ),
+        (
+            "approved invoices are cleared",
+            approved,
+            vec![],
+            vec![],
+            None,
+        ),
         ("AP-RMALLOC is cleared", rmalloc, vec![], vec![], None),
-        ("receiver matching off: no three-way match", no_matching, vec![], vec![], None),
-        ("received, not matched yet, amounts agree", invoice("1200", "2026-12-30"), both_received.clone(), vec![], None),
-        ("partly received, invoice for all", invoice("1200", "2026-12-30"), vec![receipt("R1", 1, "60", "2026-11-20")], vec![], Some(("missing_receipt", Urgency::Low))),
-        ("received, within amount tolerance", invoice("1240", "2026-12-30"), both_received.clone(), vec![], None),
+        (
+            "receiver matching off: no three-way match",
+            no_matching,
+            vec![],
+            vec![],
+            None,
+        ),
+        (
+            "received, not matched yet, amounts agree",
+            invoice("1200", "2026-12-30"),
+            both_received.clone(),
+            vec![],
+            None,
+        ),
+        (
+            "partly received, invoice for all",
+            invoice("1200", "2026-12-30"),
+            vec![receipt("R1", 1, "60", "2026-11-20")],
+            vec![],
+            Some(("missing_receipt", Urgency::Low)),
+        ),
+        (
+            "received, within amount tolerance",
+            invoice("1240", "2026-12-30"),
+            both_received.clone(),
+            vec![],
+            None,
+        ),
         (
             "matched exactly",
             invoice("1200", "2026-12-30"),
@@ -129,7 +218,13 @@ fn invoice_three_way_match_table() {
         ),
     ];
     for (name, inv, receipts, matchings, want) in cases {
-        let facts = InvoiceFacts { invoice: &inv, po_lines: &lines, receipts: &receipts, matchings: &matchings, tolerance: &t };
+        let facts = InvoiceFacts {
+            invoice: &inv,
+            po_lines: &lines,
+            receipts: &receipts,
+            matchings: &matchings,
+            tolerance: &t,
+        };
         let got = invoice_attention(facts, today).map(|a| (a.reason.code(), a.urgency));
         assert_eq!(got, want, "{name}");
     }
@@ -140,14 +235,30 @@ fn reasons_read_as_sentences() {
     let lines = vec![po_line(1, "100", "10")];
     let inv = invoice("1000", "2026-12-30");
     let t = tol("5", "50");
-    let facts = InvoiceFacts { invoice: &inv, po_lines: &lines, receipts: &[], matchings: &[], tolerance: &t };
+    let facts = InvoiceFacts {
+        invoice: &inv,
+        po_lines: &lines,
+        receipts: &[],
+        matchings: &[],
+        tolerance: &t,
+    };
     let a = invoice_attention(facts, d("2026-11-27")).unwrap();
-    assert_eq!(a.reason.describe(), "no goods receipt posted for PO1 (invoiced 1000)");
+    assert_eq!(
+        a.reason.describe(),
+        "no goods receipt posted for PO1 (invoiced 1000)"
+    );
     let r = vec![receipt("R1", 1, "100", "2026-11-20")];
     let m = vec![matching("R1", 1, "100", "12.50")];
-    let facts = InvoiceFacts { receipts: &r, matchings: &m, ..facts };
+    let facts = InvoiceFacts {
+        receipts: &r,
+        matchings: &m,
+        ..facts
+    };
     let a = invoice_attention(facts, d("2026-11-27")).unwrap();
-    assert_eq!(a.reason.describe(), "price variance on receipt R1 line 1: invoiced 12.50, PO price 10 (25.00%)");
+    assert_eq!(
+        a.reason.describe(),
+        "price variance on receipt R1 line 1: invoiced 12.50, PO price 10 (25.00%)"
+    );
 }
 
 #[test]
@@ -156,10 +267,55 @@ fn resolution_names_the_receipt_that_unblocked_the_invoice() {
     let inv = invoice("1000", "2026-12-30");
     let t = tol("5", "50");
     let r = vec![receipt("R7", 1, "100", "2026-11-27")];
-    let facts = InvoiceFacts { invoice: &inv, po_lines: &lines, receipts: &r, matchings: &[], tolerance: &t };
+    let facts = InvoiceFacts {
+        invoice: &inv,
+        po_lines: &lines,
+        receipts: &r,
+        matchings: &[],
+        tolerance: &t,
+    };
     assert_eq!(invoice_attention(facts, d("2026-11-27")), None);
-    let previous = Reason::MissingReceipt { po: "PO1".into(), invoiced: n("1000"), received_value: Decimal::ZERO };
-    assert_eq!(invoice_resolution(&previous, facts), "goods receipt R7 posted for PO1");
+    assert_eq!(
+        invoice_resolution("missing_receipt", facts),
+        "goods receipt R7 posted for PO1"
+    );
+    let approved = Invoice {
+        approved: true,
+        reason_code: "AP-RMALLOC".into(),
+        ..inv.clone()
+    };
+    let facts = InvoiceFacts {
+        invoice: &approved,
+        ..facts
+    };
+    assert_eq!(
+        invoice_resolution("price_variance", facts),
+        "invoice approved in QAD (reason code AP-RMALLOC)"
+    );
+}
+
+#[test]
+fn summary_reads_as_a_line() {
+    let inv = invoice("1000", "2026-11-30");
+    let t = tol("5", "50");
+    let facts = InvoiceFacts {
+        invoice: &inv,
+        po_lines: &[],
+        receipts: &[],
+        matchings: &[],
+        tolerance: &t,
+    };
+    let a = invoice_attention(facts, d("2026-11-27")).unwrap();
+    assert_eq!(
+        summary(
+            RecordKind::SupplierInvoice,
+            "SI-1",
+            "Midwest Castings Inc",
+            Some((inv.amount, "USD")),
+            &a
+        ),
+        "invoice SI-1 from Midwest Castings Inc, 1000 USD: no goods receipt posted for PO1 (invoiced 1000); due 2026-11-30"
+    );
 }
 
 #[test]
@@ -183,16 +339,35 @@ fn purchase_order_table() {
     };
     let high = n("50000");
     let cases = [
-        (po(ApprovalStatus::Pending, "1000", "2026-12-30"), Some(Urgency::Low)),
-        (po(ApprovalStatus::Pending, "1000", "2026-11-28"), Some(Urgency::High)),
-        (po(ApprovalStatus::Pending, "75000", "2026-12-30"), Some(Urgency::High)),
-        (po(ApprovalStatus::Pending, "75000", "2026-11-01"), Some(Urgency::Critical)),
+        (
+            po(ApprovalStatus::Pending, "1000", "2026-12-30"),
+            Some(Urgency::Low),
+        ),
+        (
+            po(ApprovalStatus::Pending, "1000", "2026-11-28"),
+            Some(Urgency::High),
+        ),
+        (
+            po(ApprovalStatus::Pending, "75000", "2026-12-30"),
+            Some(Urgency::High),
+        ),
+        (
+            po(ApprovalStatus::Pending, "75000", "2026-11-01"),
+            Some(Urgency::Critical),
+        ),
         (po(ApprovalStatus::Approved, "75000", "2026-12-30"), None),
         (po(ApprovalStatus::Denied, "75000", "2026-12-30"), None),
         (po(ApprovalStatus::NotRequired, "75000", "2026-12-30"), None),
     ];
     for (p, want) in cases {
-        assert_eq!(po_attention(&p, high, today).map(|a| a.urgency), want, "{:?} {} {}", p.approval, p.total, p.due_date);
+        assert_eq!(
+            po_attention(&p, high, today).map(|a| a.urgency),
+            want,
+            "{:?} {} {}",
+            p.approval,
+            p.total,
+            p.due_date
+        );
     }
 }
 
@@ -201,10 +376,30 @@ fn receipt_table() {
     let line = po_line(1, "100", "10");
     let t = tol("2", "20");
     let cases: Vec<(&str, Receipt, Vec<Receipt>, Option<&str>)> = vec![
-        ("complete in one receipt", receipt("R1", 1, "100", "2026-11-20"), vec![], None),
-        ("short", receipt("R1", 1, "60", "2026-11-20"), vec![], Some("short_receipt")),
-        ("over beyond tolerance", receipt("R1", 1, "110", "2026-11-20"), vec![], Some("over_receipt")),
-        ("over within tolerance", receipt("R1", 1, "101", "2026-11-20"), vec![], None),
+        (
+            "complete in one receipt",
+            receipt("R1", 1, "100", "2026-11-20"),
+            vec![],
+            None,
+        ),
+        (
+            "short",
+            receipt("R1", 1, "60", "2026-11-20"),
+            vec![],
+            Some("short_receipt"),
+        ),
+        (
+            "over beyond tolerance",
+            receipt("R1", 1, "110", "2026-11-20"),
+            vec![],
+            Some("over_receipt"),
+        ),
+        (
+            "over within tolerance",
+            receipt("R1", 1, "101", "2026-11-20"),
+            vec![],
+            None,
+        ),
         (
             "second receipt completes the line",
             receipt("R2", 1, "40", "2026-11-22"),
@@ -220,15 +415,26 @@ fn receipt_table() {
         (
             "latest of two still short",
             receipt("R2", 1, "20", "2026-11-22"),
-            vec![receipt("R1", 1, "60", "2026-11-20"), receipt("R2", 1, "20", "2026-11-22")],
+            vec![
+                receipt("R1", 1, "60", "2026-11-20"),
+                receipt("R2", 1, "20", "2026-11-22"),
+            ],
             Some("short_receipt"),
         ),
-        ("other lines do not count", receipt("R1", 1, "60", "2026-11-20"), vec![receipt("R1", 2, "40", "2026-11-20")], Some("short_receipt")),
+        (
+            "other lines do not count",
+            receipt("R1", 1, "60", "2026-11-20"),
+            vec![receipt("R1", 2, "40", "2026-11-20")],
+            Some("short_receipt"),
+        ),
     ];
     for (name, r, others, want) in cases {
         let got = receipt_attention(&r, &others, Some(&line), &t).map(|a| a.reason.code());
         assert_eq!(got, want, "{name}");
     }
     // Without the PO line or an ordered quantity on the receipt, nothing can be judged.
-    assert_eq!(receipt_attention(&receipt("R1", 1, "60", "2026-11-20"), &[], None, &t), None);
+    assert_eq!(
+        receipt_attention(&receipt("R1", 1, "60", "2026-11-20"), &[], None, &t),
+        None
+    );
 }

@@ -21,7 +21,9 @@ pub enum Transition {
     /// A new episode begins (the store numbers it).
     Open,
     /// Same problem, new figures, urgency or people.
-    Update { urgency_changed: Option<(Urgency, Urgency)> },
+    Update {
+        urgency_changed: Option<(Urgency, Urgency)>,
+    },
     /// The problem is gone.
     Resolve,
     /// The problem changed kind: resolve the open episode and open the next.
@@ -38,9 +40,13 @@ pub fn transition(open: Option<&OpenEpisode>, needed: Option<(&Attention, &Peopl
         (Some(o), Some((a, _))) if o.reason_code != a.reason.code() => Transition::Replace,
         (Some(o), Some((a, people))) => {
             if o.urgency != a.urgency {
-                Transition::Update { urgency_changed: Some((o.urgency, a.urgency)) }
+                Transition::Update {
+                    urgency_changed: Some((o.urgency, a.urgency)),
+                }
             } else if &o.people != people {
-                Transition::Update { urgency_changed: None }
+                Transition::Update {
+                    urgency_changed: None,
+                }
             } else {
                 Transition::Unchanged
             }
@@ -55,16 +61,36 @@ mod tests {
     use rust_decimal::Decimal;
 
     fn attention(reason: Reason, urgency: Urgency) -> Attention {
-        Attention { reason, urgency, due_date: None }
+        Attention {
+            reason,
+            urgency,
+            due_date: None,
+        }
     }
     fn missing() -> Reason {
-        Reason::MissingReceipt { po: "PO1".into(), invoiced: Decimal::TEN, received_value: Decimal::ZERO }
+        Reason::MissingReceipt {
+            po: "PO1".into(),
+            invoiced: Decimal::TEN,
+            received_value: Decimal::ZERO,
+        }
     }
     fn price() -> Reason {
-        Reason::PriceVariance { po: "PO1".into(), receiver: "R1".into(), line: 1, invoiced: Decimal::TEN, ordered: Decimal::ONE, variance_pct: Decimal::from(900) }
+        Reason::PriceVariance {
+            po: "PO1".into(),
+            receiver: "R1".into(),
+            line: 1,
+            invoiced: Decimal::TEN,
+            ordered: Decimal::ONE,
+            variance_pct: Decimal::from(900),
+        }
     }
     fn open(code: &str, urgency: Urgency) -> OpenEpisode {
-        OpenEpisode { episode: 2, reason_code: code.into(), urgency, people: People::default() }
+        OpenEpisode {
+            episode: 2,
+            reason_code: code.into(),
+            urgency,
+            people: People::default(),
+        }
     }
 
     #[test]
@@ -72,15 +98,33 @@ mod tests {
         let none = People::default();
         let cases: Vec<(Option<OpenEpisode>, Option<Attention>, Transition)> = vec![
             (None, None, Transition::None),
-            (None, Some(attention(missing(), Urgency::Low)), Transition::Open),
-            (Some(open("missing_receipt", Urgency::Low)), None, Transition::Resolve),
-            (Some(open("missing_receipt", Urgency::Low)), Some(attention(missing(), Urgency::Low)), Transition::Unchanged),
+            (
+                None,
+                Some(attention(missing(), Urgency::Low)),
+                Transition::Open,
+            ),
+            (
+                Some(open("missing_receipt", Urgency::Low)),
+                None,
+                Transition::Resolve,
+            ),
+            (
+                Some(open("missing_receipt", Urgency::Low)),
+                Some(attention(missing(), Urgency::Low)),
+                Transition::Unchanged,
+            ),
             (
                 Some(open("missing_receipt", Urgency::Low)),
                 Some(attention(missing(), Urgency::High)),
-                Transition::Update { urgency_changed: Some((Urgency::Low, Urgency::High)) },
+                Transition::Update {
+                    urgency_changed: Some((Urgency::Low, Urgency::High)),
+                },
             ),
-            (Some(open("missing_receipt", Urgency::Low)), Some(attention(price(), Urgency::Low)), Transition::Replace),
+            (
+                Some(open("missing_receipt", Urgency::Low)),
+                Some(attention(price(), Urgency::Low)),
+                Transition::Replace,
+            ),
         ];
         for (o, a, want) in cases {
             let got = transition(o.as_ref(), a.as_ref().map(|a| (a, &none)));
@@ -97,7 +141,15 @@ mod tests {
             source: "employee B".into(),
             error: "x".into(),
         });
-        let got = transition(Some(&open("missing_receipt", Urgency::Low)), Some((&attention(missing(), Urgency::Low), &people)));
-        assert_eq!(got, Transition::Update { urgency_changed: None });
+        let got = transition(
+            Some(&open("missing_receipt", Urgency::Low)),
+            Some((&attention(missing(), Urgency::Low), &people)),
+        );
+        assert_eq!(
+            got,
+            Transition::Update {
+                urgency_changed: None
+            }
+        );
     }
 }

@@ -22,9 +22,13 @@ impl RecordKind {
         }
     }
     pub fn parse(s: &str) -> Option<Self> {
-        [Self::GoodsReceipt, Self::PurchaseOrder, Self::SupplierInvoice]
-            .into_iter()
-            .find(|k| k.as_str() == s)
+        [
+            Self::GoodsReceipt,
+            Self::PurchaseOrder,
+            Self::SupplierInvoice,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == s)
     }
     /// How a person reads it: "invoice", "PO", "receipt".
     pub fn label(self) -> &'static str {
@@ -137,7 +141,11 @@ pub struct Tolerance {
 
 impl Default for Tolerance {
     fn default() -> Self {
-        Tolerance { percent: Decimal::ZERO, amount: Decimal::ZERO, approval_required: true }
+        Tolerance {
+            percent: Decimal::ZERO,
+            amount: Decimal::ZERO,
+            approval_required: true,
+        }
     }
 }
 
@@ -176,6 +184,8 @@ pub struct Employee {
 
 impl Employee {
     pub fn full_name(&self) -> String {
-        format!("{} {}", self.first_name, self.last_name).trim().to_string()
+        format!("{} {}", self.first_name, self.last_name)
+            .trim()
+            .to_string()
     }
 }

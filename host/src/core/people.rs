@@ -63,18 +63,39 @@ pub struct People {
 }
 
 /// Normalise every number; keep each role/number once; never guess a number.
-pub fn resolve(people: Vec<Person>, default_country: &str, aliases: &BTreeMap<String, String>) -> People {
+pub fn resolve(
+    people: Vec<Person>,
+    default_country: &str,
+    aliases: &BTreeMap<String, String>,
+) -> People {
     let mut out = People::default();
     for p in people {
-        let country = if p.country.trim().is_empty() { default_country } else { p.country.as_str() };
+        let country = if p.country.trim().is_empty() {
+            default_country
+        } else {
+            p.country.as_str()
+        };
         match phone::normalise(&p.phone, country, aliases) {
             Ok(e164) => {
-                let dup = out.recipients.iter().any(|r| r.role == p.role && r.phone == e164.number);
+                let dup = out
+                    .recipients
+                    .iter()
+                    .any(|r| r.role == p.role && r.phone == e164.number);
                 if !dup {
-                    out.recipients.push(Recipient { role: p.role, name: p.name, source: p.source, phone: e164.number });
+                    out.recipients.push(Recipient {
+                        role: p.role,
+                        name: p.name,
+                        source: p.source,
+                        phone: e164.number,
+                    });
                 }
             }
-            Err(e) => out.unreachable.push(Unreachable { role: p.role, error: e.for_whom(&p.source), name: p.name, source: p.source }),
+            Err(e) => out.unreachable.push(Unreachable {
+                role: p.role,
+                error: e.for_whom(&p.source),
+                name: p.name,
+                source: p.source,
+            }),
         }
     }
     out
@@ -85,7 +106,13 @@ mod tests {
     use super::*;
 
     fn person(role: Role, phone: &str, country: &str) -> Person {
-        Person { role, name: "N".into(), source: "supplier S-1001".into(), phone: phone.into(), country: country.into() }
+        Person {
+            role,
+            name: "N".into(),
+            source: "supplier S-1001".into(),
+            phone: phone.into(),
+            country: country.into(),
+        }
     }
 
     #[test]
@@ -98,11 +125,26 @@ mod tests {
                 person(Role::SupplierContact, "0711 12345", "DEU"),
             ],
             "US",
-            &[("DEU".to_string(), "DE".to_string())].into_iter().collect(),
+            &[("DEU".to_string(), "DE".to_string())]
+                .into_iter()
+                .collect(),
         );
-        let phones: Vec<_> = got.recipients.iter().map(|r| (r.role, r.phone.as_str())).collect();
-        assert_eq!(phones, vec![(Role::Buyer, "+13125550142"), (Role::SupplierContact, "+4971112345")]);
+        let phones: Vec<_> = got
+            .recipients
+            .iter()
+            .map(|r| (r.role, r.phone.as_str()))
+            .collect();
+        assert_eq!(
+            phones,
+            vec![
+                (Role::Buyer, "+13125550142"),
+                (Role::SupplierContact, "+4971112345")
+            ]
+        );
         assert_eq!(got.unreachable.len(), 1);
-        assert_eq!(got.unreachable[0].error, "phone \"(312) 55-01\" for supplier S-1001 is not a valid number for US");
+        assert_eq!(
+            got.unreachable[0].error,
+            "phone \"(312) 55-01\" for supplier S-1001 is not a valid number for US"
+        );
     }
 }

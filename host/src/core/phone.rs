@@ -17,7 +17,9 @@ pub struct PhoneError {
 pub enum PhoneProblem {
     #[error("is empty")]
     Empty,
-    #[error("has country {0:?}, which is not an ISO 3166 code this connector knows (add it to the mapping profile's country_aliases)")]
+    #[error(
+        "has country {0:?}, which is not an ISO 3166 code this connector knows (add it to the mapping profile's country_aliases)"
+    )]
     UnknownCountry(String),
     #[error("is not a valid number for {0}")]
     Invalid(String),
@@ -40,29 +42,43 @@ pub struct E164 {
 
 /// Normalise `raw` with `country` (alpha-2, or an alias from the mapping profile) as the
 /// region for national-format numbers.
-pub fn normalise(raw: &str, country: &str, aliases: &BTreeMap<String, String>) -> Result<E164, PhoneError> {
+pub fn normalise(
+    raw: &str,
+    country: &str,
+    aliases: &BTreeMap<String, String>,
+) -> Result<E164, PhoneError> {
     let trimmed = raw.trim();
     if trimmed.is_empty() {
-        return Err(PhoneError { raw: raw.to_string(), problem: PhoneProblem::Empty });
+        return Err(PhoneError {
+            raw: raw.to_string(),
+            problem: PhoneProblem::Empty,
+        });
     }
     let code = country.trim().to_ascii_uppercase();
     let code = aliases.get(&code).cloned().unwrap_or(code);
-    let region: country::Id = code
-        .parse()
-        .map_err(|_| PhoneError { raw: raw.to_string(), problem: PhoneProblem::UnknownCountry(country.to_string()) })?;
+    let region: country::Id = code.parse().map_err(|_| PhoneError {
+        raw: raw.to_string(),
+        problem: PhoneProblem::UnknownCountry(country.to_string()),
+    })?;
     // International prefix "00" is how Europe writes "+": libphonenumber handles it only
     // from a region whose exit code is 00, so rewrite it explicitly.
     let text = match trimmed.strip_prefix("00") {
         Some(rest) if !trimmed.starts_with("000") => format!("+{rest}"),
         _ => trimmed.to_string(),
     };
-    let invalid = || PhoneError { raw: raw.to_string(), problem: PhoneProblem::Invalid(code.clone()) };
+    let invalid = || PhoneError {
+        raw: raw.to_string(),
+        problem: PhoneProblem::Invalid(code.clone()),
+    };
     let parsed = phonenumber::parse(Some(region), &text).map_err(|_| invalid())?;
     if !phonenumber::is_valid(&parsed) {
         return Err(invalid());
     }
     let extension = parsed.extension().map(|e| e.to_string());
-    Ok(E164 { number: parsed.format().mode(Mode::E164).to_string(), extension })
+    Ok(E164 {
+        number: parsed.format().mode(Mode::E164).to_string(),
+        extension,
+    })
 }
 
 #[cfg(test)]
@@ -88,10 +104,22 @@ mod tests {
             ("020 7946 0018", "GBR", Ok("+442079460018")),
             ("55 1234 5678", "MX", Ok("+525512345678")),
             ("(312) 555-0142 ext. 42", "US", Ok("+13125550142")),
-            ("(312) 55-01", "US", Err("phone \"(312) 55-01\" is not a valid number for US")),
-            ("call me maybe", "US", Err("phone \"call me maybe\" is not a valid number for US")),
+            (
+                "(312) 55-01",
+                "US",
+                Err("phone \"(312) 55-01\" is not a valid number for US"),
+            ),
+            (
+                "call me maybe",
+                "US",
+                Err("phone \"call me maybe\" is not a valid number for US"),
+            ),
             ("   ", "US", Err("phone \"   \" is empty")),
-            ("(312) 555-0142", "XX", Err("phone \"(312) 555-0142\" has country \"XX\", which is not")),
+            (
+                "(312) 555-0142",
+                "XX",
+                Err("phone \"(312) 555-0142\" has country \"XX\", which is not"),
+            ),
         ];
         for (raw, country, want) in cases {
             let got = normalise(raw, country, &aliases());
@@ -106,7 +134,10 @@ mod tests {
     #[test]
     fn names_the_owner_in_the_message() {
         let e = normalise("(312) 55-01", "US", &aliases()).unwrap_err();
-        assert_eq!(e.for_whom("supplier S-1001"), "phone \"(312) 55-01\" for supplier S-1001 is not a valid number for US");
+        assert_eq!(
+            e.for_whom("supplier S-1001"),
+            "phone \"(312) 55-01\" for supplier S-1001 is not a valid number for US"
+        );
     }
 
     #[test]

@@ -47,12 +47,21 @@ impl<'a> Fields<'a> {
             .filter_map(|f| row.get(*f).and_then(scalar_text))
             .filter(|s| !s.is_empty())
             .collect();
-        let record = if parts.len() == key_fields.len() { parts.join("/") } else { position.to_string() };
+        let record = if parts.len() == key_fields.len() {
+            parts.join("/")
+        } else {
+            position.to_string()
+        };
         Fields { row, kind, record }
     }
 
     fn err(&self, field: &str, problem: impl Into<String>) -> RowError {
-        RowError { kind: self.kind, record: self.record.clone(), field: field.to_string(), problem: problem.into() }
+        RowError {
+            kind: self.kind,
+            record: self.record.clone(),
+            field: field.to_string(),
+            problem: problem.into(),
+        }
     }
 
     fn text(&self, field: &str) -> Result<String, RowError> {
@@ -64,16 +73,25 @@ impl<'a> Fields<'a> {
 
     fn required(&self, field: &str) -> Result<String, RowError> {
         let t = self.text(field)?;
-        if t.trim().is_empty() { Err(self.err(field, "is empty")) } else { Ok(t.trim().to_string()) }
+        if t.trim().is_empty() {
+            Err(self.err(field, "is empty"))
+        } else {
+            Ok(t.trim().to_string())
+        }
     }
 
     fn optional(&self, field: &str) -> String {
-        self.row.get(field).and_then(scalar_text).map(|s| s.trim().to_string()).unwrap_or_default()
+        self.row
+            .get(field)
+            .and_then(scalar_text)
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default()
     }
 
     fn date(&self, field: &str) -> Result<NaiveDate, RowError> {
         let t = self.required(field)?;
-        NaiveDate::parse_from_str(&t, "%Y-%m-%d").map_err(|_| self.err(field, format!("{t:?} is not a date (YYYY-MM-DD)")))
+        NaiveDate::parse_from_str(&t, "%Y-%m-%d")
+            .map_err(|_| self.err(field, format!("{t:?} is not a date (YYYY-MM-DD)")))
     }
 
     fn decimal(&self, field: &str) -> Result<Decimal, RowError> {
@@ -90,13 +108,18 @@ impl<'a> Fields<'a> {
 
     fn line(&self, field: &str) -> Result<u32, RowError> {
         let t = self.required(field)?;
-        t.parse().map_err(|_| self.err(field, format!("{t:?} is not a line number")))
+        t.parse()
+            .map_err(|_| self.err(field, format!("{t:?} is not a line number")))
     }
 
     fn flag(&self, field: &str) -> Result<bool, RowError> {
         match self.row.get(field) {
             Some(Value::Bool(b)) => Ok(*b),
-            Some(v) => match scalar_text(v).unwrap_or_default().to_ascii_lowercase().as_str() {
+            Some(v) => match scalar_text(v)
+                .unwrap_or_default()
+                .to_ascii_lowercase()
+                .as_str()
+            {
                 "true" | "yes" | "1" => Ok(true),
                 "false" | "no" | "0" => Ok(false),
                 _ => Err(self.err(field, format!("{v} is not true or false"))),
@@ -116,7 +139,12 @@ fn scalar_text(v: &Value) -> Option<String> {
 }
 
 pub fn invoice(row: &Row, p: &MappingProfile, position: &str) -> Result<Invoice, RowError> {
-    let f = Fields::new(row, "supplier invoice", &["CInvoice.CInvoiceVoucher"], position);
+    let f = Fields::new(
+        row,
+        "supplier invoice",
+        &["CInvoice.CInvoiceVoucher"],
+        position,
+    );
     Ok(Invoice {
         voucher: f.required("CInvoice.CInvoiceVoucher")?,
         reference: f.optional("CInvoice.CInvoiceReference"),
@@ -128,14 +156,20 @@ pub fn invoice(row: &Row, p: &MappingProfile, position: &str) -> Result<Invoice,
         approved: f.flag("CInvoice.CInvoiceIsInvoiceApproved")?,
         payment_locked: f.flag("CInvoice.CInvoiceIsLockPayment")?,
         logistic_matching: f.flag("CInvoice.CInvoiceIsLogisticMatching")?,
-        hold_amount: f.optional_decimal("CInvoice.CInvoiceHoldAmountTC")?.unwrap_or_default(),
+        hold_amount: f
+            .optional_decimal("CInvoice.CInvoiceHoldAmountTC")?
+            .unwrap_or_default(),
         amount: f.decimal(&p.fields.invoice_amount)?,
         currency: f.required(&p.fields.invoice_currency)?,
         modified: f.date("CInvoice.LastModifiedDate")?,
     })
 }
 
-pub fn purchase_order(row: &Row, p: &MappingProfile, position: &str) -> Result<PurchaseOrder, RowError> {
+pub fn purchase_order(
+    row: &Row,
+    p: &MappingProfile,
+    position: &str,
+) -> Result<PurchaseOrder, RowError> {
     let f = Fields::new(row, "purchase order", &["po_mstr.po_nbr"], position);
     let approval_text = f.required(&p.fields.po_approval_status)?;
     let v = &p.approval_values;
@@ -144,7 +178,12 @@ pub fn purchase_order(row: &Row, p: &MappingProfile, position: &str) -> Result<P
         s if s == v.approved => ApprovalStatus::Approved,
         s if s == v.denied => ApprovalStatus::Denied,
         s if s == v.not_required => ApprovalStatus::NotRequired,
-        other => return Err(f.err(&p.fields.po_approval_status, format!("{other:?} is not a known approval status"))),
+        other => {
+            return Err(f.err(
+                &p.fields.po_approval_status,
+                format!("{other:?} is not a known approval status"),
+            ));
+        }
     };
     Ok(PurchaseOrder {
         number: f.required("po_mstr.po_nbr")?,
@@ -165,7 +204,12 @@ pub fn purchase_order(row: &Row, p: &MappingProfile, position: &str) -> Result<P
 }
 
 pub fn receipt(row: &Row, p: &MappingProfile, position: &str) -> Result<Receipt, RowError> {
-    let f = Fields::new(row, "goods receipt", &["prh_hist.prh_receiver", "prh_hist.prh_line"], position);
+    let f = Fields::new(
+        row,
+        "goods receipt",
+        &["prh_hist.prh_receiver", "prh_hist.prh_line"],
+        position,
+    );
     Ok(Receipt {
         receiver: f.required("prh_hist.prh_receiver")?,
         po_number: f.required("prh_hist.prh_nbr")?,
@@ -183,7 +227,12 @@ pub fn receipt(row: &Row, p: &MappingProfile, position: &str) -> Result<Receipt,
 }
 
 pub fn po_line(row: &Row, position: &str) -> Result<PoLine, RowError> {
-    let f = Fields::new(row, "PO line", &["pod_det.pod_nbr", "pod_det.pod_line"], position);
+    let f = Fields::new(
+        row,
+        "PO line",
+        &["pod_det.pod_nbr", "pod_det.pod_line"],
+        position,
+    );
     Ok(PoLine {
         po_number: f.required("pod_det.pod_nbr")?,
         line: f.line("pod_det.pod_line")?,
@@ -195,7 +244,12 @@ pub fn po_line(row: &Row, position: &str) -> Result<PoLine, RowError> {
 }
 
 pub fn matching_line(row: &Row, position: &str) -> Result<MatchingLine, RowError> {
-    let f = Fields::new(row, "invoice matching line", &["APMatching.CInvoiceVoucher", "APMatching.prh_receiver"], position);
+    let f = Fields::new(
+        row,
+        "invoice matching line",
+        &["APMatching.CInvoiceVoucher", "APMatching.prh_receiver"],
+        position,
+    );
     Ok(MatchingLine {
         voucher: f.required("APMatching.CInvoiceVoucher")?,
         receiver: f.required("APMatching.prh_receiver")?,
@@ -286,12 +340,36 @@ mod tests {
     #[test]
     fn malformed_rows_name_the_record_and_the_field() {
         let cases: &[(&str, Value, &str)] = &[
-            ("CInvoice.CInvoiceDueDate", json!("2026-13-45"), "supplier invoice SI-1001: CInvoice.CInvoiceDueDate \"2026-13-45\" is not a date (YYYY-MM-DD)"),
-            ("CInvoice.CInvoiceOriginalCreditTC", json!("12,50.x"), "supplier invoice SI-1001: CInvoice.CInvoiceOriginalCreditTC \"12,50.x\" is not a decimal amount"),
-            ("CInvoice.CInvoiceIsInvoiceApproved", json!("maybe"), "supplier invoice SI-1001: CInvoice.CInvoiceIsInvoiceApproved \"maybe\" is not true or false"),
-            ("CInvoice.CreditorCode", Value::Null, "supplier invoice SI-1001: CInvoice.CreditorCode is missing"),
-            ("CInvoice.CInvoiceVoucher", json!(""), "supplier invoice page 2 row 7: CInvoice.CInvoiceVoucher is empty"),
-            ("CInvoice.CurrencyCode", json!({"nested": 1}), "supplier invoice SI-1001: CInvoice.CurrencyCode is not text: {\"nested\":1}"),
+            (
+                "CInvoice.CInvoiceDueDate",
+                json!("2026-13-45"),
+                "supplier invoice SI-1001: CInvoice.CInvoiceDueDate \"2026-13-45\" is not a date (YYYY-MM-DD)",
+            ),
+            (
+                "CInvoice.CInvoiceOriginalCreditTC",
+                json!("12,50.x"),
+                "supplier invoice SI-1001: CInvoice.CInvoiceOriginalCreditTC \"12,50.x\" is not a decimal amount",
+            ),
+            (
+                "CInvoice.CInvoiceIsInvoiceApproved",
+                json!("maybe"),
+                "supplier invoice SI-1001: CInvoice.CInvoiceIsInvoiceApproved \"maybe\" is not true or false",
+            ),
+            (
+                "CInvoice.CreditorCode",
+                Value::Null,
+                "supplier invoice SI-1001: CInvoice.CreditorCode is missing",
+            ),
+            (
+                "CInvoice.CInvoiceVoucher",
+                json!(""),
+                "supplier invoice page 2 row 7: CInvoice.CInvoiceVoucher is empty",
+            ),
+            (
+                "CInvoice.CurrencyCode",
+                json!({"nested": 1}),
+                "supplier invoice SI-1001: CInvoice.CurrencyCode is not text: {\"nested\":1}",
+            ),
         ];
         for (field, value, want) in cases {
             let mut r = row(good_invoice());
@@ -318,6 +396,9 @@ mod tests {
             "po_mstr.po_approval_status": "Waiting", "po_mstr.po_mod_date": "2026-11-01"
         }));
         let err = purchase_order(&r, &MappingProfile::default(), "row 1").unwrap_err();
-        assert_eq!(err.to_string(), "purchase order PO1: po_mstr.po_approval_status \"Waiting\" is not a known approval status");
+        assert_eq!(
+            err.to_string(),
+            "purchase order PO1: po_mstr.po_approval_status \"Waiting\" is not a known approval status"
+        );
     }
 }

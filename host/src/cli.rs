@@ -1,0 +1,251 @@
+//! The command line of the contract: `sandbox`, `serve`, `migrate`, `keygen`,
+//! `qad-sandbox`. Configuration comes from `ML_CONNECTOR_*` environment variables (clap
+//! reads them), flags winning where both are given.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use chrono::NaiveDate;
+use clap::{Parser, Subcommand, ValueEnum};
+use tokio::sync::watch;
+
+use crate::clock::{Clock, SystemClock};
+use crate::poller::Poller;
+use crate::qad_sandbox::{QadSandbox, SandboxConfig, data};
+use crate::scheduler::Scheduler;
+use crate::secrets::{Keyring, generate_master_key};
+use crate::store::Store;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "ml-connector",
+    version,
+    about = "Alerts people through Twilio when QAD records need them"
+)]
+pub struct Cli {
+    /// Tracing filter, e.g. `info` or `ml_connector=debug`.
+    #[arg(long, env = "ML_CONNECTOR_LOG", default_value = "info", global = true)]
+    pub log: String,
+    #[arg(
+        long,
+        env = "ML_CONNECTOR_LOG_FORMAT",
+        default_value = "text",
+        global = true
+    )]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DbArgs {
+    /// `sqlite://file` (created if missing) or `postgres://…`.
+    #[arg(
+        long,
+        env = "ML_CONNECTOR_DATABASE_URL",
+        default_value = "sqlite://ml-connector.db"
+    )]
+    pub database_url: String,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct KeyArgs {
+    /// The master key that seals every stored credential (`ml-connector keygen` makes one).
+    #[arg(
+        long,
+        env = "ML_CONNECTOR_MASTER_KEY",
+        hide_env_values = true,
+        hide = true
+    )]
+    pub master_key: Option<String>,
+    /// A file holding the master key.
+    #[arg(long, env = "ML_CONNECTOR_MASTER_KEY_FILE")]
+    pub master_key_file: Option<PathBuf>,
+    /// Earlier master keys, comma-separated, still needed to open values sealed before a rotation.
+    #[arg(
+        long,
+        env = "ML_CONNECTOR_PREVIOUS_MASTER_KEYS",
+        hide_env_values = true,
+        hide = true,
+        value_delimiter = ','
+    )]
+    pub previous_master_keys: Vec<String>,
+}
+
+impl KeyArgs {
+    pub fn keyring(&self) -> anyhow::Result<Keyring> {
+        let key = match (&self.master_key, &self.master_key_file) {
+            (Some(k), _) => k.clone(),
+            (None, Some(f)) => std::fs::read_to_string(f)
+                .with_context(|| format!("reading ML_CONNECTOR_MASTER_KEY_FILE {}", f.display()))?,
+            (None, None) => bail!(
+                "ML_CONNECTOR_MASTER_KEY or ML_CONNECTOR_MASTER_KEY_FILE is required (make a key with `ml-connector keygen`)"
+            ),
+        };
+        Ok(Keyring::new(key.trim(), &self.previous_master_keys)?)
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// The no-credentials demo: QAD sandbox and host in one process on a fresh SQLite file.
+    Sandbox {
+        /// Stop after one full poll cycle and print a summary.
+        #[arg(long)]
+        once: bool,
+        /// Use this database instead of a fresh file in the temp directory.
+        #[arg(long)]
+        database_url: Option<String>,
+        /// Where the QAD sandbox listens (port 0: any free port).
+        #[arg(long, default_value = "127.0.0.1:0")]
+        qad_addr: SocketAddr,
+        /// Seconds between polls of the example tenant.
+        #[arg(long, default_value_t = 20)]
+        poll_every: u64,
+    },
+    /// Production: poll every tenant on its schedule.
+    Serve {
+        #[command(flatten)]
+        db: DbArgs,
+        #[command(flatten)]
+        keys: KeyArgs,
+    },
+    /// Apply the database migrations and exit.
+    Migrate {
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// Print a fresh master key.
+    Keygen,
+    /// Re-seal every stored credential under the current master key (after a rotation).
+    Rekey {
+        #[command(flatten)]
+        db: DbArgs,
+        #[command(flatten)]
+        keys: KeyArgs,
+    },
+    /// The QAD emulator alone, for integrators' own tests.
+    QadSandbox {
+        #[arg(long, default_value = "127.0.0.1:8601")]
+        addr: SocketAddr,
+        /// The date the data is laid out around (default: today, UTC).
+        #[arg(long)]
+        today: Option<NaiveDate>,
+        /// Replace the example's invoices with this many (for load tests)…
+        #[arg(long)]
+        invoices: Option<usize>,
+        /// …of which this many were modified today.
+        #[arg(long, default_value_t = 100)]
+        changed: usize,
+    },
+}
+
+pub fn init_tracing(cli: &Cli) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    crate::init_tls();
+    match cli.command {
+        Command::Keygen => println!("{}", generate_master_key()),
+        Command::Migrate { db } => {
+            let store = Store::connect(&db.database_url).await?;
+            store.migrate().await?;
+            println!("migrations applied to {} database", store.engine());
+            store.close().await;
+        }
+        Command::Rekey { db, keys } => {
+            let keys = keys.keyring()?;
+            let store = Store::connect(&db.database_url).await?;
+            store.migrate().await?;
+            let n = store.reseal_secrets(&keys, SystemClock.now()).await?;
+            println!(
+                "{n} credentials re-sealed under master key {}",
+                keys.current_key_id()
+            );
+        }
+        Command::Serve { db, keys } => {
+            let keys = Arc::new(keys.keyring()?);
+            let store = Store::connect(&db.database_url)
+                .await
+                .context("connecting to the database")?;
+            store.migrate().await.context("applying migrations")?;
+            let http = reqwest::Client::builder()
+                .timeout(Duration::from_secs(60))
+                .build()?;
+            let poller = Poller::new(store.clone(), keys, http, Arc::new(SystemClock));
+            let scheduler = Scheduler::new(poller);
+            let (stop_tx, stop_rx) = watch::channel(false);
+            let task = tokio::spawn({
+                let s = scheduler.clone();
+                async move { s.run(stop_rx).await }
+            });
+            tracing::info!(engine = store.engine(), "ml-connector serving");
+            crate::shutdown_signal().await;
+            tracing::info!("shutting down: letting polls under way finish");
+            let _ = stop_tx.send(true);
+            let _ = task.await;
+            store.close().await;
+        }
+        Command::Sandbox {
+            once,
+            database_url,
+            qad_addr,
+            poll_every,
+        } => {
+            crate::sandbox::run(crate::sandbox::SandboxOptions {
+                once,
+                database_url,
+                qad_addr,
+                poll_every_seconds: poll_every,
+            })
+            .await?;
+        }
+        Command::QadSandbox {
+            addr,
+            today,
+            invoices,
+            changed,
+        } => {
+            let today = today.unwrap_or_else(|| SystemClock.now().date_naive());
+            let cfg = SandboxConfig::new(today);
+            let sandbox = match invoices {
+                Some(n) => QadSandbox::with_data(
+                    cfg.clone(),
+                    data::bulk(today, n, changed.min(n)),
+                    Default::default(),
+                ),
+                None => QadSandbox::new(cfg.clone()),
+            };
+            let listener = tokio::net::TcpListener::bind(addr).await?;
+            let local = listener.local_addr()?;
+            println!(
+                "QAD sandbox on http://{local}{} (user {}, workspace {})",
+                cfg.base_path, cfg.user, cfg.workspace
+            );
+            println!("control surface: http://{local}/_sandbox/story");
+            tokio::select! {
+                r = sandbox.serve(listener) => r?,
+                _ = crate::shutdown_signal() => {}
+            }
+        }
+    }
+    Ok(())
+}

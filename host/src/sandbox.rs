@@ -1,0 +1,278 @@
+//! `ml-connector sandbox`: the no-credentials demo. One process runs the QAD sandbox with
+//! the example manufacturer's data and the host on a fresh SQLite file, creates the example
+//! tenant, and runs the real poll loop, printing a line for everything that needs a person
+//! and everything resolved.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde_json::json;
+use tokio::sync::{broadcast, watch};
+
+use crate::clock::{Clock, SystemClock};
+use crate::core::attention::Urgency;
+use crate::core::people::People;
+use crate::core::profile::{MappingProfile, PersonRef, Roles};
+use crate::core::schedule::ScheduleSpec;
+use crate::poller::{Event, Poller, SECRET_QAD_PASSWORD, SECRET_QAD_USER};
+use crate::qad_sandbox::{QadSandbox, SandboxConfig};
+use crate::scheduler::Scheduler;
+use crate::secrets::{Keyring, SecretString, generate_master_key};
+use crate::store::{Store, Tenant};
+
+pub const EXAMPLE_TENANT: &str = "lakeshore";
+pub const EXAMPLE_TIME_ZONE: &str = "America/Chicago";
+
+pub struct SandboxOptions {
+    pub once: bool,
+    pub database_url: Option<String>,
+    pub qad_addr: SocketAddr,
+    pub poll_every_seconds: u64,
+}
+
+/// The example tenant as an operator would set it up against the QAD sandbox.
+pub fn example_tenant(qad_base_url: &str, cfg: &SandboxConfig, every_seconds: u64) -> Tenant {
+    let (domain, entity) = cfg
+        .workspace
+        .split_once('_')
+        .unwrap_or((&cfg.workspace, ""));
+    Tenant {
+        id: EXAMPLE_TENANT.into(),
+        name: "Lakeshore Precision Components".into(),
+        qad_base_url: qad_base_url.into(),
+        qad_domain: domain.into(),
+        qad_entity: entity.into(),
+        schedule: ScheduleSpec {
+            every_seconds: Some(every_seconds),
+            cron: None,
+            active_hours: None,
+            time_zone: EXAMPLE_TIME_ZONE.into(),
+        },
+        profile: MappingProfile {
+            roles: Roles {
+                ap_clerk: vec![PersonRef::Employee {
+                    employee: "AP-01".into(),
+                }],
+                plant_manager: vec![PersonRef::Employee {
+                    employee: "PM-01".into(),
+                }],
+            },
+            ..MappingProfile::default()
+        },
+    }
+}
+
+/// Create the example tenant with its QAD credentials (sealed) in `store`.
+pub async fn provision_example(
+    store: &Store,
+    keys: &Keyring,
+    tenant: &Tenant,
+    cfg: &SandboxConfig,
+    now: DateTime<Utc>,
+) -> anyhow::Result<()> {
+    store.create_tenant(tenant, now).await?;
+    store
+        .set_secret(
+            keys,
+            &tenant.id,
+            SECRET_QAD_USER,
+            &SecretString::new(cfg.user.clone()),
+            now,
+        )
+        .await?;
+    store
+        .set_secret(
+            keys,
+            &tenant.id,
+            SECRET_QAD_PASSWORD,
+            &SecretString::new(cfg.password.clone()),
+            now,
+        )
+        .await?;
+    Ok(())
+}
+
+fn people_line(p: &People) -> String {
+    let mut parts: Vec<String> = p
+        .recipients
+        .iter()
+        .map(|r| format!("{} {} {}", r.role.as_str(), r.name, r.phone))
+        .collect();
+    if parts.is_empty() {
+        parts.push("nobody reachable".into());
+    }
+    parts.join(", ")
+}
+
+fn urgency_tag(u: Urgency) -> &'static str {
+    match u {
+        Urgency::Low => "low     ",
+        Urgency::Normal => "normal  ",
+        Urgency::High => "HIGH    ",
+        Urgency::Critical => "CRITICAL",
+    }
+}
+
+/// The readable line for one event (several lines when people are unreachable).
+pub fn event_line(e: &Event) -> String {
+    match e {
+        Event::NeedsAttention {
+            summary,
+            urgency,
+            people,
+            ..
+        } => {
+            let mut s = format!(
+                "needs attention {} {summary}\n    → {}",
+                urgency_tag(*urgency),
+                people_line(people)
+            );
+            for u in &people.unreachable {
+                s.push_str(&format!("\n    ✗ {}", u.error));
+            }
+            s
+        }
+        Event::Updated {
+            summary, urgency, ..
+        } => format!("updated         {} {summary}", urgency_tag(*urgency)),
+        Event::Resolved {
+            kind, key, cause, ..
+        } => format!("resolved                 {} {key}: {cause}", kind.label()),
+        Event::RowError { error, .. } => format!("malformed row            {error}"),
+        Event::PollFinished {
+            tenant,
+            poll_id,
+            totals,
+            error,
+        } => {
+            let t = totals;
+            let mut s = format!(
+                "poll {poll_id} of {tenant}: {} rows read, {} changed, {} now need attention, {} resolved, {} malformed rows",
+                t.rows_read, t.rows_changed, t.opened, t.resolved, t.row_errors
+            );
+            if let Some(e) = error {
+                s.push_str(&format!("; FAILED: {e}"));
+            }
+            s
+        }
+    }
+}
+
+async fn print_events(mut rx: broadcast::Receiver<Event>) {
+    loop {
+        match rx.recv().await {
+            Ok(e) => println!("{}", event_line(&e)),
+            Err(broadcast::error::RecvError::Lagged(n)) => {
+                println!("({n} events not shown: the printer fell behind)")
+            }
+            Err(broadcast::error::RecvError::Closed) => break,
+        }
+    }
+}
+
+pub async fn run(opts: SandboxOptions) -> anyhow::Result<()> {
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let now = clock.now();
+    let today = now
+        .with_timezone(
+            &EXAMPLE_TIME_ZONE
+                .parse::<chrono_tz::Tz>()
+                .expect("valid zone"),
+        )
+        .date_naive();
+    let qad_cfg = SandboxConfig::new(today);
+    let qad = QadSandbox::new(qad_cfg.clone());
+    let (qad_base, _qad_task) = qad.clone().spawn(opts.qad_addr).await?;
+    let db_url = match opts.database_url {
+        Some(u) => u,
+        None => {
+            let dir =
+                std::env::temp_dir().join(format!("ml-connector-sandbox-{}", std::process::id()));
+            std::fs::create_dir_all(&dir)?;
+            format!("sqlite://{}", dir.join("ml-connector.db").display())
+        }
+    };
+    println!("ml-connector sandbox");
+    println!("  QAD sandbox   {qad_base}  (control surface under /_sandbox)");
+    println!("  database      {db_url}");
+    let store = Store::connect(&db_url).await?;
+    store.migrate().await?;
+    // The demo's credentials are the sandbox's own; an ephemeral master key seals them.
+    let keys = Arc::new(Keyring::new(&generate_master_key(), &[])?);
+    let tenant = example_tenant(&qad_base, &qad_cfg, opts.poll_every_seconds);
+    provision_example(&store, &keys, &tenant, &qad_cfg, now).await?;
+    println!(
+        "  tenant        {} ({}), polled every {} s\n",
+        tenant.id, tenant.name, opts.poll_every_seconds
+    );
+
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()?;
+    let poller = Poller::new(store.clone(), keys, http.clone(), clock);
+    let printer = tokio::spawn(print_events(poller.events.subscribe()));
+    let scheduler = Scheduler::new(poller.clone());
+    let first = scheduler.poll_now(EXAMPLE_TENANT, "sandbox").await?;
+    if opts.once {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        printer.abort();
+        let open = store.attention(EXAMPLE_TENANT, Some("open")).await?;
+        println!(
+            "\nsummary: {} records need a person; {} malformed rows recorded in the audit trail",
+            open.len(),
+            first.totals.row_errors
+        );
+        store.close().await;
+        return match first.error {
+            Some(e) => Err(anyhow::anyhow!("the poll failed: {e}")),
+            None => Ok(()),
+        };
+    }
+    // The story goes on: a receipt posts for one stuck invoice's PO and a pending PO is
+    // approved in QAD, so the next polls show them resolved.
+    let story = qad.story();
+    let control = qad_base
+        .rsplit_once("/clouderp")
+        .map(|(h, _)| h.to_string())
+        .unwrap_or(qad_base.clone());
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let loop_task = tokio::spawn({
+        let s = scheduler.clone();
+        async move { s.run(stop_rx).await }
+    });
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        if let Some((voucher, po)) = story
+            .missing_receipt
+            .first()
+            .and_then(|v| story.invoice_po.get_key_value(v))
+        {
+            println!("\n(QAD) goods receipt posted for {po}, the PO of stuck invoice {voucher}");
+            let _ = http
+                .post(format!("{control}/_sandbox/receipts"))
+                .json(&json!({"po": po}))
+                .send()
+                .await;
+        }
+        if let Some(po) = story.pending_approval.first() {
+            println!("(QAD) {po} approved by the plant manager\n");
+            let _ = http
+                .post(format!("{control}/_sandbox/approvals"))
+                .json(&json!({"po": po, "status": "Approved"}))
+                .send()
+                .await;
+        }
+    });
+    println!(
+        "polling every {} s; Ctrl-C to stop\n",
+        opts.poll_every_seconds
+    );
+    crate::shutdown_signal().await;
+    let _ = stop_tx.send(true);
+    let _ = loop_task.await;
+    printer.abort();
+    store.close().await;
+    Ok(())
+}
