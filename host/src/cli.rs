@@ -20,21 +20,12 @@ use crate::secrets::{Keyring, generate_master_key};
 use crate::store::Store;
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "ml-connector",
-    version,
-    about = "Alerts people through Twilio when QAD records need them"
-)]
+#[command(name = "ml-connector", version, about = "Alerts people through Twilio when QAD records need them")]
 pub struct Cli {
     /// Tracing filter, e.g. `info` or `ml_connector=debug`.
     #[arg(long, env = "ML_CONNECTOR_LOG", default_value = "info", global = true)]
     pub log: String,
-    #[arg(
-        long,
-        env = "ML_CONNECTOR_LOG_FORMAT",
-        default_value = "text",
-        global = true
-    )]
+    #[arg(long, env = "ML_CONNECTOR_LOG_FORMAT", default_value = "text", global = true)]
     pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
@@ -49,23 +40,14 @@ pub enum LogFormat {
 #[derive(Debug, clap::Args)]
 pub struct DbArgs {
     /// `sqlite://file` (created if missing) or `postgres://…`.
-    #[arg(
-        long,
-        env = "ML_CONNECTOR_DATABASE_URL",
-        default_value = "sqlite://ml-connector.db"
-    )]
+    #[arg(long, env = "ML_CONNECTOR_DATABASE_URL", default_value = "sqlite://ml-connector.db")]
     pub database_url: String,
 }
 
 #[derive(Debug, clap::Args)]
 pub struct KeyArgs {
     /// The master key that seals every stored credential (`ml-connector keygen` makes one).
-    #[arg(
-        long,
-        env = "ML_CONNECTOR_MASTER_KEY",
-        hide_env_values = true,
-        hide = true
-    )]
+    #[arg(long, env = "ML_CONNECTOR_MASTER_KEY", hide_env_values = true, hide = true)]
     pub master_key: Option<String>,
     /// A file holding the master key.
     #[arg(long, env = "ML_CONNECTOR_MASTER_KEY_FILE")]
@@ -85,11 +67,12 @@ impl KeyArgs {
     pub fn keyring(&self) -> anyhow::Result<Keyring> {
         let key = match (&self.master_key, &self.master_key_file) {
             (Some(k), _) => k.clone(),
-            (None, Some(f)) => std::fs::read_to_string(f)
-                .with_context(|| format!("reading ML_CONNECTOR_MASTER_KEY_FILE {}", f.display()))?,
-            (None, None) => bail!(
-                "ML_CONNECTOR_MASTER_KEY or ML_CONNECTOR_MASTER_KEY_FILE is required (make a key with `ml-connector keygen`)"
-            ),
+            (None, Some(f)) => {
+                std::fs::read_to_string(f).with_context(|| format!("reading ML_CONNECTOR_MASTER_KEY_FILE {}", f.display()))?
+            }
+            (None, None) => {
+                bail!("ML_CONNECTOR_MASTER_KEY or ML_CONNECTOR_MASTER_KEY_FILE is required (make a key with `ml-connector keygen`)")
+            }
         };
         Ok(Keyring::new(key.trim(), &self.previous_master_keys)?)
     }
@@ -150,11 +133,8 @@ pub enum Command {
 }
 
 pub fn init_tracing(cli: &Cli) {
-    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match cli.log_format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -176,20 +156,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let store = Store::connect(&db.database_url).await?;
             store.migrate().await?;
             let n = store.reseal_secrets(&keys, SystemClock.now()).await?;
-            println!(
-                "{n} credentials re-sealed under master key {}",
-                keys.current_key_id()
-            );
+            println!("{n} credentials re-sealed under master key {}", keys.current_key_id());
         }
         Command::Serve { db, keys } => {
             let keys = Arc::new(keys.keyring()?);
-            let store = Store::connect(&db.database_url)
-                .await
-                .context("connecting to the database")?;
+            let store = Store::connect(&db.database_url).await.context("connecting to the database")?;
             store.migrate().await.context("applying migrations")?;
-            let http = reqwest::Client::builder()
-                .timeout(Duration::from_secs(60))
-                .build()?;
+            let http = reqwest::Client::builder().timeout(Duration::from_secs(60)).build()?;
             let poller = Poller::new(store.clone(), keys, http, Arc::new(SystemClock));
             let scheduler = Scheduler::new(poller);
             let (stop_tx, stop_rx) = watch::channel(false);
@@ -227,11 +200,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let today = today.unwrap_or_else(|| SystemClock.now().date_naive());
             let cfg = SandboxConfig::new(today);
             let sandbox = match invoices {
-                Some(n) => QadSandbox::with_data(
-                    cfg.clone(),
-                    data::bulk(today, n, changed.min(n)),
-                    Default::default(),
-                ),
+                Some(n) => QadSandbox::with_data(cfg.clone(), data::bulk(today, n, changed.min(n)), Default::default()),
                 None => QadSandbox::new(cfg.clone()),
             };
             let listener = tokio::net::TcpListener::bind(addr).await?;

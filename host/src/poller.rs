@@ -26,9 +26,7 @@ use crate::core::rows::{self, Row, RowError};
 use crate::core::schedule::{Schedule, ScheduleError};
 use crate::qad::{Filter, QadClient, QadConfig, QadError, RetryPolicy};
 use crate::secrets::Keyring;
-use crate::store::{
-    EpisodeChange, NewAudit, OpenRecord, PollTotals, RecordChange, Store, StoreError, Tenant,
-};
+use crate::store::{EpisodeChange, NewAudit, OpenRecord, PollTotals, RecordChange, Store, StoreError, Tenant};
 
 pub const SECRET_QAD_USER: &str = "qad.username";
 pub const SECRET_QAD_PASSWORD: &str = "qad.password";
@@ -104,12 +102,7 @@ pub struct Poller {
 }
 
 impl Poller {
-    pub fn new(
-        store: Store,
-        keys: Arc<Keyring>,
-        http: reqwest::Client,
-        clock: Arc<dyn Clock>,
-    ) -> Self {
+    pub fn new(store: Store, keys: Arc<Keyring>, http: reqwest::Client, clock: Arc<dyn Clock>) -> Self {
         Poller {
             store,
             keys,
@@ -124,20 +117,11 @@ impl Poller {
     /// already finished advanced and the rest untouched, recorded in the poll history.
     pub async fn poll(&self, tenant_id: &str, requested_by: &str) -> Result<PollReport, PollError> {
         let tenant = self.store.tenant(tenant_id).await?;
-        let schedule = Schedule::parse(&tenant.schedule)
-            .map_err(|e| PollError::Schedule(tenant.id.clone(), e))?;
-        let user = self
-            .store
-            .secret(&self.keys, &tenant.id, SECRET_QAD_USER)
-            .await?;
-        let password = self
-            .store
-            .secret(&self.keys, &tenant.id, SECRET_QAD_PASSWORD)
-            .await?;
-        let user =
-            user.ok_or_else(|| PollError::MissingCredential(tenant.id.clone(), "user name"))?;
-        let password =
-            password.ok_or_else(|| PollError::MissingCredential(tenant.id.clone(), "password"))?;
+        let schedule = Schedule::parse(&tenant.schedule).map_err(|e| PollError::Schedule(tenant.id.clone(), e))?;
+        let user = self.store.secret(&self.keys, &tenant.id, SECRET_QAD_USER).await?;
+        let password = self.store.secret(&self.keys, &tenant.id, SECRET_QAD_PASSWORD).await?;
+        let user = user.ok_or_else(|| PollError::MissingCredential(tenant.id.clone(), "user name"))?;
+        let password = password.ok_or_else(|| PollError::MissingCredential(tenant.id.clone(), "password"))?;
         let client = QadClient::new(
             self.http.clone(),
             QadConfig {
@@ -150,13 +134,8 @@ impl Poller {
             },
         );
         let started = self.clock.now();
-        self.store
-            .abandon_running_polls(&tenant.id, started)
-            .await?;
-        let poll_id = self
-            .store
-            .start_poll(&tenant.id, requested_by, started)
-            .await?;
+        self.store.abandon_running_polls(&tenant.id, started).await?;
+        let poll_id = self.store.start_poll(&tenant.id, requested_by, started).await?;
         let today = started.with_timezone(&schedule.time_zone()).date_naive();
         let mut cycle = Cycle {
             p: self,
@@ -170,9 +149,7 @@ impl Poller {
         let outcome = cycle.run().await;
         let error = outcome.as_ref().err().map(|e| e.to_string());
         let totals = cycle.totals;
-        self.store
-            .finish_poll(poll_id, totals, error.as_deref(), self.clock.now())
-            .await?;
+        self.store.finish_poll(poll_id, totals, error.as_deref(), self.clock.now()).await?;
         let _ = self.events.send(Event::PollFinished {
             tenant: tenant.id.clone(),
             poll_id,
@@ -288,17 +265,10 @@ impl<'a> Cycle<'a> {
         Ok(())
     }
 
-    async fn stream(
-        &mut self,
-        s: &Stream,
-        open: &mut HashMap<(RecordKind, String), OpenRecord>,
-    ) -> Result<(), PollError> {
+    async fn stream(&mut self, s: &Stream, open: &mut HashMap<(RecordKind, String), OpenRecord>) -> Result<(), PollError> {
         let cursor = self.p.store.cursor(&self.tenant.id, s.name).await?;
         // Day granularity: re-read the last day seen, inclusive; versions drop what is unchanged.
-        let filters: Vec<Filter> = cursor
-            .iter()
-            .map(|c| Filter::Ge(s.date_field.clone(), c.clone()))
-            .collect();
+        let filters: Vec<Filter> = cursor.iter().map(|c| Filter::Ge(s.date_field.clone(), c.clone())).collect();
         let rows = self.client.browse(&s.browse, &filters).await?;
         self.totals.rows_read += rows.len() as i64;
         let mut max_date: Option<NaiveDate> = None;
@@ -320,11 +290,7 @@ impl<'a> Cycle<'a> {
         }
         self.record_row_errors(row_errors).await?;
         let keys: Vec<String> = parsed.iter().map(|(r, _)| r.key()).collect();
-        let versions = self
-            .p
-            .store
-            .versions(&self.tenant.id, s.kind, &keys)
-            .await?;
+        let versions = self.p.store.versions(&self.tenant.id, s.kind, &keys).await?;
         for (rec, row) in parsed {
             let key = rec.key();
             let version = rows::content_version(row);
@@ -334,15 +300,11 @@ impl<'a> Cycle<'a> {
             self.totals.rows_changed += 1;
             self.seen.insert((s.kind, key.clone()));
             let current = open.remove(&(s.kind, key.clone())).map(|o| o.open);
-            self.decide(rec, current, Some((version, Value::Object(row.clone()))))
-                .await?;
+            self.decide(rec, current, Some((version, Value::Object(row.clone())))).await?;
         }
         // A future-dated row must not move the cursor past days not yet read.
         if let Some(d) = max_date.map(|d| d.min(self.today)) {
-            let keep = cursor
-                .as_deref()
-                .and_then(|c| c.parse::<NaiveDate>().ok())
-                .is_some_and(|c| c >= d);
+            let keep = cursor.as_deref().and_then(|c| c.parse::<NaiveDate>().ok()).is_some_and(|c| c >= d);
             if !keep {
                 self.p
                     .store
@@ -363,10 +325,7 @@ impl<'a> Cycle<'a> {
     }
 
     /// Malformed rows land in the audit trail once per content version, and the rest goes on.
-    async fn record_row_errors(
-        &mut self,
-        errors: Vec<(RowError, String)>,
-    ) -> Result<(), PollError> {
+    async fn record_row_errors(&mut self, errors: Vec<(RowError, String)>) -> Result<(), PollError> {
         let mut entries = Vec::new();
         for (e, version) in errors {
             self.totals.row_errors += 1;
@@ -393,10 +352,7 @@ impl<'a> Cycle<'a> {
                 detail: json!({"error": e.to_string(), "field": e.field, "version": version}),
             });
         }
-        self.p
-            .store
-            .append_audit(&self.tenant.id, &entries, self.p.clock.now())
-            .await?;
+        self.p.store.append_audit(&self.tenant.id, &entries, self.p.clock.now()).await?;
         Ok(())
     }
 
@@ -407,19 +363,11 @@ impl<'a> Cycle<'a> {
         };
         match self.parse(o.kind, row, &o.record_key) {
             Ok(rec) => self.decide(rec, Some(o.open), None).await,
-            Err(e) => {
-                self.record_row_errors(vec![(e, rows::content_version(row))])
-                    .await
-            }
+            Err(e) => self.record_row_errors(vec![(e, rows::content_version(row))]).await,
         }
     }
 
-    async fn decide(
-        &mut self,
-        rec: Parsed,
-        open: Option<OpenEpisode>,
-        seen: Option<(String, Value)>,
-    ) -> Result<(), PollError> {
+    async fn decide(&mut self, rec: Parsed, open: Option<OpenEpisode>, seen: Option<(String, Value)>) -> Result<(), PollError> {
         let key = rec.key();
         let (kind, needed, supplier, amount, people, cause) = match &rec {
             Parsed::Receipt(r) => {
@@ -443,8 +391,7 @@ impl<'a> Cycle<'a> {
                 )
             }
             Parsed::Po(po) => {
-                let a =
-                    attention::po_attention(po, self.profile().high_value_threshold, self.today);
+                let a = attention::po_attention(po, self.profile().high_value_threshold, self.today);
                 let people = if a.is_some() {
                     self.po_people(po).await?
                 } else {
@@ -471,10 +418,7 @@ impl<'a> Cycle<'a> {
                     };
                     (
                         None,
-                        attention::invoice_resolution(
-                            open.as_ref().map_or("", |o| &o.reason_code),
-                            facts,
-                        ),
+                        attention::invoice_resolution(open.as_ref().map_or("", |o| &o.reason_code), facts),
                     )
                 } else {
                     let lines = self.po_lines(&inv.po_number).await?;
@@ -491,10 +435,7 @@ impl<'a> Cycle<'a> {
                     let a = attention::invoice_attention(facts, self.today);
                     (
                         a,
-                        attention::invoice_resolution(
-                            open.as_ref().map_or("", |o| &o.reason_code),
-                            facts,
-                        ),
+                        attention::invoice_resolution(open.as_ref().map_or("", |o| &o.reason_code), facts),
                     )
                 };
                 let people = if a.is_some() {
@@ -512,20 +453,8 @@ impl<'a> Cycle<'a> {
                 )
             }
         };
-        let supplier_name = self
-            .address(&supplier)
-            .await?
-            .map(|a| a.name)
-            .unwrap_or_default();
-        let summary = |a: &Attention| {
-            attention::summary(
-                kind,
-                &key,
-                &supplier_name,
-                amount.as_ref().map(|(v, c)| (*v, c.as_str())),
-                a,
-            )
-        };
+        let supplier_name = self.address(&supplier).await?.map(|a| a.name).unwrap_or_default();
+        let summary = |a: &Attention| attention::summary(kind, &key, &supplier_name, amount.as_ref().map(|(v, c)| (*v, c.as_str())), a);
         let transition = episode::transition(open.as_ref(), needed.as_ref().map(|a| (a, &people)));
         let mut audit = Vec::new();
         let change = match (transition, needed) {
@@ -537,10 +466,7 @@ impl<'a> Cycle<'a> {
             (Transition::Update { urgency_changed }, Some(a)) => {
                 let o = open.as_ref().expect("an update has an open episode");
                 match urgency_changed {
-                    Some((from, to)) => audit.push((
-                        "urgency_changed".to_string(),
-                        json!({"from": from, "to": to}),
-                    )),
+                    Some((from, to)) => audit.push(("urgency_changed".to_string(), json!({"from": from, "to": to}))),
                     None => audit.push(("people_changed".to_string(), json!({"people": people}))),
                 }
                 EpisodeChange::Update {
@@ -563,13 +489,9 @@ impl<'a> Cycle<'a> {
             },
             _ => EpisodeChange::None,
         };
-        if let EpisodeChange::Open { people, .. } | EpisodeChange::Replace { people, .. } = &change
-        {
+        if let EpisodeChange::Open { people, .. } | EpisodeChange::Replace { people, .. } = &change {
             for u in &people.unreachable {
-                audit.push((
-                    "unreachable".to_string(),
-                    json!({"role": u.role, "name": u.name, "error": u.error}),
-                ));
+                audit.push(("unreachable".to_string(), json!({"role": u.role, "name": u.name, "error": u.error})));
             }
         }
         if matches!(change, EpisodeChange::None) && seen.is_none() {
@@ -582,18 +504,12 @@ impl<'a> Cycle<'a> {
             episode: change.clone(),
             audit,
         };
-        let applied = self
-            .p
-            .store
-            .apply(&self.tenant.id, &record_change, self.p.clock.now())
-            .await?;
+        let applied = self.p.store.apply(&self.tenant.id, &record_change, self.p.clock.now()).await?;
         let tenant = self.tenant.id.clone();
         if let Some(episode) = applied.resolved {
             self.totals.resolved += 1;
             let cause = match &change {
-                EpisodeChange::Resolve { cause, .. } | EpisodeChange::Replace { cause, .. } => {
-                    cause.clone()
-                }
+                EpisodeChange::Resolve { cause, .. } | EpisodeChange::Replace { cause, .. } => cause.clone(),
                 _ => String::new(),
             };
             let _ = self.p.events.send(Event::Resolved {
@@ -627,10 +543,7 @@ impl<'a> Cycle<'a> {
                 urgency: attention.urgency,
                 people: people.clone(),
             });
-        } else if let EpisodeChange::Update {
-            attention, summary, ..
-        } = &change
-        {
+        } else if let EpisodeChange::Update { attention, summary, .. } = &change {
             let _ = self.p.events.send(Event::Updated {
                 tenant,
                 kind,
@@ -648,16 +561,12 @@ impl<'a> Cycle<'a> {
         if let Some(t) = &self.caches.tolerance {
             return Ok(t.clone());
         }
-        let rows = self
-            .client
-            .browse(&self.profile().browses.po_control.clone(), &[])
-            .await?;
+        let rows = self.client.browse(&self.profile().browses.po_control.clone(), &[]).await?;
         // No control row, or a broken one: zero tolerance, so nothing slips through unseen.
         let t = match rows.first().map(|r| rows::tolerance(r, "PO control")) {
             Some(Ok(t)) => t,
             Some(Err(e)) => {
-                self.record_row_errors(vec![(e, rows::content_version(&rows[0]))])
-                    .await?;
+                self.record_row_errors(vec![(e, rows::content_version(&rows[0]))]).await?;
                 Tolerance::default()
             }
             None => Tolerance::default(),
@@ -692,12 +601,7 @@ impl<'a> Cycle<'a> {
         }
         let browse = self.profile().browses.po_lines.clone();
         let v = self
-            .browse_parsed(
-                browse,
-                Filter::Eq("pod_det.pod_nbr".into(), po.into()),
-                "PO lines",
-                rows::po_line,
-            )
+            .browse_parsed(browse, Filter::Eq("pod_det.pod_nbr".into(), po.into()), "PO lines", rows::po_line)
             .await?;
         self.caches.po_lines.insert(po.into(), v.clone());
         Ok(v)
@@ -842,12 +746,7 @@ impl<'a> Cycle<'a> {
         Ok(())
     }
 
-    async fn role_people(
-        &mut self,
-        role: Role,
-        out: &mut Vec<Person>,
-        missing: &mut Vec<Unreachable>,
-    ) -> Result<(), PollError> {
+    async fn role_people(&mut self, role: Role, out: &mut Vec<Person>, missing: &mut Vec<Unreachable>) -> Result<(), PollError> {
         let refs = match role {
             Role::ApClerk => self.profile().roles.ap_clerk.clone(),
             Role::PlantManager => self.profile().roles.plant_manager.clone(),
@@ -855,15 +754,8 @@ impl<'a> Cycle<'a> {
         };
         for r in refs {
             match r {
-                PersonRef::Employee { employee } => {
-                    self.employee_person(role, &employee, role.as_str(), out, missing)
-                        .await?
-                }
-                PersonRef::Direct {
-                    name,
-                    phone,
-                    country,
-                } => out.push(Person {
+                PersonRef::Employee { employee } => self.employee_person(role, &employee, role.as_str(), out, missing).await?,
+                PersonRef::Direct { name, phone, country } => out.push(Person {
                     role,
                     source: format!("{} {name}", role.as_str()),
                     name,
@@ -875,16 +767,9 @@ impl<'a> Cycle<'a> {
         Ok(())
     }
 
-    async fn supplier_person(
-        &mut self,
-        supplier: &str,
-        out: &mut Vec<Person>,
-    ) -> Result<(), PollError> {
+    async fn supplier_person(&mut self, supplier: &str, out: &mut Vec<Person>) -> Result<(), PollError> {
         let address = self.address(supplier).await?;
-        let country = address
-            .as_ref()
-            .map(|a| a.country.clone())
-            .unwrap_or_default();
+        let country = address.as_ref().map(|a| a.country.clone()).unwrap_or_default();
         let contacts = self.contacts(supplier).await?;
         let source = format!("supplier {supplier}");
         let best = contacts.iter().find(|c| c.primary).or(contacts.first());
@@ -922,50 +807,30 @@ impl<'a> Cycle<'a> {
         out
     }
 
-    async fn buyer_of(
-        &mut self,
-        po: &str,
-        out: &mut Vec<Person>,
-        missing: &mut Vec<Unreachable>,
-    ) -> Result<(), PollError> {
+    async fn buyer_of(&mut self, po: &str, out: &mut Vec<Person>, missing: &mut Vec<Unreachable>) -> Result<(), PollError> {
         if let Some(order) = self.purchase_order(po).await?
             && !order.buyer.is_empty()
         {
-            self.employee_person(
-                Role::Buyer,
-                &order.buyer,
-                &format!("buyer of {po}"),
-                out,
-                missing,
-            )
-            .await?;
+            self.employee_person(Role::Buyer, &order.buyer, &format!("buyer of {po}"), out, missing)
+                .await?;
         }
         Ok(())
     }
 
     async fn invoice_people(&mut self, inv: &Invoice) -> Result<People, PollError> {
         let (mut out, mut missing) = (Vec::new(), Vec::new());
-        self.role_people(Role::ApClerk, &mut out, &mut missing)
-            .await?;
-        self.buyer_of(&inv.po_number, &mut out, &mut missing)
-            .await?;
+        self.role_people(Role::ApClerk, &mut out, &mut missing).await?;
+        self.buyer_of(&inv.po_number, &mut out, &mut missing).await?;
         self.supplier_person(&inv.supplier, &mut out).await?;
         Ok(self.finish_people(out, missing))
     }
 
     async fn po_people(&mut self, po: &PurchaseOrder) -> Result<People, PollError> {
         let (mut out, mut missing) = (Vec::new(), Vec::new());
-        self.role_people(Role::PlantManager, &mut out, &mut missing)
-            .await?;
+        self.role_people(Role::PlantManager, &mut out, &mut missing).await?;
         if !po.buyer.is_empty() {
-            self.employee_person(
-                Role::Buyer,
-                &po.buyer,
-                &format!("buyer of {}", po.number),
-                &mut out,
-                &mut missing,
-            )
-            .await?;
+            self.employee_person(Role::Buyer, &po.buyer, &format!("buyer of {}", po.number), &mut out, &mut missing)
+                .await?;
         }
         Ok(self.finish_people(out, missing))
     }

@@ -24,11 +24,7 @@ pub enum QadError {
         source: reqwest::Error,
     },
     #[error("QAD answered {status} to {what}: {message}")]
-    Status {
-        status: u16,
-        what: String,
-        message: String,
-    },
+    Status { status: u16, what: String, message: String },
     #[error("QAD refused the session for {what}: {message}")]
     Unauthorized { what: String, message: String },
     #[error("QAD answered {what} with a body that is not the documented shape: {problem}")]
@@ -145,12 +141,9 @@ impl QadClient {
         let message = serde_json::from_str::<Value>(&text)
             .ok()
             .and_then(|v| {
-                v["errors"].as_array().map(|e| {
-                    e.iter()
-                        .filter_map(|x| x["message"].as_str())
-                        .collect::<Vec<_>>()
-                        .join("; ")
-                })
+                v["errors"]
+                    .as_array()
+                    .map(|e| e.iter().filter_map(|x| x["message"].as_str()).collect::<Vec<_>>().join("; "))
             })
             .filter(|m| !m.is_empty())
             .unwrap_or_else(|| text.chars().take(200).collect());
@@ -180,10 +173,7 @@ impl QadClient {
                 .basic_auth(&self.cfg.user, Some(self.cfg.password.expose()))
                 .send()
                 .await
-                .map_err(|source| QadError::Transport {
-                    what: what.into(),
-                    source,
-                })?;
+                .map_err(|source| QadError::Transport { what: what.into(), source })?;
             if !resp.status().is_success() {
                 return Err(Self::error_from(what, resp).await);
             }
@@ -211,10 +201,7 @@ impl QadClient {
                 ])
                 .send()
                 .await
-                .map_err(|source| QadError::Transport {
-                    what: what.into(),
-                    source,
-                })?;
+                .map_err(|source| QadError::Transport { what: what.into(), source })?;
             if !resp.status().is_success() {
                 return Err(Self::error_from(what, resp).await);
             }
@@ -222,18 +209,13 @@ impl QadClient {
                 what: what.into(),
                 problem: e.to_string(),
             })?;
-            let token = body["access_token"]
-                .as_str()
-                .ok_or_else(|| QadError::Shape {
-                    what: what.into(),
-                    problem: "no access_token".into(),
-                })?;
+            let token = body["access_token"].as_str().ok_or_else(|| QadError::Shape {
+                what: what.into(),
+                problem: "no access_token".into(),
+            })?;
             Ok(SecretString::new(token))
         };
-        let token = attempt
-            .retry(self.backoff())
-            .when(QadError::is_transient)
-            .await?;
+        let token = attempt.retry(self.backoff()).when(QadError::is_transient).await?;
         self.counters.logins.fetch_add(1, Ordering::Relaxed);
         *self.token.lock().await = Some(token);
         Ok(())
@@ -244,12 +226,7 @@ impl QadClient {
             return Ok(t);
         }
         self.login().await?;
-        Ok(self
-            .token
-            .lock()
-            .await
-            .clone()
-            .expect("login stored a token"))
+        Ok(self.token.lock().await.clone().expect("login stored a token"))
     }
 
     async fn page(
@@ -266,10 +243,7 @@ impl QadClient {
             ("page", page.to_string()),
             ("pageSize", self.cfg.page_size.to_string()),
             // Both page and pageAction always: without them QAD answers 200 with no rows.
-            (
-                "pageAction",
-                if page == 1 { "first" } else { "next" }.to_string(),
-            ),
+            ("pageAction", if page == 1 { "first" } else { "next" }.to_string()),
             ("callId", call_id.to_string()),
         ];
         query.extend(filters.iter().map(|f| ("filter", f.render())));
@@ -309,19 +283,12 @@ impl QadClient {
                 problem: problem.into(),
             })
         };
-        let rows = body["data"]
-            .as_array()
-            .ok_or_else(|| shape("no data array"))?;
-        let rows: Vec<Row> = rows
-            .iter()
-            .map(|r| r.as_object().cloned().unwrap_or_default())
-            .collect();
+        let rows = body["data"].as_array().ok_or_else(|| shape("no data array"))?;
+        let rows: Vec<Row> = rows.iter().map(|r| r.as_object().cloned().unwrap_or_default()).collect();
         // QAD spells it "auxillary"; the flag is a string.
         let flag = &body["auxillaryData"]["HasMoreParams"];
         let more = flag.as_str() == Some("true") || flag.as_bool() == Some(true);
-        self.counters
-            .rows
-            .fetch_add(rows.len() as u64, Ordering::Relaxed);
+        self.counters.rows.fetch_add(rows.len() as u64, Ordering::Relaxed);
         Ok((rows, more))
     }
 
@@ -349,11 +316,7 @@ impl QadClient {
                         // Expired mid-poll: log in again once and restart from page 1 with a new
                         // callId; rows already seen are de-duplicated by content version upstream.
                         reauthenticated = true;
-                        tracing::info!(
-                            browse = browse_id,
-                            page,
-                            "QAD session expired; re-authenticating"
-                        );
+                        tracing::info!(browse = browse_id, page, "QAD session expired; re-authenticating");
                         *self.token.lock().await = None;
                         self.login().await?;
                         continue 'restart;
@@ -378,10 +341,7 @@ impl QadClient {
                 .json(body)
                 .send()
                 .await
-                .map_err(|source| QadError::Transport {
-                    what: path.into(),
-                    source,
-                })?;
+                .map_err(|source| QadError::Transport { what: path.into(), source })?;
             if resp.status().as_u16() == 401 && !reauthenticated {
                 reauthenticated = true;
                 *self.token.lock().await = None;

@@ -34,10 +34,7 @@ pub struct SandboxOptions {
 
 /// The example tenant as an operator would set it up against the QAD sandbox.
 pub fn example_tenant(qad_base_url: &str, cfg: &SandboxConfig, every_seconds: u64) -> Tenant {
-    let (domain, entity) = cfg
-        .workspace
-        .split_once('_')
-        .unwrap_or((&cfg.workspace, ""));
+    let (domain, entity) = cfg.workspace.split_once('_').unwrap_or((&cfg.workspace, ""));
     Tenant {
         id: EXAMPLE_TENANT.into(),
         name: "Lakeshore Precision Components".into(),
@@ -52,12 +49,8 @@ pub fn example_tenant(qad_base_url: &str, cfg: &SandboxConfig, every_seconds: u6
         },
         profile: MappingProfile {
             roles: Roles {
-                ap_clerk: vec![PersonRef::Employee {
-                    employee: "AP-01".into(),
-                }],
-                plant_manager: vec![PersonRef::Employee {
-                    employee: "PM-01".into(),
-                }],
+                ap_clerk: vec![PersonRef::Employee { employee: "AP-01".into() }],
+                plant_manager: vec![PersonRef::Employee { employee: "PM-01".into() }],
             },
             ..MappingProfile::default()
         },
@@ -74,22 +67,10 @@ pub async fn provision_example(
 ) -> anyhow::Result<()> {
     store.create_tenant(tenant, now).await?;
     store
-        .set_secret(
-            keys,
-            &tenant.id,
-            SECRET_QAD_USER,
-            &SecretString::new(cfg.user.clone()),
-            now,
-        )
+        .set_secret(keys, &tenant.id, SECRET_QAD_USER, &SecretString::new(cfg.user.clone()), now)
         .await?;
     store
-        .set_secret(
-            keys,
-            &tenant.id,
-            SECRET_QAD_PASSWORD,
-            &SecretString::new(cfg.password.clone()),
-            now,
-        )
+        .set_secret(keys, &tenant.id, SECRET_QAD_PASSWORD, &SecretString::new(cfg.password.clone()), now)
         .await?;
     Ok(())
 }
@@ -119,27 +100,16 @@ fn urgency_tag(u: Urgency) -> &'static str {
 pub fn event_line(e: &Event) -> String {
     match e {
         Event::NeedsAttention {
-            summary,
-            urgency,
-            people,
-            ..
+            summary, urgency, people, ..
         } => {
-            let mut s = format!(
-                "needs attention {} {summary}\n    → {}",
-                urgency_tag(*urgency),
-                people_line(people)
-            );
+            let mut s = format!("needs attention {} {summary}\n    → {}", urgency_tag(*urgency), people_line(people));
             for u in &people.unreachable {
                 s.push_str(&format!("\n    ✗ {}", u.error));
             }
             s
         }
-        Event::Updated {
-            summary, urgency, ..
-        } => format!("updated         {} {summary}", urgency_tag(*urgency)),
-        Event::Resolved {
-            kind, key, cause, ..
-        } => format!("resolved                 {} {key}: {cause}", kind.label()),
+        Event::Updated { summary, urgency, .. } => format!("updated         {} {summary}", urgency_tag(*urgency)),
+        Event::Resolved { kind, key, cause, .. } => format!("resolved                 {} {key}: {cause}", kind.label()),
         Event::RowError { error, .. } => format!("malformed row            {error}"),
         Event::PollFinished {
             tenant,
@@ -176,11 +146,7 @@ pub async fn run(opts: SandboxOptions) -> anyhow::Result<()> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let now = clock.now();
     let today = now
-        .with_timezone(
-            &EXAMPLE_TIME_ZONE
-                .parse::<chrono_tz::Tz>()
-                .expect("valid zone"),
-        )
+        .with_timezone(&EXAMPLE_TIME_ZONE.parse::<chrono_tz::Tz>().expect("valid zone"))
         .date_naive();
     let qad_cfg = SandboxConfig::new(today);
     let qad = QadSandbox::new(qad_cfg.clone());
@@ -188,8 +154,7 @@ pub async fn run(opts: SandboxOptions) -> anyhow::Result<()> {
     let db_url = match opts.database_url {
         Some(u) => u,
         None => {
-            let dir =
-                std::env::temp_dir().join(format!("ml-connector-sandbox-{}", std::process::id()));
+            let dir = std::env::temp_dir().join(format!("ml-connector-sandbox-{}", std::process::id()));
             std::fs::create_dir_all(&dir)?;
             format!("sqlite://{}", dir.join("ml-connector.db").display())
         }
@@ -208,9 +173,7 @@ pub async fn run(opts: SandboxOptions) -> anyhow::Result<()> {
         tenant.id, tenant.name, opts.poll_every_seconds
     );
 
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()?;
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?;
     let poller = Poller::new(store.clone(), keys, http.clone(), clock);
     let printer = tokio::spawn(print_events(poller.events.subscribe()));
     let scheduler = Scheduler::new(poller.clone());
@@ -244,11 +207,7 @@ pub async fn run(opts: SandboxOptions) -> anyhow::Result<()> {
     });
     tokio::spawn(async move {
         tokio::time::sleep(Duration::from_secs(5)).await;
-        if let Some((voucher, po)) = story
-            .missing_receipt
-            .first()
-            .and_then(|v| story.invoice_po.get_key_value(v))
-        {
+        if let Some((voucher, po)) = story.missing_receipt.first().and_then(|v| story.invoice_po.get_key_value(v)) {
             println!("\n(QAD) goods receipt posted for {po}, the PO of stuck invoice {voucher}");
             let _ = http
                 .post(format!("{control}/_sandbox/receipts"))
@@ -265,10 +224,7 @@ pub async fn run(opts: SandboxOptions) -> anyhow::Result<()> {
                 .await;
         }
     });
-    println!(
-        "polling every {} s; Ctrl-C to stop\n",
-        opts.poll_every_seconds
-    );
+    println!("polling every {} s; Ctrl-C to stop\n", opts.poll_every_seconds);
     crate::shutdown_signal().await;
     let _ = stop_tx.send(true);
     let _ = loop_task.await;

@@ -36,10 +36,7 @@ struct RunningGuard {
 
 impl Drop for RunningGuard {
     fn drop(&mut self) {
-        self.running
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&self.tenant);
+        self.running.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.tenant);
         self.wake.notify_one();
     }
 }
@@ -63,14 +60,8 @@ impl Scheduler {
     }
 
     /// Poll a tenant now, unless a poll of it is already under way.
-    pub async fn poll_now(
-        &self,
-        tenant: &str,
-        requested_by: &str,
-    ) -> Result<PollReport, PollNowError> {
-        let _guard = self
-            .claim(tenant)
-            .ok_or_else(|| PollNowError::AlreadyRunning(tenant.to_string()))?;
+    pub async fn poll_now(&self, tenant: &str, requested_by: &str) -> Result<PollReport, PollNowError> {
+        let _guard = self.claim(tenant).ok_or_else(|| PollNowError::AlreadyRunning(tenant.to_string()))?;
         Ok(self.poller.poll(tenant, requested_by).await?)
     }
 

@@ -18,21 +18,11 @@ const KEY_PREFIX: &str = "mlk1.";
 
 #[derive(Debug, Error)]
 pub enum SecretError {
-    #[error(
-        "master key is not valid: expected {KEY_PREFIX} followed by 32 bytes in base64url (make one with `ml-connector keygen`)"
-    )]
+    #[error("master key is not valid: expected {KEY_PREFIX} followed by 32 bytes in base64url (make one with `ml-connector keygen`)")]
     BadMasterKey,
-    #[error(
-        "secret {field} of tenant {tenant} was sealed under master key {key_id}, which is not configured"
-    )]
-    UnknownKey {
-        tenant: String,
-        field: String,
-        key_id: String,
-    },
-    #[error(
-        "secret {field} of tenant {tenant} does not open: it was tampered with or belongs elsewhere"
-    )]
+    #[error("secret {field} of tenant {tenant} was sealed under master key {key_id}, which is not configured")]
+    UnknownKey { tenant: String, field: String, key_id: String },
+    #[error("secret {field} of tenant {tenant} does not open: it was tampered with or belongs elsewhere")]
     Tampered { tenant: String, field: String },
 }
 
@@ -70,23 +60,13 @@ struct MasterKey {
 
 impl MasterKey {
     fn parse(text: &str) -> Result<Self, SecretError> {
-        let b64 = text
-            .trim()
-            .strip_prefix(KEY_PREFIX)
-            .ok_or(SecretError::BadMasterKey)?;
-        let mut bytes = URL_SAFE_NO_PAD
-            .decode(b64)
-            .map_err(|_| SecretError::BadMasterKey)?;
+        let b64 = text.trim().strip_prefix(KEY_PREFIX).ok_or(SecretError::BadMasterKey)?;
+        let mut bytes = URL_SAFE_NO_PAD.decode(b64).map_err(|_| SecretError::BadMasterKey)?;
         if bytes.len() != 32 {
             bytes.zeroize();
             return Err(SecretError::BadMasterKey);
         }
-        let id = hex::encode(
-            &Sha256::new()
-                .chain_update(b"ml-connector key id\0")
-                .chain_update(&bytes)
-                .finalize()[..4],
-        );
+        let id = hex::encode(&Sha256::new().chain_update(b"ml-connector key id\0").chain_update(&bytes).finalize()[..4]);
         let cipher = XChaCha20Poly1305::new(Key::from_slice(&bytes));
         bytes.zeroize();
         Ok(MasterKey { id, cipher })
@@ -101,9 +81,7 @@ pub struct Keyring {
 
 impl fmt::Debug for Keyring {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Keyring")
-            .field("current", &self.current.id)
-            .finish_non_exhaustive()
+        f.debug_struct("Keyring").field("current", &self.current.id).finish_non_exhaustive()
     }
 }
 
@@ -124,10 +102,7 @@ impl Keyring {
     pub fn new(current: &str, previous: &[String]) -> Result<Self, SecretError> {
         Ok(Keyring {
             current: MasterKey::parse(current)?,
-            previous: previous
-                .iter()
-                .map(|p| MasterKey::parse(p))
-                .collect::<Result<_, _>>()?,
+            previous: previous.iter().map(|p| MasterKey::parse(p)).collect::<Result<_, _>>()?,
         })
     }
 
@@ -156,12 +131,7 @@ impl Keyring {
         }
     }
 
-    pub fn open(
-        &self,
-        tenant: &str,
-        field: &str,
-        sealed: &Sealed,
-    ) -> Result<SecretString, SecretError> {
+    pub fn open(&self, tenant: &str, field: &str, sealed: &Sealed) -> Result<SecretString, SecretError> {
         let key = std::iter::once(&self.current)
             .chain(&self.previous)
             .find(|k| k.id == sealed.key_id)
@@ -218,14 +188,8 @@ mod tests {
     fn a_ciphertext_moved_to_another_tenant_or_field_does_not_open() {
         let k = Keyring::new(&generate_master_key(), &[]).unwrap();
         let a = k.seal("t1", "qad.password", &SecretString::new("one"));
-        assert!(matches!(
-            k.open("t2", "qad.password", &a),
-            Err(SecretError::Tampered { .. })
-        ));
-        assert!(matches!(
-            k.open("t1", "twilio.auth_token", &a),
-            Err(SecretError::Tampered { .. })
-        ));
+        assert!(matches!(k.open("t2", "qad.password", &a), Err(SecretError::Tampered { .. })));
+        assert!(matches!(k.open("t1", "twilio.auth_token", &a), Err(SecretError::Tampered { .. })));
     }
 
     #[test]
@@ -237,10 +201,7 @@ mod tests {
         assert!(after.is_stale(&sealed));
         assert_eq!(after.open("t1", "f", &sealed).unwrap().expose(), "v");
         let without_old = Keyring::new(&generate_master_key(), &[]).unwrap();
-        assert!(matches!(
-            without_old.open("t1", "f", &sealed),
-            Err(SecretError::UnknownKey { .. })
-        ));
+        assert!(matches!(without_old.open("t1", "f", &sealed), Err(SecretError::UnknownKey { .. })));
     }
 
     #[test]
@@ -258,9 +219,6 @@ mod tests {
 
     #[test]
     fn debug_never_shows_the_secret() {
-        assert_eq!(
-            format!("{:?}", SecretString::new("hunter2")),
-            "SecretString(***)"
-        );
+        assert_eq!(format!("{:?}", SecretString::new("hunter2")), "SecretString(***)");
     }
 }

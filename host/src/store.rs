@@ -11,9 +11,7 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::Row;
 use sqlx::postgres::{PgPool, PgPoolOptions};
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
-};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 use thiserror::Error;
 
 use crate::core::attention::{Attention, Urgency};
@@ -251,10 +249,7 @@ impl Store {
                 .synchronous(SqliteSynchronous::Normal)
                 .busy_timeout(Duration::from_secs(10))
                 .foreign_keys(true);
-            let pool = SqlitePoolOptions::new()
-                .max_connections(8)
-                .connect_with(opts)
-                .await?;
+            let pool = SqlitePoolOptions::new().max_connections(8).connect_with(opts).await?;
             Ok(Store {
                 backend: Backend::Sqlite(pool),
             })
@@ -263,9 +258,7 @@ impl Store {
                 .max_connections(16)
                 .after_connect(|conn, _| {
                     Box::pin(async move {
-                        sqlx::query("SET synchronous_commit = on")
-                            .execute(conn)
-                            .await?;
+                        sqlx::query("SET synchronous_commit = on").execute(conn).await?;
                         Ok(())
                     })
                 })
@@ -307,9 +300,7 @@ impl Store {
     /// before a backup); PostgreSQL: nothing to do.
     pub async fn checkpoint(&self) -> Result<()> {
         if let Backend::Sqlite(p) = &self.backend {
-            sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
-                .execute(p)
-                .await?;
+            sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)").execute(p).await?;
         }
         Ok(())
     }
@@ -351,14 +342,7 @@ impl Store {
 
     // ---- secrets -------------------------------------------------------------------
 
-    pub async fn set_secret(
-        &self,
-        keys: &Keyring,
-        tenant: &str,
-        field: &str,
-        value: &SecretString,
-        now: DateTime<Utc>,
-    ) -> Result<()> {
+    pub async fn set_secret(&self, keys: &Keyring, tenant: &str, field: &str, value: &SecretString, now: DateTime<Utc>) -> Result<()> {
         let sealed = keys.seal(tenant, field, value);
         on_pool!(self, p => { sqlx::query(
             "INSERT INTO secrets (tenant_id, field, key_id, nonce, ciphertext, set_at) VALUES ($1, $2, $3, $4, $5, $6)
@@ -371,12 +355,7 @@ impl Store {
     }
 
     /// The decrypted secret, or `None` when it was never set.
-    pub async fn secret(
-        &self,
-        keys: &Keyring,
-        tenant: &str,
-        field: &str,
-    ) -> Result<Option<SecretString>> {
+    pub async fn secret(&self, keys: &Keyring, tenant: &str, field: &str) -> Result<Option<SecretString>> {
         let sealed = on_pool!(self, p => sqlx::query("SELECT key_id, nonce, ciphertext FROM secrets WHERE tenant_id = $1 AND field = $2")
             .bind(tenant).bind(field).fetch_optional(p).await?
             .map(|r| Sealed { key_id: r.get(0), nonce: r.get(1), ciphertext: r.get(2) }));
@@ -422,13 +401,7 @@ impl Store {
             .into_iter().map(|r| (r.get(0), r.get(1), from_millis(r.get(2)))).collect()))
     }
 
-    pub async fn set_cursor(
-        &self,
-        tenant: &str,
-        stream: &str,
-        cursor: &str,
-        now: DateTime<Utc>,
-    ) -> Result<()> {
+    pub async fn set_cursor(&self, tenant: &str, stream: &str, cursor: &str, now: DateTime<Utc>) -> Result<()> {
         on_pool!(self, p => { sqlx::query(
             "INSERT INTO poll_cursors (tenant_id, stream, cursor, updated_at) VALUES ($1, $2, $3, $4)
              ON CONFLICT (tenant_id, stream) DO UPDATE SET cursor = excluded.cursor, updated_at = excluded.updated_at",
@@ -436,24 +409,13 @@ impl Store {
         Ok(())
     }
 
-    pub async fn start_poll(
-        &self,
-        tenant: &str,
-        requested_by: &str,
-        now: DateTime<Utc>,
-    ) -> Result<i64> {
+    pub async fn start_poll(&self, tenant: &str, requested_by: &str, now: DateTime<Utc>) -> Result<i64> {
         on_pool!(self, p => Ok(sqlx::query(
             "INSERT INTO polls (tenant_id, requested_by, started_at, outcome) VALUES ($1, $2, $3, 'running') RETURNING id",
         ).bind(tenant).bind(requested_by).bind(millis(now)).fetch_one(p).await?.get(0)))
     }
 
-    pub async fn finish_poll(
-        &self,
-        id: i64,
-        totals: PollTotals,
-        error: Option<&str>,
-        now: DateTime<Utc>,
-    ) -> Result<()> {
+    pub async fn finish_poll(&self, id: i64, totals: PollTotals, error: Option<&str>, now: DateTime<Utc>) -> Result<()> {
         let outcome = if error.is_some() { "failed" } else { "ok" };
         on_pool!(self, p => { sqlx::query(
             "UPDATE polls SET finished_at = $2, outcome = $3, rows_read = $4, rows_changed = $5, opened = $6,
@@ -487,17 +449,11 @@ impl Store {
     // ---- records, episodes, audit ----------------------------------------------------------
 
     /// Stored content versions of the given records (absent: never seen).
-    pub async fn versions(
-        &self,
-        tenant: &str,
-        kind: RecordKind,
-        keys: &[String],
-    ) -> Result<HashMap<String, String>> {
+    pub async fn versions(&self, tenant: &str, kind: RecordKind, keys: &[String]) -> Result<HashMap<String, String>> {
         let mut out = HashMap::new();
         // One query per chunk keeps the parameter count under SQLite's limit.
         for chunk in keys.chunks(500) {
-            let placeholders: Vec<String> =
-                (0..chunk.len()).map(|i| format!("${}", i + 3)).collect();
+            let placeholders: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 3)).collect();
             let sql = format!(
                 "SELECT record_key, version FROM qad_records WHERE tenant_id = $1 AND kind = $2 AND record_key IN ({})",
                 placeholders.join(", ")
@@ -515,12 +471,7 @@ impl Store {
         Ok(out)
     }
 
-    pub async fn record_data(
-        &self,
-        tenant: &str,
-        kind: RecordKind,
-        key: &str,
-    ) -> Result<Option<Value>> {
+    pub async fn record_data(&self, tenant: &str, kind: RecordKind, key: &str) -> Result<Option<Value>> {
         let text: Option<String> = on_pool!(self, p => sqlx::query("SELECT data FROM qad_records WHERE tenant_id = $1 AND kind = $2 AND record_key = $3")
             .bind(tenant).bind(kind.as_str()).bind(key).fetch_optional(p).await?.map(|r| r.get(0)));
         Ok(text.and_then(|t| serde_json::from_str(&t).ok()))
@@ -543,16 +494,13 @@ impl Store {
         rows.into_iter()
             .map(|(kind, key, episode, reason_code, urgency, people, data)| {
                 Ok(OpenRecord {
-                    kind: RecordKind::parse(&kind)
-                        .ok_or_else(|| corrupt("attention kind", kind.clone()))?,
+                    kind: RecordKind::parse(&kind).ok_or_else(|| corrupt("attention kind", kind.clone()))?,
                     record_key: key,
                     open: OpenEpisode {
                         episode,
                         reason_code,
-                        urgency: Urgency::parse(&urgency)
-                            .ok_or_else(|| corrupt("attention urgency", urgency.clone()))?,
-                        people: serde_json::from_str(&people)
-                            .map_err(|e| corrupt("attention people", e.to_string()))?,
+                        urgency: Urgency::parse(&urgency).ok_or_else(|| corrupt("attention urgency", urgency.clone()))?,
+                        people: serde_json::from_str(&people).map_err(|e| corrupt("attention people", e.to_string()))?,
                     },
                     data: data.and_then(|d| serde_json::from_str(&d).ok()),
                 })
@@ -561,12 +509,7 @@ impl Store {
     }
 
     /// Apply one record's change: its version, its episode and its audit entries, atomically.
-    pub async fn apply(
-        &self,
-        tenant: &str,
-        change: &RecordChange,
-        now: DateTime<Utc>,
-    ) -> Result<Applied> {
+    pub async fn apply(&self, tenant: &str, change: &RecordChange, now: DateTime<Utc>) -> Result<Applied> {
         let at = millis(now);
         let kind = change.kind.as_str();
         let key = change.record_key.as_str();
@@ -635,12 +578,7 @@ impl Store {
     }
 
     /// Append entries that belong to no record change (e.g. a malformed row whose key could not be read).
-    pub async fn append_audit(
-        &self,
-        tenant: &str,
-        entries: &[NewAudit],
-        now: DateTime<Utc>,
-    ) -> Result<()> {
+    pub async fn append_audit(&self, tenant: &str, entries: &[NewAudit], now: DateTime<Utc>) -> Result<()> {
         if entries.is_empty() {
             return Ok(());
         }
@@ -654,24 +592,14 @@ impl Store {
         Ok(())
     }
 
-    pub async fn audit_trail(
-        &self,
-        tenant: &str,
-        kind: &str,
-        key: &str,
-    ) -> Result<Vec<AuditEntry>> {
+    pub async fn audit_trail(&self, tenant: &str, kind: &str, key: &str) -> Result<Vec<AuditEntry>> {
         on_pool!(self, p => Ok(sqlx::query(
             "SELECT id, kind, record_key, episode, at, event, detail FROM audit WHERE tenant_id = $1 AND kind = $2 AND record_key = $3 ORDER BY id",
         ).bind(tenant).bind(kind).bind(key).fetch_all(p).await?.into_iter().map(audit_from).collect()))
     }
 
     /// Audit entries of a tenant after `after_id`, oldest first.
-    pub async fn audit_since(
-        &self,
-        tenant: &str,
-        after_id: i64,
-        limit: i64,
-    ) -> Result<Vec<AuditEntry>> {
+    pub async fn audit_since(&self, tenant: &str, after_id: i64, limit: i64) -> Result<Vec<AuditEntry>> {
         on_pool!(self, p => Ok(sqlx::query(
             "SELECT id, kind, record_key, episode, at, event, detail FROM audit WHERE tenant_id = $1 AND id > $2 ORDER BY id LIMIT $3",
         ).bind(tenant).bind(after_id).bind(limit).fetch_all(p).await?.into_iter().map(audit_from).collect()))
@@ -696,18 +624,7 @@ impl Store {
             .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5), r.get(6), r.get(7), r.get(8), r.get(9))).collect());
         rows.into_iter()
             .map(
-                |(
-                    kind,
-                    record_key,
-                    episode,
-                    state,
-                    reason_code,
-                    summary,
-                    urgency,
-                    people,
-                    due_date,
-                    resolution,
-                )| {
+                |(kind, record_key, episode, state, reason_code, summary, urgency, people, due_date, resolution)| {
                     Ok(AttentionRow {
                         people: serde_json::from_str(&people).map_err(|e| StoreError::Corrupt {
                             tenant: tenant.into(),
@@ -754,15 +671,7 @@ where
 }
 
 #[allow(clippy::too_many_arguments)]
-fn tenant_from(
-    id: String,
-    name: String,
-    url: String,
-    domain: String,
-    entity: String,
-    schedule: String,
-    profile: String,
-) -> Result<Tenant> {
+fn tenant_from(id: String, name: String, url: String, domain: String, entity: String, schedule: String, profile: String) -> Result<Tenant> {
     let corrupt = |what, e: serde_json::Error| StoreError::Corrupt {
         tenant: id.clone(),
         what,

@@ -1,1 +1,5 @@
+//! One integration-test binary (one link on a 2-core machine), a module per layer.
 
+mod client;
+mod conformance;
+mod poll;

@@ -1,1 +1,186 @@
+//! Helpers shared by the integration and end-to-end tests.
 
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use chrono::{DateTime, NaiveDate, TimeZone, Utc};
+use ml_connector::clock::ManualClock;
+use ml_connector::poller::Poller;
+use ml_connector::qad::RetryPolicy;
+use ml_connector::qad_sandbox::{QadSandbox, SandboxConfig};
+use ml_connector::sandbox::{example_tenant, provision_example};
+use ml_connector::secrets::{Keyring, generate_master_key};
+use ml_connector::store::{Store, Tenant};
+
+/// The fixed "today" most tests run at (a Friday, after the autumn DST change).
+pub fn today() -> NaiveDate {
+    NaiveDate::from_ymd_opt(2026, 11, 27).unwrap()
+}
+
+/// 10:00 in Chicago on `today()`.
+pub fn morning() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 11, 27, 16, 0, 0).unwrap()
+}
+
+pub fn init() {
+    ml_connector::init_tls();
+}
+
+/// A scratch directory removed when dropped.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        let p = std::env::temp_dir().join(format!("mlc-{tag}-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Which engines the suite runs store tests on: SQLite always, PostgreSQL when
+/// `ML_CONNECTOR_TEST_DATABASE_URL` names one.
+pub fn engines() -> Vec<&'static str> {
+    let mut e = vec!["sqlite"];
+    if std::env::var("ML_CONNECTOR_TEST_DATABASE_URL").is_ok_and(|u| u.starts_with("postgres")) {
+        e.push("postgres");
+    }
+    e
+}
+
+/// A fresh, migrated database of the engine: a new SQLite file, or a new PostgreSQL schema.
+pub struct TestDb {
+    pub url: String,
+    pub store: Store,
+    pub dir: Option<TempDir>,
+}
+
+impl TestDb {
+    pub fn sqlite_path(&self) -> Option<PathBuf> {
+        self.dir.as_ref().map(|d| d.0.join("test.db"))
+    }
+}
+
+pub async fn fresh_db(engine: &str) -> TestDb {
+    init();
+    match engine {
+        "sqlite" => {
+            let dir = TempDir::new("db");
+            let url = format!("sqlite://{}", dir.0.join("test.db").display());
+            let store = Store::connect(&url).await.unwrap();
+            store.migrate().await.unwrap();
+            TestDb {
+                url,
+                store,
+                dir: Some(dir),
+            }
+        }
+        "postgres" => {
+            let base = std::env::var("ML_CONNECTOR_TEST_DATABASE_URL").expect("postgres URL");
+            let schema = format!("t_{}", uuid::Uuid::new_v4().simple());
+            let admin = Store::connect(&base)
+                .await
+                .expect("PostgreSQL is reachable at ML_CONNECTOR_TEST_DATABASE_URL");
+            admin.execute_raw(&format!("CREATE SCHEMA {schema}")).await.unwrap();
+            admin.close().await;
+            let sep = if base.contains('?') { '&' } else { '?' };
+            let url = format!("{base}{sep}options=-c%20search_path%3D{schema}");
+            let store = Store::connect(&url).await.unwrap();
+            store.migrate().await.unwrap();
+            TestDb { url, store, dir: None }
+        }
+        other => panic!("unknown engine {other}"),
+    }
+}
+
+/// A running QAD sandbox with the example data as of `today()`.
+pub struct Qad {
+    pub sandbox: QadSandbox,
+    pub base: String,
+    pub control: String,
+    pub config: SandboxConfig,
+    _task: tokio::task::JoinHandle<()>,
+}
+
+impl Qad {
+    pub async fn start() -> Qad {
+        Self::start_with(QadSandbox::new(SandboxConfig::new(today()))).await
+    }
+
+    pub async fn start_with(sandbox: QadSandbox) -> Qad {
+        init();
+        let config = sandbox.config();
+        let (base, task) = sandbox.clone().spawn("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let control = base.trim_end_matches(&config.base_path).to_string();
+        Qad {
+            sandbox,
+            base,
+            control,
+            config,
+            _task: task,
+        }
+    }
+
+    /// POST to the sandbox's control surface.
+    pub async fn control(&self, path: &str, body: serde_json::Value) -> serde_json::Value {
+        let resp = reqwest::Client::new()
+            .post(format!("{}/_sandbox/{path}", self.control))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert!(resp.status().is_success(), "control {path}: {}", resp.status());
+        resp.json().await.unwrap()
+    }
+}
+
+/// Everything a poll needs, wired to a sandbox and a fresh database, at a manual clock.
+pub struct Harness {
+    pub qad: Qad,
+    pub db: TestDb,
+    pub keys: Arc<Keyring>,
+    pub clock: Arc<ManualClock>,
+    pub poller: Poller,
+    pub tenant: Tenant,
+}
+
+pub async fn harness(engine: &str) -> Harness {
+    harness_with(engine, Qad::start().await).await
+}
+
+pub async fn harness_with(engine: &str, qad: Qad) -> Harness {
+    let db = fresh_db(engine).await;
+    let keys = Arc::new(Keyring::new(&generate_master_key(), &[]).unwrap());
+    let clock = Arc::new(ManualClock::new(morning()));
+    let tenant = example_tenant(&qad.base, &qad.config, 60);
+    provision_example(&db.store, &keys, &tenant, &qad.config, morning()).await.unwrap();
+    let mut poller = Poller::new(db.store.clone(), keys.clone(), reqwest::Client::new(), clock.clone());
+    poller.retry = RetryPolicy {
+        attempts: 3,
+        min_delay: std::time::Duration::from_millis(5),
+        max_delay: std::time::Duration::from_millis(20),
+    };
+    Harness {
+        qad,
+        db,
+        keys,
+        clock,
+        poller,
+        tenant,
+    }
+}
+
+/// The path of the built `ml-connector` binary (built by cargo for this test run).
+pub fn binary() -> PathBuf {
+    let mut p = std::env::current_exe().unwrap();
+    p.pop();
+    if p.ends_with("deps") {
+        p.pop();
+    }
+    p.join("ml-connector")
+}

@@ -78,10 +78,7 @@ fn tol(pct: &str, amount: &str) -> Tolerance {
 fn invoice_three_way_match_table() {
     let today = d("2026-11-27");
     let lines = vec![po_line(1, "100", "10"), po_line(2, "50", "4")];
-    let both_received = vec![
-        receipt("R1", 1, "100", "2026-11-20"),
-        receipt("R1", 2, "50", "2026-11-20"),
-    ];
+    let both_received = vec![receipt("R1", 1, "100", "2026-11-20"), receipt("R1", 2, "50", "2026-11-20")];
     let t = tol("5", "50");
     type Case = (
         &'static str,
@@ -131,21 +128,9 @@ fn invoice_three_way_match_table() {
             vec![],
             Some(("missing_receipt", Urgency::Low)),
         ),
-        (
-            "approved invoices are cleared",
-            approved,
-            vec![],
-            vec![],
-            None,
-        ),
+        ("approved invoices are cleared", approved, vec![], vec![], None),
         ("AP-RMALLOC is cleared", rmalloc, vec![], vec![], None),
-        (
-            "receiver matching off: no three-way match",
-            no_matching,
-            vec![],
-            vec![],
-            None,
-        ),
+        ("receiver matching off: no three-way match", no_matching, vec![], vec![], None),
         (
             "received, not matched yet, amounts agree",
             invoice("1200", "2026-12-30"),
@@ -243,10 +228,7 @@ fn reasons_read_as_sentences() {
         tolerance: &t,
     };
     let a = invoice_attention(facts, d("2026-11-27")).unwrap();
-    assert_eq!(
-        a.reason.describe(),
-        "no goods receipt posted for PO1 (invoiced 1000)"
-    );
+    assert_eq!(a.reason.describe(), "no goods receipt posted for PO1 (invoiced 1000)");
     let r = vec![receipt("R1", 1, "100", "2026-11-20")];
     let m = vec![matching("R1", 1, "100", "12.50")];
     let facts = InvoiceFacts {
@@ -275,10 +257,7 @@ fn resolution_names_the_receipt_that_unblocked_the_invoice() {
         tolerance: &t,
     };
     assert_eq!(invoice_attention(facts, d("2026-11-27")), None);
-    assert_eq!(
-        invoice_resolution("missing_receipt", facts),
-        "goods receipt R7 posted for PO1"
-    );
+    assert_eq!(invoice_resolution("missing_receipt", facts), "goods receipt R7 posted for PO1");
     let approved = Invoice {
         approved: true,
         reason_code: "AP-RMALLOC".into(),
@@ -339,22 +318,10 @@ fn purchase_order_table() {
     };
     let high = n("50000");
     let cases = [
-        (
-            po(ApprovalStatus::Pending, "1000", "2026-12-30"),
-            Some(Urgency::Low),
-        ),
-        (
-            po(ApprovalStatus::Pending, "1000", "2026-11-28"),
-            Some(Urgency::High),
-        ),
-        (
-            po(ApprovalStatus::Pending, "75000", "2026-12-30"),
-            Some(Urgency::High),
-        ),
-        (
-            po(ApprovalStatus::Pending, "75000", "2026-11-01"),
-            Some(Urgency::Critical),
-        ),
+        (po(ApprovalStatus::Pending, "1000", "2026-12-30"), Some(Urgency::Low)),
+        (po(ApprovalStatus::Pending, "1000", "2026-11-28"), Some(Urgency::High)),
+        (po(ApprovalStatus::Pending, "75000", "2026-12-30"), Some(Urgency::High)),
+        (po(ApprovalStatus::Pending, "75000", "2026-11-01"), Some(Urgency::Critical)),
         (po(ApprovalStatus::Approved, "75000", "2026-12-30"), None),
         (po(ApprovalStatus::Denied, "75000", "2026-12-30"), None),
         (po(ApprovalStatus::NotRequired, "75000", "2026-12-30"), None),
@@ -376,30 +343,15 @@ fn receipt_table() {
     let line = po_line(1, "100", "10");
     let t = tol("2", "20");
     let cases: Vec<(&str, Receipt, Vec<Receipt>, Option<&str>)> = vec![
-        (
-            "complete in one receipt",
-            receipt("R1", 1, "100", "2026-11-20"),
-            vec![],
-            None,
-        ),
-        (
-            "short",
-            receipt("R1", 1, "60", "2026-11-20"),
-            vec![],
-            Some("short_receipt"),
-        ),
+        ("complete in one receipt", receipt("R1", 1, "100", "2026-11-20"), vec![], None),
+        ("short", receipt("R1", 1, "60", "2026-11-20"), vec![], Some("short_receipt")),
         (
             "over beyond tolerance",
             receipt("R1", 1, "110", "2026-11-20"),
             vec![],
             Some("over_receipt"),
         ),
-        (
-            "over within tolerance",
-            receipt("R1", 1, "101", "2026-11-20"),
-            vec![],
-            None,
-        ),
+        ("over within tolerance", receipt("R1", 1, "101", "2026-11-20"), vec![], None),
         (
             "second receipt completes the line",
             receipt("R2", 1, "40", "2026-11-22"),
@@ -415,10 +367,7 @@ fn receipt_table() {
         (
             "latest of two still short",
             receipt("R2", 1, "20", "2026-11-22"),
-            vec![
-                receipt("R1", 1, "60", "2026-11-20"),
-                receipt("R2", 1, "20", "2026-11-22"),
-            ],
+            vec![receipt("R1", 1, "60", "2026-11-20"), receipt("R2", 1, "20", "2026-11-22")],
             Some("short_receipt"),
         ),
         (
@@ -433,8 +382,5 @@ fn receipt_table() {
         assert_eq!(got, want, "{name}");
     }
     // Without the PO line or an ordered quantity on the receipt, nothing can be judged.
-    assert_eq!(
-        receipt_attention(&receipt("R1", 1, "60", "2026-11-20"), &[], None, &t),
-        None
-    );
+    assert_eq!(receipt_attention(&receipt("R1", 1, "60", "2026-11-20"), &[], None, &t), None);
 }

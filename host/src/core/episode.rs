@@ -21,9 +21,7 @@ pub enum Transition {
     /// A new episode begins (the store numbers it).
     Open,
     /// Same problem, new figures, urgency or people.
-    Update {
-        urgency_changed: Option<(Urgency, Urgency)>,
-    },
+    Update { urgency_changed: Option<(Urgency, Urgency)> },
     /// The problem is gone.
     Resolve,
     /// The problem changed kind: resolve the open episode and open the next.
@@ -44,9 +42,7 @@ pub fn transition(open: Option<&OpenEpisode>, needed: Option<(&Attention, &Peopl
                     urgency_changed: Some((o.urgency, a.urgency)),
                 }
             } else if &o.people != people {
-                Transition::Update {
-                    urgency_changed: None,
-                }
+                Transition::Update { urgency_changed: None }
             } else {
                 Transition::Unchanged
             }
@@ -98,16 +94,8 @@ mod tests {
         let none = People::default();
         let cases: Vec<(Option<OpenEpisode>, Option<Attention>, Transition)> = vec![
             (None, None, Transition::None),
-            (
-                None,
-                Some(attention(missing(), Urgency::Low)),
-                Transition::Open,
-            ),
-            (
-                Some(open("missing_receipt", Urgency::Low)),
-                None,
-                Transition::Resolve,
-            ),
+            (None, Some(attention(missing(), Urgency::Low)), Transition::Open),
+            (Some(open("missing_receipt", Urgency::Low)), None, Transition::Resolve),
             (
                 Some(open("missing_receipt", Urgency::Low)),
                 Some(attention(missing(), Urgency::Low)),
@@ -145,11 +133,6 @@ mod tests {
             Some(&open("missing_receipt", Urgency::Low)),
             Some((&attention(missing(), Urgency::Low), &people)),
         );
-        assert_eq!(
-            got,
-            Transition::Update {
-                urgency_changed: None
-            }
-        );
+        assert_eq!(got, Transition::Update { urgency_changed: None });
     }
 }

@@ -22,19 +22,15 @@ impl RecordKind {
         }
     }
     pub fn parse(s: &str) -> Option<Self> {
-        [
-            Self::GoodsReceipt,
-            Self::PurchaseOrder,
-            Self::SupplierInvoice,
-        ]
-        .into_iter()
-        .find(|k| k.as_str() == s)
+        [Self::GoodsReceipt, Self::PurchaseOrder, Self::SupplierInvoice]
+            .into_iter()
+            .find(|k| k.as_str() == s)
     }
-    /// How a person reads it: "invoice", "PO", "receipt".
+    /// How a person reads it: "invoice", "purchase order", "receipt".
     pub fn label(self) -> &'static str {
         match self {
             RecordKind::GoodsReceipt => "receipt",
-            RecordKind::PurchaseOrder => "PO",
+            RecordKind::PurchaseOrder => "purchase order",
             RecordKind::SupplierInvoice => "invoice",
         }
     }
@@ -184,8 +180,6 @@ pub struct Employee {
 
 impl Employee {
     pub fn full_name(&self) -> String {
-        format!("{} {}", self.first_name, self.last_name)
-            .trim()
-            .to_string()
+        format!("{} {}", self.first_name, self.last_name).trim().to_string()
     }
 }

@@ -63,11 +63,7 @@ pub struct People {
 }
 
 /// Normalise every number; keep each role/number once; never guess a number.
-pub fn resolve(
-    people: Vec<Person>,
-    default_country: &str,
-    aliases: &BTreeMap<String, String>,
-) -> People {
+pub fn resolve(people: Vec<Person>, default_country: &str, aliases: &BTreeMap<String, String>) -> People {
     let mut out = People::default();
     for p in people {
         let country = if p.country.trim().is_empty() {
@@ -77,10 +73,7 @@ pub fn resolve(
         };
         match phone::normalise(&p.phone, country, aliases) {
             Ok(e164) => {
-                let dup = out
-                    .recipients
-                    .iter()
-                    .any(|r| r.role == p.role && r.phone == e164.number);
+                let dup = out.recipients.iter().any(|r| r.role == p.role && r.phone == e164.number);
                 if !dup {
                     out.recipients.push(Recipient {
                         role: p.role,
@@ -125,22 +118,10 @@ mod tests {
                 person(Role::SupplierContact, "0711 12345", "DEU"),
             ],
             "US",
-            &[("DEU".to_string(), "DE".to_string())]
-                .into_iter()
-                .collect(),
+            &[("DEU".to_string(), "DE".to_string())].into_iter().collect(),
         );
-        let phones: Vec<_> = got
-            .recipients
-            .iter()
-            .map(|r| (r.role, r.phone.as_str()))
-            .collect();
-        assert_eq!(
-            phones,
-            vec![
-                (Role::Buyer, "+13125550142"),
-                (Role::SupplierContact, "+4971112345")
-            ]
-        );
+        let phones: Vec<_> = got.recipients.iter().map(|r| (r.role, r.phone.as_str())).collect();
+        assert_eq!(phones, vec![(Role::Buyer, "+13125550142"), (Role::SupplierContact, "+4971112345")]);
         assert_eq!(got.unreachable.len(), 1);
         assert_eq!(
             got.unreachable[0].error,

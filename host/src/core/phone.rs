@@ -17,9 +17,7 @@ pub struct PhoneError {
 pub enum PhoneProblem {
     #[error("is empty")]
     Empty,
-    #[error(
-        "has country {0:?}, which is not an ISO 3166 code this connector knows (add it to the mapping profile's country_aliases)"
-    )]
+    #[error("has country {0:?}, which is not an ISO 3166 code this connector knows (add it to the mapping profile's country_aliases)")]
     UnknownCountry(String),
     #[error("is not a valid number for {0}")]
     Invalid(String),
@@ -42,11 +40,7 @@ pub struct E164 {
 
 /// Normalise `raw` with `country` (alpha-2, or an alias from the mapping profile) as the
 /// region for national-format numbers.
-pub fn normalise(
-    raw: &str,
-    country: &str,
-    aliases: &BTreeMap<String, String>,
-) -> Result<E164, PhoneError> {
+pub fn normalise(raw: &str, country: &str, aliases: &BTreeMap<String, String>) -> Result<E164, PhoneError> {
     let trimmed = raw.trim();
     if trimmed.is_empty() {
         return Err(PhoneError {
@@ -104,16 +98,8 @@ mod tests {
             ("020 7946 0018", "GBR", Ok("+442079460018")),
             ("55 1234 5678", "MX", Ok("+525512345678")),
             ("(312) 555-0142 ext. 42", "US", Ok("+13125550142")),
-            (
-                "(312) 55-01",
-                "US",
-                Err("phone \"(312) 55-01\" is not a valid number for US"),
-            ),
-            (
-                "call me maybe",
-                "US",
-                Err("phone \"call me maybe\" is not a valid number for US"),
-            ),
+            ("(312) 55-01", "US", Err("phone \"(312) 55-01\" is not a valid number for US")),
+            ("call me maybe", "US", Err("phone \"call me maybe\" is not a valid number for US")),
             ("   ", "US", Err("phone \"   \" is empty")),
             (
                 "(312) 555-0142",

@@ -87,14 +87,8 @@ pub struct Roles {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum PersonRef {
-    Employee {
-        employee: String,
-    },
-    Direct {
-        name: String,
-        phone: String,
-        country: String,
-    },
+    Employee { employee: String },
+    Direct { name: String, phone: String, country: String },
 }
 
 impl Default for MappingProfile {
@@ -133,8 +127,7 @@ impl Default for Browses {
             receipts: "urn:browse:mfg:prh001".into(),
             po_lines: "urn:browse:mfg:pod001".into(),
             po_control: "urn:browse:mfg:poc001".into(),
-            invoice_matchings:
-                "urn:browse:bebrowse:com.qad.erp.financials.supplierInvoiceMatchings".into(),
+            invoice_matchings: "urn:browse:bebrowse:com.qad.erp.financials.supplierInvoiceMatchings".into(),
             invoices: "urn:browse:bebrowse:com.qad.erp.financials.supplierInvoices".into(),
             addresses: "urn:browse:mfg:ad001".into(),
             contacts: "urn:browse:bebrowse:com.qad.erp.base.contacts".into(),
@@ -191,9 +184,7 @@ mod tests {
 
     #[test]
     fn a_partial_profile_keeps_the_spec_defaults_for_the_rest() {
-        let p: MappingProfile =
-            serde_json::from_str(r#"{"fields":{"po_total":"po_mstr.po_amt"},"page_size":50}"#)
-                .unwrap();
+        let p: MappingProfile = serde_json::from_str(r#"{"fields":{"po_total":"po_mstr.po_amt"},"page_size":50}"#).unwrap();
         assert_eq!(p.fields.po_total, "po_mstr.po_amt");
         assert_eq!(p.fields.po_mod_date, "po_mstr.po_mod_date");
         assert_eq!(p.page_size, 50);
@@ -202,8 +193,7 @@ mod tests {
 
     #[test]
     fn an_unknown_key_is_refused_rather_than_ignored() {
-        let err =
-            serde_json::from_str::<MappingProfile>(r#"{"fields":{"po_totl":"x"}}"#).unwrap_err();
+        let err = serde_json::from_str::<MappingProfile>(r#"{"fields":{"po_totl":"x"}}"#).unwrap_err();
         assert!(err.to_string().contains("po_totl"), "{err}");
     }
 }

@@ -90,8 +90,7 @@ impl<'a> Fields<'a> {
 
     fn date(&self, field: &str) -> Result<NaiveDate, RowError> {
         let t = self.required(field)?;
-        NaiveDate::parse_from_str(&t, "%Y-%m-%d")
-            .map_err(|_| self.err(field, format!("{t:?} is not a date (YYYY-MM-DD)")))
+        NaiveDate::parse_from_str(&t, "%Y-%m-%d").map_err(|_| self.err(field, format!("{t:?} is not a date (YYYY-MM-DD)")))
     }
 
     fn decimal(&self, field: &str) -> Result<Decimal, RowError> {
@@ -108,18 +107,13 @@ impl<'a> Fields<'a> {
 
     fn line(&self, field: &str) -> Result<u32, RowError> {
         let t = self.required(field)?;
-        t.parse()
-            .map_err(|_| self.err(field, format!("{t:?} is not a line number")))
+        t.parse().map_err(|_| self.err(field, format!("{t:?} is not a line number")))
     }
 
     fn flag(&self, field: &str) -> Result<bool, RowError> {
         match self.row.get(field) {
             Some(Value::Bool(b)) => Ok(*b),
-            Some(v) => match scalar_text(v)
-                .unwrap_or_default()
-                .to_ascii_lowercase()
-                .as_str()
-            {
+            Some(v) => match scalar_text(v).unwrap_or_default().to_ascii_lowercase().as_str() {
                 "true" | "yes" | "1" => Ok(true),
                 "false" | "no" | "0" => Ok(false),
                 _ => Err(self.err(field, format!("{v} is not true or false"))),
@@ -139,12 +133,7 @@ fn scalar_text(v: &Value) -> Option<String> {
 }
 
 pub fn invoice(row: &Row, p: &MappingProfile, position: &str) -> Result<Invoice, RowError> {
-    let f = Fields::new(
-        row,
-        "supplier invoice",
-        &["CInvoice.CInvoiceVoucher"],
-        position,
-    );
+    let f = Fields::new(row, "supplier invoice", &["CInvoice.CInvoiceVoucher"], position);
     Ok(Invoice {
         voucher: f.required("CInvoice.CInvoiceVoucher")?,
         reference: f.optional("CInvoice.CInvoiceReference"),
@@ -156,20 +145,14 @@ pub fn invoice(row: &Row, p: &MappingProfile, position: &str) -> Result<Invoice,
         approved: f.flag("CInvoice.CInvoiceIsInvoiceApproved")?,
         payment_locked: f.flag("CInvoice.CInvoiceIsLockPayment")?,
         logistic_matching: f.flag("CInvoice.CInvoiceIsLogisticMatching")?,
-        hold_amount: f
-            .optional_decimal("CInvoice.CInvoiceHoldAmountTC")?
-            .unwrap_or_default(),
+        hold_amount: f.optional_decimal("CInvoice.CInvoiceHoldAmountTC")?.unwrap_or_default(),
         amount: f.decimal(&p.fields.invoice_amount)?,
         currency: f.required(&p.fields.invoice_currency)?,
         modified: f.date("CInvoice.LastModifiedDate")?,
     })
 }
 
-pub fn purchase_order(
-    row: &Row,
-    p: &MappingProfile,
-    position: &str,
-) -> Result<PurchaseOrder, RowError> {
+pub fn purchase_order(row: &Row, p: &MappingProfile, position: &str) -> Result<PurchaseOrder, RowError> {
     let f = Fields::new(row, "purchase order", &["po_mstr.po_nbr"], position);
     let approval_text = f.required(&p.fields.po_approval_status)?;
     let v = &p.approval_values;
@@ -179,10 +162,7 @@ pub fn purchase_order(
         s if s == v.denied => ApprovalStatus::Denied,
         s if s == v.not_required => ApprovalStatus::NotRequired,
         other => {
-            return Err(f.err(
-                &p.fields.po_approval_status,
-                format!("{other:?} is not a known approval status"),
-            ));
+            return Err(f.err(&p.fields.po_approval_status, format!("{other:?} is not a known approval status")));
         }
     };
     Ok(PurchaseOrder {
@@ -204,12 +184,7 @@ pub fn purchase_order(
 }
 
 pub fn receipt(row: &Row, p: &MappingProfile, position: &str) -> Result<Receipt, RowError> {
-    let f = Fields::new(
-        row,
-        "goods receipt",
-        &["prh_hist.prh_receiver", "prh_hist.prh_line"],
-        position,
-    );
+    let f = Fields::new(row, "goods receipt", &["prh_hist.prh_receiver", "prh_hist.prh_line"], position);
     Ok(Receipt {
         receiver: f.required("prh_hist.prh_receiver")?,
         po_number: f.required("prh_hist.prh_nbr")?,
@@ -227,12 +202,7 @@ pub fn receipt(row: &Row, p: &MappingProfile, position: &str) -> Result<Receipt,
 }
 
 pub fn po_line(row: &Row, position: &str) -> Result<PoLine, RowError> {
-    let f = Fields::new(
-        row,
-        "PO line",
-        &["pod_det.pod_nbr", "pod_det.pod_line"],
-        position,
-    );
+    let f = Fields::new(row, "PO line", &["pod_det.pod_nbr", "pod_det.pod_line"], position);
     Ok(PoLine {
         po_number: f.required("pod_det.pod_nbr")?,
         line: f.line("pod_det.pod_line")?,

@@ -63,14 +63,12 @@ enum Cadence {
 
 impl Schedule {
     pub fn parse(spec: &ScheduleSpec) -> Result<Self, ScheduleError> {
-        let tz = Tz::from_str(&spec.time_zone)
-            .map_err(|_| ScheduleError::TimeZone(spec.time_zone.clone()))?;
+        let tz = Tz::from_str(&spec.time_zone).map_err(|_| ScheduleError::TimeZone(spec.time_zone.clone()))?;
         let cadence = match (&spec.every_seconds, &spec.cron) {
             (Some(0), None) => return Err(ScheduleError::ZeroInterval),
             (Some(s), None) => Cadence::Every(Duration::seconds(*s as i64)),
             (None, Some(expr)) => {
-                let cron = Cron::from_str(expr)
-                    .map_err(|e| ScheduleError::Cron(expr.clone(), e.to_string()))?;
+                let cron = Cron::from_str(expr).map_err(|e| ScheduleError::Cron(expr.clone(), e.to_string()))?;
                 Cadence::Cron(Box::new(cron), expr.clone())
             }
             _ => return Err(ScheduleError::Cadence),
@@ -94,11 +92,7 @@ impl Schedule {
     /// When the next poll is due: the first firing after the last poll started (or after
     /// `now` if none has run), always inside the active hours. A firing missed while the
     /// host was down is due at once (`now`, or the window's next opening).
-    pub fn next_poll(
-        &self,
-        last_started: Option<DateTime<Utc>>,
-        now: DateTime<Utc>,
-    ) -> Result<DateTime<Utc>, ScheduleError> {
+    pub fn next_poll(&self, last_started: Option<DateTime<Utc>>, now: DateTime<Utc>) -> Result<DateTime<Utc>, ScheduleError> {
         match &self.cadence {
             Cadence::Every(step) => {
                 let candidate = last_started.map(|l| l + *step).unwrap_or(now).max(now);
@@ -113,11 +107,7 @@ impl Schedule {
                         .map_err(|e| ScheduleError::Cron(expr.clone(), e.to_string()))?;
                     let utc = next.with_timezone(&Utc);
                     if self.in_window(utc) {
-                        return Ok(if utc < now {
-                            self.into_window(now)
-                        } else {
-                            utc
-                        });
+                        return Ok(if utc < now { self.into_window(now) } else { utc });
                     }
                     // Jump to the window's next opening, then look for the first firing from there.
                     from = (self.into_window(utc) - Duration::seconds(1)).with_timezone(&self.tz);
@@ -188,12 +178,7 @@ mod tests {
         // 2026-03-08 02:00 local does not exist (spring forward).
         let cases: &[(ScheduleSpec, Option<&str>, &str, &str)] = &[
             // interval, first poll: now
-            (
-                spec(Some(300), None, None),
-                None,
-                "2026-11-27T10:00:00Z",
-                "2026-11-27T10:00:00Z",
-            ),
+            (spec(Some(300), None, None), None, "2026-11-27T10:00:00Z", "2026-11-27T10:00:00Z"),
             // interval from the last start
             (
                 spec(Some(300), None, None),
@@ -292,26 +277,17 @@ mod tests {
             ..spec(Some(60), None, None)
         };
         let cases: Vec<(ScheduleSpec, &str)> = vec![
-            (
-                spec(None, None, None),
-                "schedule needs exactly one of every_seconds and cron",
-            ),
+            (spec(None, None, None), "schedule needs exactly one of every_seconds and cron"),
             (
                 spec(Some(60), Some("* * * * *"), None),
                 "schedule needs exactly one of every_seconds and cron",
             ),
-            (
-                spec(Some(0), None, None),
-                "every_seconds must be at least 1",
-            ),
+            (spec(Some(0), None, None), "every_seconds must be at least 1"),
             (
                 spec(None, Some("61 * * * *"), None),
                 "cron expression \"61 * * * *\" does not parse",
             ),
-            (
-                bad_tz,
-                "time_zone \"Mars/Olympus\" is not an IANA time zone",
-            ),
+            (bad_tz, "time_zone \"Mars/Olympus\" is not an IANA time zone"),
             (
                 spec(Some(60), None, Some(("06:00", "06:00"))),
                 "active_hours start and end are the same time",

@@ -19,8 +19,7 @@ pub const BROWSE_PO: &str = "urn:browse:bebrowse:com.qad.erp.purchasing.purchase
 pub const BROWSE_RECEIPTS: &str = "urn:browse:mfg:prh001";
 pub const BROWSE_PO_LINES: &str = "urn:browse:mfg:pod001";
 pub const BROWSE_PO_CONTROL: &str = "urn:browse:mfg:poc001";
-pub const BROWSE_MATCHINGS: &str =
-    "urn:browse:bebrowse:com.qad.erp.financials.supplierInvoiceMatchings";
+pub const BROWSE_MATCHINGS: &str = "urn:browse:bebrowse:com.qad.erp.financials.supplierInvoiceMatchings";
 pub const BROWSE_INVOICES: &str = "urn:browse:bebrowse:com.qad.erp.financials.supplierInvoices";
 pub const BROWSE_ADDRESSES: &str = "urn:browse:mfg:ad001";
 pub const BROWSE_CONTACTS: &str = "urn:browse:bebrowse:com.qad.erp.base.contacts";
@@ -36,16 +35,10 @@ pub struct Dataset {
 
 impl Dataset {
     pub fn table(&self, browse: &str) -> Option<&Table> {
-        self.tables
-            .iter()
-            .find(|(b, _)| *b == browse)
-            .map(|(_, t)| t)
+        self.tables.iter().find(|(b, _)| *b == browse).map(|(_, t)| t)
     }
     pub fn table_mut(&mut self, browse: &str) -> Option<&mut Table> {
-        self.tables
-            .iter_mut()
-            .find(|(b, _)| *b == browse)
-            .map(|(_, t)| t)
+        self.tables.iter_mut().find(|(b, _)| *b == browse).map(|(_, t)| t)
     }
 }
 
@@ -93,11 +86,7 @@ pub fn empty() -> Dataset {
                         "prh_hist.prh_qty_ord",
                     ],
                     &["prh_hist.prh_receiver", "prh_hist.prh_line"],
-                    &[
-                        "prh_hist.prh_nbr",
-                        "prh_hist.prh_rcp_date",
-                        "prh_hist.prh_receiver",
-                    ],
+                    &["prh_hist.prh_nbr", "prh_hist.prh_rcp_date", "prh_hist.prh_receiver"],
                 ),
             ),
             (
@@ -117,15 +106,7 @@ pub fn empty() -> Dataset {
             ),
             (
                 BROWSE_PO_CONTROL,
-                Table::new(
-                    &[
-                        "poc_ctrl.poc_tol_pct",
-                        "poc_ctrl.poc_tol_cst",
-                        "poc_ctrl.poc_apv_req",
-                    ],
-                    &[],
-                    &[],
-                ),
+                Table::new(&["poc_ctrl.poc_tol_pct", "poc_ctrl.poc_tol_cst", "poc_ctrl.poc_apv_req"], &[], &[]),
             ),
             (
                 BROWSE_MATCHINGS,
@@ -137,11 +118,7 @@ pub fn empty() -> Dataset {
                         "APMatching.APMatchingLnMatchQty",
                         "APMatching.APMatchingLnMatchUnitPrice",
                     ],
-                    &[
-                        "APMatching.CInvoiceVoucher",
-                        "APMatching.prh_receiver",
-                        "APMatching.prh_line",
-                    ],
+                    &["APMatching.CInvoiceVoucher", "APMatching.prh_receiver", "APMatching.prh_line"],
                     &["APMatching.CInvoiceVoucher"],
                 ),
             ),
@@ -167,11 +144,7 @@ pub fn empty() -> Dataset {
                         "CInvoice.matchStatus",
                     ],
                     &["CInvoice.CInvoiceVoucher"],
-                    &[
-                        "CInvoice.CInvoiceVoucher",
-                        "CInvoice.LastModifiedDate",
-                        "CInvoice.CInvoicePoNbr",
-                    ],
+                    &["CInvoice.CInvoiceVoucher", "CInvoice.LastModifiedDate", "CInvoice.CInvoicePoNbr"],
                 ),
             ),
             (
@@ -268,14 +241,7 @@ fn suppliers() -> Vec<Supplier> {
             "312.555.0152",
             "USD",
         ),
-        (
-            "Prairie Steel Supply",
-            "USA",
-            "(630) 555-0103",
-            "Rita Gomez",
-            "630-555-0153",
-            "USD",
-        ),
+        ("Prairie Steel Supply", "USA", "(630) 555-0103", "Rita Gomez", "630-555-0153", "USD"),
         (
             "Badger Plastics LLC",
             "USA",
@@ -284,14 +250,7 @@ fn suppliers() -> Vec<Supplier> {
             "(414) 555-0154",
             "USD",
         ),
-        (
-            "Hoosier Bearings",
-            "USA",
-            "(317) 555-0105",
-            "Kim Patel",
-            "(317) 555-0155",
-            "USD",
-        ),
+        ("Hoosier Bearings", "USA", "(317) 555-0105", "Kim Patel", "(317) 555-0155", "USD"),
         (
             "Lakeside Packaging",
             "USA",
@@ -316,14 +275,7 @@ fn suppliers() -> Vec<Supplier> {
             "(612) 555-0158",
             "USD",
         ),
-        (
-            "Cornbelt Coatings",
-            "USA",
-            "(515) 555-0109",
-            "Pat Mueller",
-            "(515) 55-01",
-            "USD",
-        ),
+        ("Cornbelt Coatings", "USA", "(515) 555-0109", "Pat Mueller", "(515) 55-01", "USD"),
         (
             "Gateway Hydraulics",
             "USA",
@@ -332,14 +284,7 @@ fn suppliers() -> Vec<Supplier> {
             "(314) 555-0160",
             "USD",
         ),
-        (
-            "Motor City Gaskets",
-            "USA",
-            "(313) 555-0111",
-            "Val Romero",
-            "(313) 555-0161",
-            "USD",
-        ),
+        ("Motor City Gaskets", "USA", "(313) 555-0111", "Val Romero", "(313) 555-0161", "USD"),
         (
             "Keystone Wire & Cable",
             "USA",
@@ -364,14 +309,7 @@ fn suppliers() -> Vec<Supplier> {
             "0160 98765402",
             "EUR",
         ),
-        (
-            "Bayern Werkzeug GmbH",
-            "DEU",
-            "089 1234503",
-            "Stefan Huber",
-            "0171 2345603",
-            "EUR",
-        ),
+        ("Bayern Werkzeug GmbH", "DEU", "089 1234503", "Stefan Huber", "0171 2345603", "EUR"),
         (
             "Hanse Dichtungen KG",
             "DEU",
@@ -380,22 +318,8 @@ fn suppliers() -> Vec<Supplier> {
             "0049 152 34567804",
             "EUR",
         ),
-        (
-            "Monterrey Fundición SA",
-            "MEX",
-            "81 1234 5601",
-            "Luis Garza",
-            "81 1234 5651",
-            "USD",
-        ),
-        (
-            "Bajío Componentes",
-            "MEX",
-            "442 123 4502",
-            "María Torres",
-            "442 123 4552",
-            "USD",
-        ),
+        ("Monterrey Fundición SA", "MEX", "81 1234 5601", "Luis Garza", "81 1234 5651", "USD"),
+        ("Bajío Componentes", "MEX", "442 123 4502", "María Torres", "442 123 4552", "USD"),
         (
             "Ciudad Plásticos SA de CV",
             "MEX",
@@ -420,14 +344,7 @@ fn suppliers() -> Vec<Supplier> {
             "07911 123402",
             "GBP",
         ),
-        (
-            "Sheffield Tooling Ltd",
-            "GBR",
-            "0114 496 0003",
-            "Harry Clarke",
-            "n/a",
-            "GBP",
-        ),
+        ("Sheffield Tooling Ltd", "GBR", "0114 496 0003", "Harry Clarke", "n/a", "GBP"),
         (
             "Ontario Polymers Inc",
             "CAN",
@@ -436,14 +353,7 @@ fn suppliers() -> Vec<Supplier> {
             "(416) 555-0163",
             "USD",
         ),
-        (
-            "Quebec Metal Works",
-            "CAN",
-            "(514) 555-0114",
-            "Luc Gagnon",
-            "(514) 555-0164",
-            "USD",
-        ),
+        ("Quebec Metal Works", "CAN", "(514) 555-0114", "Luc Gagnon", "(514) 555-0164", "USD"),
         (
             "Windy City Machining",
             "USA",
@@ -463,17 +373,15 @@ fn suppliers() -> Vec<Supplier> {
     ];
     raw.iter()
         .enumerate()
-        .map(
-            |(i, (name, country, phone, contact, mobile, currency))| Supplier {
-                code: format!("S-{}", 1001 + i),
-                name,
-                country,
-                phone: phone.to_string(),
-                contact,
-                mobile: mobile.to_string(),
-                currency,
-            },
-        )
+        .map(|(i, (name, country, phone, contact, mobile, currency))| Supplier {
+            code: format!("S-{}", 1001 + i),
+            name,
+            country,
+            phone: phone.to_string(),
+            contact,
+            mobile: mobile.to_string(),
+            currency,
+        })
         .collect()
 }
 
@@ -710,18 +618,9 @@ pub fn bulk(today: NaiveDate, total: usize, changed: usize) -> Dataset {
     let (mut ds, _) = example(today - Duration::days(400), 7);
     let old = (today - Duration::days(400)).to_string();
     let invoices = ds.table_mut(BROWSE_INVOICES).unwrap();
-    *invoices = empty()
-        .tables
-        .into_iter()
-        .find(|(b, _)| *b == BROWSE_INVOICES)
-        .unwrap()
-        .1;
+    *invoices = empty().tables.into_iter().find(|(b, _)| *b == BROWSE_INVOICES).unwrap().1;
     for i in 0..total {
-        let modified = if i >= total - changed {
-            today.to_string()
-        } else {
-            old.clone()
-        };
+        let modified = if i >= total - changed { today.to_string() } else { old.clone() };
         invoices.upsert(row(json!({
             "CInvoice.CInvoiceVoucher": format!("SI-{}", 1_000_000 + i), "CInvoice.CInvoiceReference": format!("INV-{i}"),
             "CInvoice.CreditorCode": "S-1001", "CInvoice.CInvoiceDate": old, "CInvoice.CInvoiceDueDate": old,

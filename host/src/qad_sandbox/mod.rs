@@ -15,11 +15,11 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use axum::Router;
 use axum::extract::{Json, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Form, Router};
 use base64::Engine;
 use chrono::NaiveDate;
 use serde::Deserialize;
@@ -73,6 +73,8 @@ pub struct Faults {
     pub expire_after_requests: Option<u32>,
     /// Every session expires now.
     pub expire_sessions_now: bool,
+    /// Every request for this browse id answers 503 (a poll failing mid-cycle).
+    pub fail_browse: Option<String>,
 }
 
 #[derive(Debug, Default, Clone, serde::Serialize)]
@@ -165,12 +167,7 @@ impl QadSandbox {
     }
 
     pub fn router(&self) -> Router {
-        let base = self
-            .lock()
-            .config
-            .base_path
-            .trim_end_matches('/')
-            .to_string();
+        let base = self.lock().config.base_path.trim_end_matches('/').to_string();
         let api = Router::new()
             .route("/api/qracore/securityControl", get(security_control))
             .route("/oauth/token", post(token))
@@ -187,11 +184,7 @@ impl QadSandbox {
             .route("/_sandbox/approvals", post(control_approval))
             .route("/_sandbox/rows", post(control_rows))
             .route("/_sandbox/writes", get(control_writes));
-        let app = if base.is_empty() {
-            api
-        } else {
-            Router::new().nest(&base, api)
-        };
+        let app = if base.is_empty() { api } else { Router::new().nest(&base, api) };
         app.merge(control).with_state(self.clone())
     }
 
@@ -201,10 +194,7 @@ impl QadSandbox {
     }
 
     /// Bind `addr` (port 0 for any), serve in the background, return the tenant base URL.
-    pub async fn spawn(
-        self,
-        addr: SocketAddr,
-    ) -> std::io::Result<(String, tokio::task::JoinHandle<()>)> {
+    pub async fn spawn(self, addr: SocketAddr) -> std::io::Result<(String, tokio::task::JoinHandle<()>)> {
         let listener = TcpListener::bind(addr).await?;
         let local = listener.local_addr()?;
         let base = format!("http://{local}{}", self.lock().config.base_path);
@@ -256,16 +246,9 @@ impl QadSandbox {
                 s.sessions.remove(t);
             }
             s.stats.unauthorized += 1;
-            return Err(envelope(
-                StatusCode::UNAUTHORIZED,
-                "Session expired or not valid for this tenant",
-            ));
+            return Err(envelope(StatusCode::UNAUTHORIZED, "Session expired or not valid for this tenant"));
         };
-        if headers
-            .get("x-qad-workspace-id")
-            .and_then(|v| v.to_str().ok())
-            != Some(s.config.workspace.as_str())
-        {
+        if headers.get("x-qad-workspace-id").and_then(|v| v.to_str().ok()) != Some(s.config.workspace.as_str()) {
             return Err(envelope(StatusCode::FORBIDDEN, "Access is denied"));
         }
         if let Some(sess) = s.sessions.get_mut(&token) {
@@ -276,10 +259,7 @@ impl QadSandbox {
                 s.sessions.clear();
                 s.faults.expire_after_requests = None;
                 s.stats.unauthorized += 1;
-                return Err(envelope(
-                    StatusCode::UNAUTHORIZED,
-                    "Session expired or not valid for this tenant",
-                ));
+                return Err(envelope(StatusCode::UNAUTHORIZED, "Session expired or not valid for this tenant"));
             }
             *n -= 1;
         }
@@ -311,23 +291,17 @@ async fn security_control(State(sb): State<QadSandbox>, headers: HeaderMap) -> R
     .into_response()
 }
 
-async fn token(
-    State(sb): State<QadSandbox>,
-    headers: HeaderMap,
-    Form(form): Form<HashMap<String, String>>,
-) -> Response {
+async fn token(State(sb): State<QadSandbox>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
     let mut s = sb.lock();
     s.stats.requests += 1;
     let form_encoded = headers
         .get("content-type")
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
-    if !form_encoded {
-        return envelope(
-            StatusCode::BAD_REQUEST,
-            "Content-Type must be application/x-www-form-urlencoded",
-        );
-    }
+    let form: HashMap<String, String> = match serde_urlencoded::from_bytes(&body) {
+        Ok(f) if form_encoded => f,
+        _ => return envelope(StatusCode::BAD_REQUEST, "Content-Type must be application/x-www-form-urlencoded"),
+    };
     let user = match form.get("grant_type").map(String::as_str) {
         Some("password") => {
             let ok = form.get("client_id") == Some(&s.config.client_id)
@@ -335,17 +309,11 @@ async fn token(
                 && form.get("password") == Some(&s.config.password);
             if !ok {
                 s.stats.unauthorized += 1;
-                return envelope(
-                    StatusCode::UNAUTHORIZED,
-                    "Invalid client, user name or password",
-                );
+                return envelope(StatusCode::UNAUTHORIZED, "Invalid client, user name or password");
             }
             s.config.user.clone()
         }
-        Some("refresh_token") => match form
-            .get("refresh_token")
-            .and_then(|r| s.refresh_tokens.remove(r))
-        {
+        Some("refresh_token") => match form.get("refresh_token").and_then(|r| s.refresh_tokens.remove(r)) {
             Some(user) => user,
             None => {
                 s.stats.unauthorized += 1;
@@ -353,10 +321,7 @@ async fn token(
             }
         },
         _ => {
-            return envelope(
-                StatusCode::BAD_REQUEST,
-                "grant_type must be password or refresh_token",
-            );
+            return envelope(StatusCode::BAD_REQUEST, "grant_type must be password or refresh_token");
         }
     };
     let access = uuid::Uuid::new_v4().simple().to_string();
@@ -376,17 +341,12 @@ async fn token(
 
 // ---- browse ----------------------------------------------------------------------------------
 
-async fn browse(
-    State(sb): State<QadSandbox>,
-    headers: HeaderMap,
-    RawQuery(query): RawQuery,
-) -> Response {
+async fn browse(State(sb): State<QadSandbox>, headers: HeaderMap, RawQuery(query): RawQuery) -> Response {
     let token = match sb.admit(&headers).await {
         Ok(t) => t,
         Err(resp) => return resp,
     };
-    let params: Vec<(String, String)> =
-        serde_urlencoded::from_str(query.as_deref().unwrap_or("")).unwrap_or_default();
+    let params: Vec<(String, String)> = serde_urlencoded::from_str(query.as_deref().unwrap_or("")).unwrap_or_default();
     let one = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
     let Some(browse_id) = one("browseId") else {
         return envelope(StatusCode::BAD_REQUEST, "browseId is required");
@@ -394,10 +354,13 @@ async fn browse(
     let (page, action) = (one("page"), one("pageAction"));
     let mut s = sb.lock();
     s.stats.browse_requests += 1;
+    if s.faults.fail_browse.as_deref() == Some(browse_id.as_str()) {
+        s.stats.failures_injected += 1;
+        return envelope(StatusCode::SERVICE_UNAVAILABLE, "Service temporarily unavailable");
+    }
     // The trap: without page and pageAction a browse answers 200 with no rows.
     let (Some(page), Some(action)) = (page, action) else {
-        return Json(json!({"data": [], "auxillaryData": {"HasMoreParams": "false"}}))
-            .into_response();
+        return Json(json!({"data": [], "auxillaryData": {"HasMoreParams": "false"}})).into_response();
     };
     let page: usize = match page.parse() {
         Ok(p) if p >= 1 => p,
@@ -411,10 +374,7 @@ async fn browse(
     let ids = match action.as_str() {
         "first" => {
             let Some(table) = s.data.table(&browse_id) else {
-                return envelope(
-                    StatusCode::NOT_FOUND,
-                    &format!("Browse {browse_id} not found"),
-                );
+                return envelope(StatusCode::NOT_FOUND, &format!("Browse {browse_id} not found"));
             };
             let filters: Result<Vec<Filter>, String> = params
                 .iter()
@@ -447,10 +407,7 @@ async fn browse(
             }
         },
         other => {
-            return envelope(
-                StatusCode::BAD_REQUEST,
-                &format!("pageAction {other:?} is not first or next"),
-            );
+            return envelope(StatusCode::BAD_REQUEST, &format!("pageAction {other:?} is not first or next"));
         }
     };
     let start = (page - 1) * size;
@@ -479,38 +436,23 @@ fn field_error(field: &str, message: &str, value: &Value) -> Value {
 
 fn exists(data: &Dataset, reference_type: &str, number: &str) -> bool {
     match reference_type {
-        "PO" => data
-            .table(data::BROWSE_PO)
-            .and_then(|t| t.find(&[number]))
-            .is_some(),
-        "SUPPLIER_INVOICE" => data
-            .table(data::BROWSE_INVOICES)
-            .and_then(|t| t.find(&[number]))
-            .is_some(),
+        "PO" => data.table(data::BROWSE_PO).and_then(|t| t.find(&[number])).is_some(),
+        "SUPPLIER_INVOICE" => data.table(data::BROWSE_INVOICES).and_then(|t| t.find(&[number])).is_some(),
         "RECEIVER" => data.table(data::BROWSE_RECEIPTS).is_some_and(|t| {
-            t.rows().any(|r| {
-                r.get("prh_hist.prh_receiver").and_then(text_of).as_deref() == Some(number)
-            })
+            t.rows()
+                .any(|r| r.get("prh_hist.prh_receiver").and_then(text_of).as_deref() == Some(number))
         }),
         _ => false,
     }
 }
 
-async fn transaction_comments(
-    State(sb): State<QadSandbox>,
-    headers: HeaderMap,
-    body: Option<Json<Value>>,
-) -> Response {
+async fn transaction_comments(State(sb): State<QadSandbox>, headers: HeaderMap, body: Option<Json<Value>>) -> Response {
     if let Err(resp) = sb.admit(&headers).await {
         return resp;
     }
     let mut s = sb.lock();
     let Some(Json(body)) = body else {
-        return submit(vec![field_error(
-            "transactionComments",
-            "body is not JSON",
-            &Value::Null,
-        )]);
+        return submit(vec![field_error("transactionComments", "body is not JSON", &Value::Null)]);
     };
     let Some(items) = body.get("transactionComments").and_then(Value::as_array) else {
         return submit(vec![field_error(
@@ -522,41 +464,19 @@ async fn transaction_comments(
     let mut errors = Vec::new();
     for item in items {
         let get = |k: &str| item.get(k).and_then(Value::as_str).unwrap_or("");
-        for k in [
-            "domainCode",
-            "referenceType",
-            "referenceNumber",
-            "commentText",
-            "commentDate",
-        ] {
+        for k in ["domainCode", "referenceType", "referenceNumber", "commentText", "commentDate"] {
             if get(k).is_empty() {
-                errors.push(field_error(
-                    k,
-                    "is required",
-                    item.get(k).unwrap_or(&Value::Null),
-                ));
+                errors.push(field_error(k, "is required", item.get(k).unwrap_or(&Value::Null)));
             }
         }
         let rt = get("referenceType");
         if !["PO", "SUPPLIER_INVOICE", "RECEIVER"].contains(&rt) {
-            errors.push(field_error(
-                "referenceType",
-                "must be PO, SUPPLIER_INVOICE or RECEIVER",
-                &json!(rt),
-            ));
+            errors.push(field_error("referenceType", "must be PO, SUPPLIER_INVOICE or RECEIVER", &json!(rt)));
         } else if !exists(&s.data, rt, get("referenceNumber")) {
-            errors.push(field_error(
-                "referenceNumber",
-                "no such record",
-                &json!(get("referenceNumber")),
-            ));
+            errors.push(field_error("referenceNumber", "no such record", &json!(get("referenceNumber"))));
         }
         if get("domainCode") != data::DOMAIN && !get("domainCode").is_empty() {
-            errors.push(field_error(
-                "domainCode",
-                "unknown domain",
-                &json!(get("domainCode")),
-            ));
+            errors.push(field_error("domainCode", "unknown domain", &json!(get("domainCode"))));
         }
     }
     if errors.is_empty() {
@@ -565,27 +485,15 @@ async fn transaction_comments(
     submit(errors)
 }
 
-async fn po_approvals(
-    State(sb): State<QadSandbox>,
-    headers: HeaderMap,
-    body: Option<Json<Value>>,
-) -> Response {
+async fn po_approvals(State(sb): State<QadSandbox>, headers: HeaderMap, body: Option<Json<Value>>) -> Response {
     if let Err(resp) = sb.admit(&headers).await {
         return resp;
     }
     let mut s = sb.lock();
     let Some(Json(body)) = body else {
-        return submit(vec![field_error(
-            "purchaseOrderApprovals",
-            "body is not JSON",
-            &Value::Null,
-        )]);
+        return submit(vec![field_error("purchaseOrderApprovals", "body is not JSON", &Value::Null)]);
     };
-    let Some(items) = body
-        .get("purchaseOrderApprovals")
-        .and_then(Value::as_array)
-        .cloned()
-    else {
+    let Some(items) = body.get("purchaseOrderApprovals").and_then(Value::as_array).cloned() else {
         return submit(vec![field_error(
             "purchaseOrderApprovals",
             "purchaseOrderApprovals must be an array",
@@ -595,33 +503,19 @@ async fn po_approvals(
     let mut errors = Vec::new();
     let today = s.today.to_string();
     for item in &items {
-        let get = |k: &str| {
-            item.get(k)
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .to_string()
-        };
+        let get = |k: &str| item.get(k).and_then(Value::as_str).unwrap_or("").to_string();
         let (po, action) = (get("purchaseOrderNumber"), get("action"));
         let status = match action.as_str() {
             "approve" => "Approved",
             "deny" => "Denied",
             _ => {
-                errors.push(field_error(
-                    "action",
-                    "must be approve or deny",
-                    &json!(action),
-                ));
+                errors.push(field_error("action", "must be approve or deny", &json!(action)));
                 continue;
             }
         };
         let table = s.data.table_mut(data::BROWSE_PO).expect("PO browse exists");
         match table.find(&[&po]).cloned() {
-            Some(mut row)
-                if row
-                    .get("po_mstr.po_approval_status")
-                    .and_then(Value::as_str)
-                    == Some("Pending") =>
-            {
+            Some(mut row) if row.get("po_mstr.po_approval_status").and_then(Value::as_str) == Some("Pending") => {
                 row.insert("po_mstr.po_approval_status".into(), json!(status));
                 row.insert("po_mstr.po_mod_date".into(), json!(today));
                 table.upsert(row);
@@ -631,11 +525,7 @@ async fn po_approvals(
                 "purchase order is not pending approval",
                 &json!(po),
             )),
-            None => errors.push(field_error(
-                "purchaseOrderNumber",
-                "no such purchase order",
-                &json!(po),
-            )),
+            None => errors.push(field_error("purchaseOrderNumber", "no such purchase order", &json!(po))),
         }
     }
     if errors.is_empty() {
@@ -706,12 +596,7 @@ fn bad_request(msg: String) -> Response {
 
 async fn control_receipt(State(sb): State<QadSandbox>, Json(b): Json<ReceiptBody>) -> Response {
     let mut s = sb.lock();
-    let Some(po) = s
-        .data
-        .table(data::BROWSE_PO)
-        .and_then(|t| t.find(&[&b.po]))
-        .cloned()
-    else {
+    let Some(po) = s.data.table(data::BROWSE_PO).and_then(|t| t.find(&[&b.po])).cloned() else {
         return bad_request(format!("no purchase order {}", b.po));
     };
     let po_lines: Vec<Row> = s
@@ -719,9 +604,7 @@ async fn control_receipt(State(sb): State<QadSandbox>, Json(b): Json<ReceiptBody
         .table(data::BROWSE_PO_LINES)
         .map(|t| {
             t.rows()
-                .filter(|r| {
-                    r.get("pod_det.pod_nbr").and_then(text_of).as_deref() == Some(b.po.as_str())
-                })
+                .filter(|r| r.get("pod_det.pod_nbr").and_then(text_of).as_deref() == Some(b.po.as_str()))
                 .cloned()
                 .collect()
         })
@@ -739,10 +622,7 @@ async fn control_receipt(State(sb): State<QadSandbox>, Json(b): Json<ReceiptBody
             .and_then(|l| l.parse().ok())
             .unwrap_or(0);
         let qty = match &b.lines {
-            None => pl
-                .get("pod_det.pod_qty_ord")
-                .and_then(text_of)
-                .unwrap_or_default(),
+            None => pl.get("pod_det.pod_qty_ord").and_then(text_of).unwrap_or_default(),
             Some(ls) => match ls.iter().find(|l| l.line == line) {
                 Some(l) => l.qty.clone(),
                 None => continue,
@@ -773,20 +653,13 @@ struct InvoiceBody {
 
 async fn control_invoice(State(sb): State<QadSandbox>, Json(b): Json<InvoiceBody>) -> Response {
     let mut s = sb.lock();
-    let Some(po) = s
-        .data
-        .table(data::BROWSE_PO)
-        .and_then(|t| t.find(&[&b.po]))
-        .cloned()
-    else {
+    let Some(po) = s.data.table(data::BROWSE_PO).and_then(|t| t.find(&[&b.po])).cloned() else {
         return bad_request(format!("no purchase order {}", b.po));
     };
     let today = s.today;
-    let amount = b.amount.unwrap_or_else(|| {
-        po.get("po_mstr.po_total")
-            .and_then(text_of)
-            .unwrap_or_default()
-    });
+    let amount = b
+        .amount
+        .unwrap_or_else(|| po.get("po_mstr.po_total").and_then(text_of).unwrap_or_default());
     let r = json!({
         "CInvoice.CInvoiceVoucher": b.voucher, "CInvoice.CInvoiceReference": format!("INV-{}", b.voucher),
         "CInvoice.CreditorCode": po.get("po_mstr.po_vend"), "CInvoice.CInvoiceDate": today.to_string(),

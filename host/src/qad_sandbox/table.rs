@@ -46,9 +46,7 @@ impl Filter {
         let (field, rest) = text.split_once(',').ok_or_else(bad)?;
         let (op, rest) = rest.split_once(',').ok_or_else(bad)?;
         let value = rest.strip_suffix(",literal").ok_or_else(bad)?;
-        let op = Op::parse(op).ok_or_else(|| {
-            format!("filter operator {op:?} is not one of eq, ne, gt, ge, lt, le")
-        })?;
+        let op = Op::parse(op).ok_or_else(|| format!("filter operator {op:?} is not one of eq, ne, gt, ge, lt, le"))?;
         Ok(Filter {
             field: field.to_string(),
             op,
@@ -104,10 +102,7 @@ impl Table {
         Table {
             fields: fields.iter().map(|s| s.to_string()).collect(),
             key: key.iter().map(|s| s.to_string()).collect(),
-            indexes: indexed
-                .iter()
-                .map(|f| (f.to_string(), BTreeMap::new()))
-                .collect(),
+            indexes: indexed.iter().map(|f| (f.to_string(), BTreeMap::new())).collect(),
             ..Table::default()
         }
     }
@@ -187,9 +182,9 @@ impl Table {
         }
         // Start from an index when one covers a filter (dates and codes are ISO text, so a
         // text range is right for them); check every filter on the candidates.
-        let indexed = filters.iter().find(|f| {
-            self.indexes.contains_key(&f.field) && f.op != Op::Ne && f.value.parse::<f64>().is_err()
-        });
+        let indexed = filters
+            .iter()
+            .find(|f| self.indexes.contains_key(&f.field) && f.op != Op::Ne && f.value.parse::<f64>().is_err());
         let mut out: Vec<usize> = match indexed {
             Some(f) => {
                 let idx = &self.indexes[&f.field];
@@ -234,36 +229,17 @@ mod tests {
         let mut t = Table::new(&["k", "d", "n"], &["k"], &["d"]);
         for i in 0..50 {
             let d = format!("2026-11-{:02}", 1 + i % 28);
-            t.upsert(
-                json!({"k": format!("K{i}"), "d": d, "n": i})
-                    .as_object()
-                    .unwrap()
-                    .clone(),
-            );
+            t.upsert(json!({"k": format!("K{i}"), "d": d, "n": i}).as_object().unwrap().clone());
         }
         let ge = Filter::parse("d,ge,2026-11-20,literal").unwrap();
         let n_ge = Filter::parse("n,ge,10,literal").unwrap();
         let via_index = t.query(&[ge.clone(), n_ge.clone()]).unwrap();
-        let scanned: Vec<usize> = (0..50)
-            .filter(|i| matches(t.row(*i), &ge) && matches(t.row(*i), &n_ge))
-            .collect();
+        let scanned: Vec<usize> = (0..50).filter(|i| matches(t.row(*i), &ge) && matches(t.row(*i), &n_ge)).collect();
         assert_eq!(via_index, scanned);
         assert!(!via_index.is_empty());
         // replacing a row moves it in the index
-        t.upsert(
-            json!({"k": "K0", "d": "2026-12-31", "n": 0})
-                .as_object()
-                .unwrap()
-                .clone(),
-        );
-        assert_eq!(
-            t.query(&[Filter::parse("d,eq,2026-12-31,literal").unwrap()])
-                .unwrap(),
-            vec![0]
-        );
-        assert!(
-            t.query(&[Filter::parse("zz,eq,1,literal").unwrap()])
-                .is_err()
-        );
+        t.upsert(json!({"k": "K0", "d": "2026-12-31", "n": 0}).as_object().unwrap().clone());
+        assert_eq!(t.query(&[Filter::parse("d,eq,2026-12-31,literal").unwrap()]).unwrap(), vec![0]);
+        assert!(t.query(&[Filter::parse("zz,eq,1,literal").unwrap()]).is_err());
     }
 }
