@@ -1,5 +1,7 @@
 //! One integration-test binary (one link on a 2-core machine), a module per layer.
 
+mod cli;
 mod client;
 mod conformance;
 mod poll;
+mod store;

@@ -1,0 +1,87 @@
+//! The `ml-connector` binary as a user runs it.
+
+use std::process::Command;
+
+use ml_connector_tests::{TempDir, binary};
+
+fn run(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
+    let bin = binary();
+    assert!(
+        bin.exists(),
+        "{} is missing: build it first (`cargo xtask test` does)",
+        bin.display()
+    );
+    let mut cmd = Command::new(bin);
+    cmd.args(args)
+        .env_remove("ML_CONNECTOR_MASTER_KEY")
+        .env_remove("ML_CONNECTOR_DATABASE_URL");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn keygen_prints_a_usable_master_key() {
+    let (ok, out, _) = run(&["keygen"], &[]);
+    assert!(ok);
+    let key = out.trim();
+    assert!(key.starts_with("mlk1.") && key.len() > 40, "{key}");
+    assert!(ml_connector::secrets::Keyring::new(key, &[]).is_ok());
+    assert_ne!(run(&["keygen"], &[]).1, out, "fresh each time");
+}
+
+#[test]
+fn migrate_creates_and_migrates_the_database() {
+    let dir = TempDir::new("cli");
+    let url = format!("sqlite://{}", dir.0.join("m.db").display());
+    let (ok, out, err) = run(&["migrate"], &[("ML_CONNECTOR_DATABASE_URL", &url)]);
+    assert!(ok, "{err}");
+    assert!(out.contains("migrations applied to sqlite database"), "{out}");
+    assert!(dir.0.join("m.db").exists());
+}
+
+#[test]
+fn serve_without_a_master_key_says_what_is_missing() {
+    let dir = TempDir::new("cli");
+    let url = format!("sqlite://{}", dir.0.join("s.db").display());
+    let (ok, _, err) = run(&["serve"], &[("ML_CONNECTOR_DATABASE_URL", &url)]);
+    assert!(!ok);
+    assert!(
+        err.contains("ML_CONNECTOR_MASTER_KEY or ML_CONNECTOR_MASTER_KEY_FILE is required"),
+        "{err}"
+    );
+    let (ok, _, err) = run(
+        &["serve"],
+        &[("ML_CONNECTOR_DATABASE_URL", &url), ("ML_CONNECTOR_MASTER_KEY", "not-a-key")],
+    );
+    assert!(!ok);
+    assert!(err.contains("master key is not valid"), "{err}");
+    assert!(!err.contains("not-a-key"), "the key is not echoed: {err}");
+}
+
+#[test]
+fn sandbox_once_runs_a_full_poll_cycle_and_summarises() {
+    let dir = TempDir::new("cli");
+    let url = format!("sqlite://{}", dir.0.join("demo.db").display());
+    let (ok, out, err) = run(&["sandbox", "--once", "--database-url", &url], &[("ML_CONNECTOR_LOG", "error")]);
+    assert!(ok, "{out}\n{err}");
+    let needs = out.lines().filter(|l| l.starts_with("needs attention")).count();
+    assert!(needs > 30, "{out}");
+    assert!(
+        out.contains(&format!(
+            "summary: {needs} records need a person; 2 malformed rows recorded in the audit trail"
+        )),
+        "{out}"
+    );
+    assert!(out.contains("malformed row            supplier invoice SI-79901"), "{out}");
+    assert!(
+        out.contains("✗ phone \"(515) 55-01\" for supplier S-1009 is not a valid number for US"),
+        "{out}"
+    );
+}

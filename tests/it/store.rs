@@ -1,0 +1,155 @@
+//! The store on each engine: the append-only audit trail, sealed credentials that cannot be
+//! swapped, no secret in clear anywhere in the SQLite file or its WAL, key rotation.
+
+use ml_connector::poller::{SECRET_QAD_PASSWORD, SECRET_QAD_USER};
+use ml_connector::secrets::{Keyring, SecretString, generate_master_key};
+use ml_connector::store::{NewAudit, StoreError};
+use ml_connector_tests::{engines, fresh_db, harness, morning};
+use serde_json::json;
+
+#[tokio::test]
+async fn the_audit_trail_is_append_only_in_the_database_itself() {
+    for engine in engines() {
+        let h = harness(engine).await;
+        let entry = NewAudit {
+            kind: "supplier_invoice".into(),
+            record_key: "SI-1".into(),
+            event: "note".into(),
+            detail: json!({"x": 1}),
+        };
+        h.db.store.append_audit(&h.tenant.id, &[entry], morning()).await.unwrap();
+        for sql in ["UPDATE audit SET event = 'forged'", "DELETE FROM audit"] {
+            let err = h.db.store.execute_raw(sql).await.expect_err(sql);
+            assert!(err.to_string().contains("append-only"), "{engine}: {err}");
+        }
+        assert_eq!(
+            h.db.store.audit_trail(&h.tenant.id, "supplier_invoice", "SI-1").await.unwrap()[0].event,
+            "note"
+        );
+    }
+}
+
+#[tokio::test]
+async fn swapped_ciphertexts_do_not_open() {
+    for engine in engines() {
+        let h = harness(engine).await;
+        let (s, t) = (&h.db.store, &h.tenant.id);
+        assert_eq!(
+            s.secret(&h.keys, t, SECRET_QAD_PASSWORD).await.unwrap().unwrap().expose(),
+            "sandbox-password"
+        );
+        // An attacker with write access to the database swaps the user name and password values.
+        for sql in [
+            "UPDATE secrets SET field = 'swap' WHERE field = 'qad.username'",
+            "UPDATE secrets SET field = 'qad.username' WHERE field = 'qad.password'",
+            "UPDATE secrets SET field = 'qad.password' WHERE field = 'swap'",
+        ] {
+            assert_eq!(s.execute_raw(sql).await.unwrap(), 1);
+        }
+        for field in [SECRET_QAD_USER, SECRET_QAD_PASSWORD] {
+            let err = s.secret(&h.keys, t, field).await.unwrap_err();
+            assert!(matches!(err, StoreError::Secret(_)), "{engine}: {err}");
+            assert!(err.to_string().contains("tampered"), "{err}");
+        }
+    }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+#[tokio::test]
+async fn neither_the_database_file_nor_its_wal_holds_a_secret_in_clear() {
+    let h = harness("sqlite").await;
+    let secrets = ["qad-password-Zq8#unique", "twilio-auth-token-7f3e9c1d2b", "SK-api-secret-A1B2C3"];
+    for (i, v) in secrets.iter().enumerate() {
+        h.db.store
+            .set_secret(&h.keys, &h.tenant.id, &format!("field{i}"), &SecretString::new(*v), morning())
+            .await
+            .unwrap();
+    }
+    // A whole poll runs too: the QAD password and session token pass through the host.
+    h.poller.poll(&h.tenant.id, "test").await.unwrap();
+    let path = h.db.sqlite_path().unwrap();
+    let wal = path.with_extension("db-wal");
+    let scan = |when: &str| {
+        let mut all = Vec::new();
+        for p in [&path, &wal] {
+            if let Ok(bytes) = std::fs::read(p) {
+                all.push((p.display().to_string(), bytes));
+            }
+        }
+        assert!(
+            all.iter().map(|(_, b)| b.len()).sum::<usize>() > 10_000,
+            "{when}: the files hold data"
+        );
+        for (name, bytes) in &all {
+            for s in secrets.iter().chain(["sandbox-password"].iter()) {
+                assert!(!contains(bytes, s.as_bytes()), "{when}: {name} holds {s} in clear");
+            }
+        }
+    };
+    assert!(
+        std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0) > 0,
+        "the WAL is in use before the checkpoint"
+    );
+    scan("before checkpoint");
+    h.db.store.checkpoint().await.unwrap();
+    scan("after checkpoint");
+    // The scan would find a secret if one were there: the same bytes written as plain data are found.
+    h.db.store
+        .execute_raw("INSERT INTO poll_cursors (tenant_id, stream, cursor, updated_at) VALUES ('x', 'y', 'qad-password-Zq8#unique', 0)")
+        .await
+        .unwrap();
+    let bytes = [std::fs::read(&path).unwrap(), std::fs::read(&wal).unwrap_or_default()].concat();
+    assert!(
+        contains(&bytes, b"qad-password-Zq8#unique"),
+        "the scan sees plain text when there is some"
+    );
+}
+
+#[tokio::test]
+async fn rotation_reseals_under_the_new_key() {
+    for engine in engines() {
+        let db = fresh_db(engine).await;
+        let old = generate_master_key();
+        let k1 = Keyring::new(&old, &[]).unwrap();
+        let h = harness(engine).await;
+        let tenant = h.tenant.clone();
+        db.store.create_tenant(&tenant, morning()).await.unwrap();
+        db.store
+            .set_secret(&k1, &tenant.id, "f", &SecretString::new("v1"), morning())
+            .await
+            .unwrap();
+        let k2 = Keyring::new(&generate_master_key(), &[old]).unwrap();
+        assert_eq!(db.store.reseal_secrets(&k2, morning()).await.unwrap(), 1);
+        assert_eq!(db.store.reseal_secrets(&k2, morning()).await.unwrap(), 0, "{engine}: idempotent");
+        let k2_alone = Keyring::new(&std::env::var("NONE").unwrap_or_default(), &[]).err();
+        assert!(k2_alone.is_some(), "an empty key is refused");
+        assert_eq!(db.store.secret(&k2, &tenant.id, "f").await.unwrap().unwrap().expose(), "v1");
+        assert!(
+            db.store.secret(&k1, &tenant.id, "f").await.is_err(),
+            "the old key alone no longer opens it"
+        );
+    }
+}
+
+#[tokio::test]
+async fn migrations_are_idempotent_and_tenants_unique() {
+    for engine in engines() {
+        let h = harness(engine).await;
+        h.db.store.migrate().await.unwrap();
+        let err = h.db.store.create_tenant(&h.tenant, morning()).await.unwrap_err();
+        assert!(matches!(err, StoreError::TenantExists(_)), "{engine}: {err}");
+        assert_eq!(h.db.store.tenants().await.unwrap(), vec![h.tenant.clone()]);
+        let set: Vec<String> =
+            h.db.store
+                .secrets_set_at(&h.tenant.id)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|s| s.0)
+                .collect();
+        assert_eq!(set, [SECRET_QAD_PASSWORD, SECRET_QAD_USER]);
+    }
+}
