@@ -47,6 +47,22 @@ pub enum StoreError {
     Secret(#[from] SecretError),
 }
 
+/// kind, key, episode, reason code, urgency, people, record data.
+type OpenTuple = (String, String, i64, String, String, String, Option<String>);
+/// kind, key, episode, state, reason code, summary, urgency, people, due date, resolution.
+type AttentionTuple = (
+    String,
+    String,
+    i64,
+    String,
+    String,
+    String,
+    String,
+    String,
+    Option<String>,
+    Option<String>,
+);
+
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 #[derive(Clone)]
@@ -479,7 +495,7 @@ impl Store {
 
     /// Every open episode of a tenant, with the record's last-seen data.
     pub async fn open_records(&self, tenant: &str) -> Result<Vec<OpenRecord>> {
-        let rows: Vec<(String, String, i64, String, String, String, Option<String>)> = on_pool!(self, p => sqlx::query(
+        let rows: Vec<OpenTuple> = on_pool!(self, p => sqlx::query(
             "SELECT a.kind, a.record_key, a.episode, a.reason_code, a.urgency, a.people, r.data
              FROM attention a LEFT JOIN qad_records r
                ON r.tenant_id = a.tenant_id AND r.kind = a.kind AND r.record_key = a.record_key
@@ -606,18 +622,7 @@ impl Store {
     }
 
     pub async fn attention(&self, tenant: &str, state: Option<&str>) -> Result<Vec<AttentionRow>> {
-        let rows: Vec<(
-            String,
-            String,
-            i64,
-            String,
-            String,
-            String,
-            String,
-            String,
-            Option<String>,
-            Option<String>,
-        )> = on_pool!(self, p => sqlx::query(
+        let rows: Vec<AttentionTuple> = on_pool!(self, p => sqlx::query(
             "SELECT kind, record_key, episode, state, reason_code, summary, urgency, people, due_date, resolution FROM attention
              WHERE tenant_id = $1 AND ($2 IS NULL OR state = $2) ORDER BY kind, record_key, episode",
         ).bind(tenant).bind(state).fetch_all(p).await?.into_iter()

@@ -1,1 +1,106 @@
-fn main() {}
+//! `cargo xtask sandbox` and `cargo xtask test`: the README's two commands. Each installs
+//! what is missing on a bare machine (the wasm target, the Python test tools), builds, and
+//! runs.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+use anyhow::{Context, Result, bail};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    let shown = format!("{cmd:?}");
+    let status = cmd.status().with_context(|| format!("starting {shown}"))?;
+    if !status.success() {
+        bail!("{shown} failed with {status}");
+    }
+    Ok(())
+}
+
+fn cargo() -> Command {
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(root());
+    c
+}
+
+/// rustup does not install what rust-toolchain.toml names on this machine, so add it here.
+fn ensure_wasm_target() -> Result<()> {
+    let out = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .current_dir(root())
+        .output();
+    match out {
+        Ok(o) if String::from_utf8_lossy(&o.stdout).lines().any(|l| l.trim() == "wasm32-wasip2") => Ok(()),
+        Ok(_) => {
+            eprintln!("xtask: adding the wasm32-wasip2 target");
+            run(Command::new("rustup").args(["target", "add", "wasm32-wasip2"]).current_dir(root()))
+        }
+        Err(_) => {
+            eprintln!("xtask: rustup not found; assuming the wasm32-wasip2 target is provided otherwise");
+            Ok(())
+        }
+    }
+}
+
+/// Python test tools (the official `twilio` library, grpcurl) in a venv under target/, so
+/// the machine's Python stays untouched. Re-installed only when the list changes.
+fn ensure_python_tools() -> Result<PathBuf> {
+    let venv = root().join("target/test-tools/venv");
+    let requirements = root().join("xtask/test-tools.txt");
+    let wanted = std::fs::read_to_string(&requirements).context("reading xtask/test-tools.txt")?;
+    let marker = venv.join(".installed");
+    if std::fs::read_to_string(&marker).ok().as_deref() == Some(wanted.as_str()) {
+        return Ok(venv);
+    }
+    eprintln!("xtask: installing Python test tools into {}", venv.display());
+    run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+    run(Command::new(venv.join("bin/pip"))
+        .args(["install", "--quiet", "--disable-pip-version-check", "-r"])
+        .arg(&requirements))?;
+    std::fs::write(&marker, wanted)?;
+    Ok(venv)
+}
+
+fn test(extra: &[String]) -> Result<()> {
+    ensure_wasm_target()?;
+    let venv = ensure_python_tools()?;
+    // The end-to-end tests run the real binary: build it first, then everything in one run.
+    run(cargo().args(["build", "-p", "ml-connector", "--bin", "ml-connector"]))?;
+    let path = format!("{}:{}", venv.join("bin").display(), std::env::var("PATH").unwrap_or_default());
+    match std::env::var("ML_CONNECTOR_TEST_DATABASE_URL") {
+        Ok(url) => eprintln!("xtask: PostgreSQL suite on too ({})", url.split('@').next_back().unwrap_or("")),
+        Err(_) => eprintln!("xtask: ML_CONNECTOR_TEST_DATABASE_URL not set: SQLite only"),
+    }
+    run(cargo().args(["test", "--workspace"]).args(extra).env("PATH", path))
+}
+
+fn sandbox(extra: &[String]) -> Result<()> {
+    ensure_wasm_target()?;
+    run(cargo().args(["build", "-p", "ml-connector", "--bin", "ml-connector"]))?;
+    run(Command::new(root().join("target/debug/ml-connector")).arg("sandbox").args(extra))
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("test") => test(&args[1..]),
+        Some("sandbox") => sandbox(&args[1..]),
+        _ => {
+            eprintln!("usage: cargo xtask test [cargo test args…] | cargo xtask sandbox [--once]");
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -96,7 +96,7 @@ impl Schedule {
         match &self.cadence {
             Cadence::Every(step) => {
                 let candidate = last_started.map(|l| l + *step).unwrap_or(now).max(now);
-                Ok(self.into_window(candidate))
+                Ok(self.clamp_to_window(candidate))
             }
             Cadence::Cron(cron, expr) => {
                 let mut from = last_started.unwrap_or(now).with_timezone(&self.tz);
@@ -107,10 +107,10 @@ impl Schedule {
                         .map_err(|e| ScheduleError::Cron(expr.clone(), e.to_string()))?;
                     let utc = next.with_timezone(&Utc);
                     if self.in_window(utc) {
-                        return Ok(if utc < now { self.into_window(now) } else { utc });
+                        return Ok(if utc < now { self.clamp_to_window(now) } else { utc });
                     }
                     // Jump to the window's next opening, then look for the first firing from there.
-                    from = (self.into_window(utc) - Duration::seconds(1)).with_timezone(&self.tz);
+                    from = (self.clamp_to_window(utc) - Duration::seconds(1)).with_timezone(&self.tz);
                 }
                 Err(ScheduleError::NeverFires(expr.clone()))
             }
@@ -128,7 +128,7 @@ impl Schedule {
     }
 
     /// `t` if inside the active hours, else the window's next opening.
-    fn into_window(&self, t: DateTime<Utc>) -> DateTime<Utc> {
+    fn clamp_to_window(&self, t: DateTime<Utc>) -> DateTime<Utc> {
         let Some(w) = &self.window else { return t };
         if self.in_window(t) {
             return t;
