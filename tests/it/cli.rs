@@ -85,3 +85,46 @@ fn sandbox_once_runs_a_full_poll_cycle_and_summarises() {
         "{out}"
     );
 }
+
+#[tokio::test]
+async fn serve_polls_the_tenants_in_its_database_and_stops_cleanly_on_sigterm() {
+    use ml_connector::sandbox::{example_tenant, provision_example};
+    use ml_connector::secrets::{Keyring, generate_master_key};
+    use ml_connector::store::Store;
+
+    let qad = ml_connector_tests::Qad::start().await;
+    let dir = TempDir::new("serve");
+    let url = format!("sqlite://{}", dir.0.join("serve.db").display());
+    let key = generate_master_key();
+    let store = Store::connect(&url).await.unwrap();
+    store.migrate().await.unwrap();
+    let tenant = example_tenant(&qad.base, &qad.config, 3600);
+    provision_example(&store, &Keyring::new(&key, &[]).unwrap(), &tenant, &qad.config, chrono::Utc::now())
+        .await
+        .unwrap();
+    let mut child = tokio::process::Command::new(binary())
+        .arg("serve")
+        .env("ML_CONNECTOR_DATABASE_URL", &url)
+        .env("ML_CONNECTOR_MASTER_KEY", &key)
+        .env("ML_CONNECTOR_LOG", "warn")
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut done = false;
+    for _ in 0..400 {
+        if store.polls(&tenant.id, 1).await.unwrap().first().is_some_and(|p| p.outcome == "ok") {
+            done = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    assert!(done, "serve polled the tenant");
+    assert!(store.attention(&tenant.id, Some("open")).await.unwrap().len() > 30);
+    let pid = child.id().unwrap().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let status = tokio::time::timeout(std::time::Duration::from_secs(15), child.wait())
+        .await
+        .expect("exits after SIGTERM")
+        .unwrap();
+    assert!(status.success(), "{status}");
+}

@@ -346,3 +346,72 @@ async fn what_needs_a_person_reads_well() {
             .collect();
     insta::assert_snapshot!("records_needing_attention", lines.join("\n"));
 }
+
+#[tokio::test]
+async fn a_malformed_row_planted_mid_table_is_named_and_the_rest_of_the_page_goes_on() {
+    let h = harness("sqlite").await;
+    h.poller.poll(&h.tenant.id, "test").await.unwrap();
+    // A receipt row for today with a quantity QAD should never send, among good rows.
+    let st = h.qad.sandbox.story();
+    let voucher = &st.missing_receipt[1];
+    let po = &st.invoice_po[voucher];
+    h.qad.control("receipts", json!({"po": po})).await;
+    h.qad
+        .control(
+            "rows",
+            json!({"browse": data::BROWSE_RECEIPTS, "rows": [{
+                "prh_hist.prh_receiver": "RCV-BAD", "prh_hist.prh_nbr": po, "prh_hist.prh_line": 1,
+                "prh_hist.prh_rcp_date": "2026-11-27", "prh_hist.prh_vend": "S-1001", "prh_hist.prh_part": "X",
+                "prh_hist.prh_rcvd": "twelve", "prh_hist.prh_pur_cost": "1.00", "prh_hist.prh_um": "EA",
+                "prh_hist.prh_curr": "USD", "prh_hist.prh_domain": "10USA", "prh_hist.prh_qty_ord": "10"
+            }]}),
+        )
+        .await;
+    h.clock.advance(Duration::minutes(5));
+    let report = h.poller.poll(&h.tenant.id, "test").await.unwrap();
+    assert_eq!(report.error, None);
+    let trail = h.db.store.audit_trail(&h.tenant.id, "goods_receipt", "RCV-BAD/1").await.unwrap();
+    assert_eq!(
+        trail[0].detail["error"],
+        json!("goods receipt RCV-BAD/1: prh_hist.prh_rcvd \"twelve\" is not a decimal amount")
+    );
+    let inv =
+        h.db.store
+            .attention(&h.tenant.id, None)
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|a| &a.record_key == voucher)
+            .unwrap();
+    assert_eq!(
+        inv.state, "resolved",
+        "the good receipt beside the bad row still resolved its invoice"
+    );
+}
+
+#[tokio::test]
+async fn the_scheduler_polls_due_tenants_and_stops_on_shutdown() {
+    let h = harness("sqlite").await;
+    let scheduler = Scheduler::new(h.poller.clone());
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn({
+        let s = scheduler.clone();
+        async move { s.run(stopped).await }
+    });
+    // A tenant that never polled is due at once.
+    for _ in 0..200 {
+        if !h.db.store.polls(&h.tenant.id, 1).await.unwrap().is_empty() && open_set(&h).await == expected(&h) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    assert_eq!(open_set(&h).await, expected(&h));
+    stop.send(true).unwrap();
+    tokio::time::timeout(std::time::Duration::from_secs(10), task)
+        .await
+        .expect("stops promptly")
+        .unwrap();
+    let polls = h.db.store.polls(&h.tenant.id, 10).await.unwrap();
+    assert_eq!(polls.len(), 1, "not due again until the interval passed (the clock did not move)");
+    assert_eq!((polls[0].requested_by.as_str(), polls[0].outcome.as_str()), ("schedule", "ok"));
+}
