@@ -161,26 +161,31 @@ impl QadClient {
         }
     }
 
+    /// The JSON body of a successful answer, or the error it stands for.
+    async fn json_of(what: &str, sent: Result<reqwest::Response, reqwest::Error>) -> Result<Value, QadError> {
+        let resp = sent.map_err(|source| QadError::Transport { what: what.into(), source })?;
+        if !resp.status().is_success() {
+            return Err(Self::error_from(what, resp).await);
+        }
+        resp.json().await.map_err(|e| QadError::Shape {
+            what: what.into(),
+            problem: e.to_string(),
+        })
+    }
+
     /// Log in: securityControl with HTTP Basic gives the client id; the token endpoint gives
     /// the bearer token. Retried when QAD is down; a refusal is final.
     pub async fn login(&self) -> Result<(), QadError> {
         let attempt = || async {
             self.counters.requests.fetch_add(1, Ordering::Relaxed);
             let what = "securityControl";
-            let resp = self
+            let sent = self
                 .http
                 .get(self.url("/api/qracore/securityControl"))
                 .basic_auth(&self.cfg.user, Some(self.cfg.password.expose()))
                 .send()
-                .await
-                .map_err(|source| QadError::Transport { what: what.into(), source })?;
-            if !resp.status().is_success() {
-                return Err(Self::error_from(what, resp).await);
-            }
-            let body: Value = resp.json().await.map_err(|e| QadError::Shape {
-                what: what.into(),
-                problem: e.to_string(),
-            })?;
+                .await;
+            let body = Self::json_of(what, sent).await?;
             let client_id = body["data"]["securityControls"][0]["clientId"]
                 .as_str()
                 .ok_or_else(|| QadError::Shape {
@@ -190,7 +195,7 @@ impl QadClient {
                 .to_string();
             self.counters.requests.fetch_add(1, Ordering::Relaxed);
             let what = "oauth/token";
-            let resp = self
+            let sent = self
                 .http
                 .post(self.url("/oauth/token"))
                 .form(&[
@@ -200,15 +205,8 @@ impl QadClient {
                     ("password", self.cfg.password.expose()),
                 ])
                 .send()
-                .await
-                .map_err(|source| QadError::Transport { what: what.into(), source })?;
-            if !resp.status().is_success() {
-                return Err(Self::error_from(what, resp).await);
-            }
-            let body: Value = resp.json().await.map_err(|e| QadError::Shape {
-                what: what.into(),
-                problem: e.to_string(),
-            })?;
+                .await;
+            let body = Self::json_of(what, sent).await?;
             let token = body["access_token"].as_str().ok_or_else(|| QadError::Shape {
                 what: what.into(),
                 problem: "no access_token".into(),
@@ -249,25 +247,15 @@ impl QadClient {
         query.extend(filters.iter().map(|f| ("filter", f.render())));
         let attempt = || async {
             self.counters.requests.fetch_add(1, Ordering::Relaxed);
-            let resp = self
+            let sent = self
                 .http
                 .get(self.url("/api/qracore/browses"))
                 .bearer_auth(token.expose())
                 .header("x-qad-workspace-id", &self.cfg.workspace)
                 .query(&query)
                 .send()
-                .await
-                .map_err(|source| QadError::Transport {
-                    what: what.clone(),
-                    source,
-                })?;
-            if !resp.status().is_success() {
-                return Err(Self::error_from(&what, resp).await);
-            }
-            resp.json::<Value>().await.map_err(|e| QadError::Shape {
-                what: what.clone(),
-                problem: e.to_string(),
-            })
+                .await;
+            Self::json_of(&what, sent).await
         };
         let body = attempt
             .retry(self.backoff())
@@ -333,28 +321,24 @@ impl QadClient {
         loop {
             let token = self.current_token().await?;
             self.counters.requests.fetch_add(1, Ordering::Relaxed);
-            let resp = self
+            let sent = self
                 .http
                 .post(self.url(path))
                 .bearer_auth(token.expose())
                 .header("x-qad-workspace-id", &self.cfg.workspace)
                 .json(body)
                 .send()
-                .await
-                .map_err(|source| QadError::Transport { what: path.into(), source })?;
-            if resp.status().as_u16() == 401 && !reauthenticated {
-                reauthenticated = true;
-                *self.token.lock().await = None;
-                self.login().await?;
-                continue;
-            }
-            if !resp.status().is_success() {
-                return Err(Self::error_from(path, resp).await);
-            }
-            let v: Value = resp.json().await.map_err(|e| QadError::Shape {
-                what: path.into(),
-                problem: e.to_string(),
-            })?;
+                .await;
+            let v = match Self::json_of(path, sent).await {
+                Err(QadError::Unauthorized { .. }) if !reauthenticated => {
+                    // Expired: log in again once and resend.
+                    reauthenticated = true;
+                    *self.token.lock().await = None;
+                    self.login().await?;
+                    continue;
+                }
+                other => other?,
+            };
             return match v["submitResult"]["success"].as_bool() {
                 Some(true) => Ok(()),
                 Some(false) => Err(QadError::Rejected {

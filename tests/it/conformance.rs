@@ -14,35 +14,7 @@ struct Session {
 }
 
 async fn login(qad: &Qad) -> (String, String) {
-    let http = reqwest::Client::new();
-    let sc: Value = http
-        .get(format!("{}/api/qracore/securityControl", qad.base))
-        .basic_auth(&qad.config.user, Some(&qad.config.password))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let client_id = sc["data"]["securityControls"][0]["clientId"].as_str().unwrap().to_string();
-    let tok: Value = http
-        .post(format!("{}/oauth/token", qad.base))
-        .form(&[
-            ("client_id", client_id.as_str()),
-            ("grant_type", "password"),
-            ("username", &qad.config.user),
-            ("password", &qad.config.password),
-        ])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    (
-        tok["access_token"].as_str().unwrap().to_string(),
-        tok["refresh_token"].as_str().unwrap().to_string(),
-    )
+    qad.plain_login().await
 }
 
 async fn session() -> Session {

@@ -61,33 +61,10 @@ async fn decisions_agree_with_the_sandboxs_own_match_status() {
     let h = harness("sqlite").await;
     h.poller.poll(&h.tenant.id, "test").await.unwrap();
     let http = reqwest::Client::new();
-    let sc: Value = http
-        .get(format!("{}/api/qracore/securityControl", h.qad.base))
-        .basic_auth("mfg-api", Some("sandbox-password"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let client_id = sc["data"]["securityControls"][0]["clientId"].as_str().unwrap().to_string();
-    let tok: Value = http
-        .post(format!("{}/oauth/token", h.qad.base))
-        .form(&[
-            ("client_id", client_id.as_str()),
-            ("grant_type", "password"),
-            ("username", "mfg-api"),
-            ("password", "sandbox-password"),
-        ])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (token, _) = h.qad.plain_login().await;
     let body: Value = http
         .get(format!("{}/api/qracore/browses", h.qad.base))
-        .bearer_auth(tok["access_token"].as_str().unwrap())
+        .bearer_auth(token)
         .header("x-qad-workspace-id", "10USA_10USACO")
         .query(&[
             ("browseId", data::BROWSE_INVOICES),

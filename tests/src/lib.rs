@@ -126,6 +126,41 @@ impl Qad {
         }
     }
 
+    /// Log in with plain HTTP as `qad-api.md` describes (not the project's client):
+    /// returns the access and refresh tokens.
+    pub async fn plain_login(&self) -> (String, String) {
+        let http = reqwest::Client::new();
+        let sc: serde_json::Value = http
+            .get(format!("{}/api/qracore/securityControl", self.base))
+            .basic_auth(&self.config.user, Some(&self.config.password))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let client_id = sc["data"]["securityControls"][0]["clientId"].as_str().unwrap().to_string();
+        let form = [
+            ("client_id", client_id.as_str()),
+            ("grant_type", "password"),
+            ("username", &self.config.user),
+            ("password", &self.config.password),
+        ];
+        let tok: serde_json::Value = http
+            .post(format!("{}/oauth/token", self.base))
+            .form(&form)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        (
+            tok["access_token"].as_str().unwrap().to_string(),
+            tok["refresh_token"].as_str().unwrap().to_string(),
+        )
+    }
+
     /// POST to the sandbox's control surface.
     pub async fn control(&self, path: &str, body: serde_json::Value) -> serde_json::Value {
         let resp = reqwest::Client::new()
