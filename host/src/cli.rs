@@ -13,6 +13,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use tokio::sync::watch;
 
 use crate::clock::{Clock, SystemClock};
+use crate::plugin::PluginRuntime;
 use crate::poller::Poller;
 use crate::qad_sandbox::{QadSandbox, SandboxConfig, data};
 use crate::scheduler::Scheduler;
@@ -79,6 +80,18 @@ impl KeyArgs {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum PluginCommand {
+    /// Load a plugin, check it against the WIT world, run it on the sample records and print
+    /// what it decided and rendered; exit non-zero with a clear message on any fault.
+    Check {
+        file: PathBuf,
+        /// The configuration the plugin reads (JSON), as a tenant would set it.
+        #[arg(long, default_value = "{}")]
+        config: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum Command {
     /// The no-credentials demo: QAD sandbox and host in one process on a fresh SQLite file.
     Sandbox {
@@ -101,7 +114,13 @@ pub enum Command {
         db: DbArgs,
         #[command(flatten)]
         keys: KeyArgs,
+        /// Where compiled plugins are cached between runs.
+        #[arg(long, env = "ML_CONNECTOR_PLUGIN_CACHE_DIR")]
+        plugin_cache: Option<PathBuf>,
     },
+    /// Plugins: check one before shipping it.
+    #[command(subcommand)]
+    Plugin(PluginCommand),
     /// Apply the database migrations and exit.
     Migrate {
         #[command(flatten)]
@@ -158,12 +177,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let n = store.reseal_secrets(&keys, SystemClock.now()).await?;
             println!("{n} credentials re-sealed under master key {}", keys.current_key_id());
         }
-        Command::Serve { db, keys } => {
+        Command::Plugin(PluginCommand::Check { file, config }) => crate::plugin_check::run(&file, &config).await?,
+        Command::Serve { db, keys, plugin_cache } => {
             let keys = Arc::new(keys.keyring()?);
             let store = Store::connect(&db.database_url).await.context("connecting to the database")?;
             store.migrate().await.context("applying migrations")?;
             let http = reqwest::Client::builder().timeout(Duration::from_secs(60)).build()?;
-            let poller = Poller::new(store.clone(), keys, http, Arc::new(SystemClock));
+            let plugins = Arc::new(PluginRuntime::new(Some(
+                plugin_cache.unwrap_or_else(crate::plugin::default_cache_dir),
+            ))?);
+            let poller = Poller::new(store.clone(), keys, http, Arc::new(SystemClock), plugins);
             let scheduler = Scheduler::new(poller);
             let (stop_tx, stop_rx) = watch::channel(false);
             let task = tokio::spawn({

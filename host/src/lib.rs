@@ -4,6 +4,8 @@
 pub mod cli;
 pub mod clock;
 pub mod core;
+pub mod plugin;
+pub mod plugin_check;
 pub mod poller;
 pub mod qad;
 pub mod qad_sandbox;

@@ -22,11 +22,13 @@ use crate::core::episode::{self, OpenEpisode, Transition};
 use crate::core::model::*;
 use crate::core::people::{self, People, Person, Role, Unreachable};
 use crate::core::profile::{MappingProfile, PersonRef};
+use crate::core::routing::{AlertInput, PluginContext, Routed};
 use crate::core::rows::{self, Row, RowError};
 use crate::core::schedule::{Schedule, ScheduleError};
+use crate::plugin::{DEFAULT_PLUGIN, LoadedPlugin, PluginFault, PluginRuntime, PluginSettings};
 use crate::qad::{Filter, QadClient, QadConfig, QadError, RetryPolicy};
 use crate::secrets::Keyring;
-use crate::store::{EpisodeChange, NewAudit, OpenRecord, PollTotals, RecordChange, Store, StoreError, Tenant};
+use crate::store::{EpisodeChange, NewAudit, NewEpisode, OpenRecord, PollTotals, RecordChange, Store, StoreError, Tenant};
 
 pub const SECRET_QAD_USER: &str = "qad.username";
 pub const SECRET_QAD_PASSWORD: &str = "qad.password";
@@ -54,6 +56,7 @@ pub enum Event {
         summary: String,
         urgency: attention::Urgency,
         people: People,
+        routing: Routing,
     },
     Updated {
         tenant: String,
@@ -81,6 +84,21 @@ pub enum Event {
     },
 }
 
+/// What the tenant's plugin decided for a newly opened episode.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Routing {
+    Routed {
+        plugin: String,
+        routed: Vec<Routed>,
+    },
+    /// The plugin faulted; with the tenant's fallback on, the default plugin's decision.
+    Fault {
+        plugin: String,
+        fault: PluginFault,
+        fallback: Option<Vec<Routed>>,
+    },
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct PollReport {
     pub poll_id: i64,
@@ -99,10 +117,11 @@ pub struct Poller {
     pub clock: Arc<dyn Clock>,
     pub events: broadcast::Sender<Event>,
     pub retry: RetryPolicy,
+    pub plugins: Arc<PluginRuntime>,
 }
 
 impl Poller {
-    pub fn new(store: Store, keys: Arc<Keyring>, http: reqwest::Client, clock: Arc<dyn Clock>) -> Self {
+    pub fn new(store: Store, keys: Arc<Keyring>, http: reqwest::Client, clock: Arc<dyn Clock>, plugins: Arc<PluginRuntime>) -> Self {
         Poller {
             store,
             keys,
@@ -110,7 +129,29 @@ impl Poller {
             clock,
             events: broadcast::channel(4096).0,
             retry: RetryPolicy::default(),
+            plugins,
         }
+    }
+
+    /// The tenant's plugin (its active version, else the default) and settings.
+    async fn router(&self, tenant: &Tenant) -> Result<Router, PollError> {
+        let settings: PluginSettings =
+            serde_json::from_str(&self.store.plugin_settings(&tenant.id).await?).map_err(|e| StoreError::Corrupt {
+                tenant: tenant.id.clone(),
+                what: "plugin settings",
+                problem: e.to_string(),
+            })?;
+        let default = self.plugins.load(DEFAULT_PLUGIN).expect("the embedded default plugin loads");
+        let (label, plugin) = match self.store.active_plugin(&tenant.id).await? {
+            Some((version, sha, wasm)) => (format!("v{version} ({})", &sha[..12.min(sha.len())]), self.plugins.load(&wasm)),
+            None => ("default".to_string(), Ok(default.clone())),
+        };
+        Ok(Router {
+            plugin,
+            label,
+            settings,
+            default,
+        })
     }
 
     /// Poll one tenant once. A QAD failure ends the cycle with the cursors of the streams
@@ -137,11 +178,14 @@ impl Poller {
         self.store.abandon_running_polls(&tenant.id, started).await?;
         let poll_id = self.store.start_poll(&tenant.id, requested_by, started).await?;
         let today = started.with_timezone(&schedule.time_zone()).date_naive();
+        let router = self.router(&tenant).await?;
         let mut cycle = Cycle {
             p: self,
             client: &client,
             tenant: &tenant,
+            tz: schedule.time_zone(),
             today,
+            router,
             totals: PollTotals::default(),
             caches: Caches::default(),
             seen: HashSet::new(),
@@ -182,11 +226,28 @@ struct Caches {
     employees: HashMap<String, Option<Employee>>,
 }
 
+struct Router {
+    plugin: Result<Arc<LoadedPlugin>, PluginFault>,
+    label: String,
+    settings: PluginSettings,
+    default: Arc<LoadedPlugin>,
+}
+
+/// A fresh unguessable reference for an episode's alerts: 6 characters, no look-alikes.
+fn new_reference() -> String {
+    use rand::Rng;
+    const ALPHABET: &[u8] = b"ABCDEFGHJKMNPQRSTUVWXYZ23456789";
+    let mut rng = rand::thread_rng();
+    (0..6).map(|_| ALPHABET[rng.gen_range(0..ALPHABET.len())] as char).collect()
+}
+
 struct Cycle<'a> {
     p: &'a Poller,
     client: &'a QadClient,
     tenant: &'a Tenant,
+    tz: chrono_tz::Tz,
     today: NaiveDate,
+    router: Router,
     totals: PollTotals,
     caches: Caches,
     seen: HashSet<(RecordKind, String)>,
@@ -457,12 +518,45 @@ impl<'a> Cycle<'a> {
         let summary = |a: &Attention| attention::summary(kind, &key, &supplier_name, amount.as_ref().map(|(v, c)| (*v, c.as_str())), a);
         let transition = episode::transition(open.as_ref(), needed.as_ref().map(|a| (a, &people)));
         let mut audit = Vec::new();
+        let mut routing = None;
+        let opening = |a: Attention, episode: i64, audit: &mut Vec<(String, Value)>| {
+            let reference = new_reference();
+            let alert = AlertInput {
+                kind,
+                key: key.clone(),
+                episode: episode as u32,
+                supplier_code: supplier.clone(),
+                supplier_name: supplier_name.clone(),
+                amount: amount.as_ref().map(|(v, _)| v.to_string()),
+                currency: amount.as_ref().map(|(_, c)| c.clone()),
+                due_date: a.due_date.map(|d| d.to_string()),
+                reason_code: a.reason.code().to_string(),
+                reason: a.reason.describe(),
+                urgency: a.urgency,
+                people: people.recipients.clone(),
+                reference: reference.clone(),
+            };
+            for u in &people.unreachable {
+                audit.push(("unreachable".to_string(), json!({"role": u.role, "name": u.name, "error": u.error})));
+            }
+            (
+                NewEpisode {
+                    episode,
+                    summary: summary(&a),
+                    attention: a,
+                    people: people.clone(),
+                    reference,
+                },
+                alert,
+            )
+        };
         let change = match (transition, needed) {
-            (Transition::Open, Some(a)) => EpisodeChange::Open {
-                summary: summary(&a),
-                attention: a,
-                people: people.clone(),
-            },
+            (Transition::Open, Some(a)) => {
+                let episode = self.p.store.last_episode(&self.tenant.id, kind, &key).await? + 1;
+                let (opened, alert) = opening(a, episode, &mut audit);
+                routing = Some(self.route(&alert, &mut audit).await);
+                EpisodeChange::Open { opened }
+            }
             (Transition::Update { urgency_changed }, Some(a)) => {
                 let o = open.as_ref().expect("an update has an open episode");
                 match urgency_changed {
@@ -480,20 +574,19 @@ impl<'a> Cycle<'a> {
                 episode: open.as_ref().expect("open").episode,
                 cause: cause.clone(),
             },
-            (Transition::Replace, Some(a)) => EpisodeChange::Replace {
-                episode: open.as_ref().expect("open").episode,
-                cause: format!("the problem changed: {}", a.reason.describe()),
-                summary: summary(&a),
-                attention: a,
-                people: people.clone(),
-            },
+            (Transition::Replace, Some(a)) => {
+                let o = open.as_ref().expect("open");
+                let cause = format!("the problem changed: {}", a.reason.describe());
+                let (opened, alert) = opening(a, o.episode + 1, &mut audit);
+                routing = Some(self.route(&alert, &mut audit).await);
+                EpisodeChange::Replace {
+                    episode: o.episode,
+                    cause,
+                    opened,
+                }
+            }
             _ => EpisodeChange::None,
         };
-        if let EpisodeChange::Open { people, .. } | EpisodeChange::Replace { people, .. } = &change {
-            for u in &people.unreachable {
-                audit.push(("unreachable".to_string(), json!({"role": u.role, "name": u.name, "error": u.error})));
-            }
-        }
         if matches!(change, EpisodeChange::None) && seen.is_none() {
             return Ok(());
         }
@@ -521,17 +614,8 @@ impl<'a> Cycle<'a> {
             });
         }
         if let Some(episode) = applied.opened
-            && let EpisodeChange::Open {
-                attention,
-                summary,
-                people,
-            }
-            | EpisodeChange::Replace {
-                attention,
-                summary,
-                people,
-                ..
-            } = &change
+            && let EpisodeChange::Open { opened } | EpisodeChange::Replace { opened, .. } = &change
+            && let Some(routing) = routing
         {
             self.totals.opened += 1;
             let _ = self.p.events.send(Event::NeedsAttention {
@@ -539,9 +623,10 @@ impl<'a> Cycle<'a> {
                 kind,
                 key,
                 episode,
-                summary: summary.clone(),
-                urgency: attention.urgency,
-                people: people.clone(),
+                summary: opened.summary.clone(),
+                urgency: opened.attention.urgency,
+                people: opened.people.clone(),
+                routing,
             });
         } else if let EpisodeChange::Update { attention, summary, .. } = &change {
             let _ = self.p.events.send(Event::Updated {
@@ -553,6 +638,62 @@ impl<'a> Cycle<'a> {
             });
         }
         Ok(())
+    }
+
+    /// Ask the tenant's plugin whom to alert and with what words; every fault becomes an
+    /// audit entry on the record, and the default plugin decides only if the tenant said so.
+    async fn route(&self, alert: &AlertInput, audit: &mut Vec<(String, Value)>) -> Routing {
+        let r = &self.router;
+        let ctx = PluginContext::at(&self.tenant.id, &r.settings.config.to_string(), self.p.clock.now(), self.tz);
+        let outcome = match &r.plugin {
+            Ok(p) => self.p.plugins.route_and_render(p, r.settings.limits, &ctx, alert).await,
+            Err(load_fault) => Err(load_fault.clone()),
+        };
+        let fault = match outcome {
+            Ok(o) => {
+                audit.push(("routed".into(), json!({"plugin": r.label, "deliveries": o.routed, "logs": o.logs})));
+                return Routing::Routed {
+                    plugin: r.label.clone(),
+                    routed: o.routed,
+                };
+            }
+            Err(f) => f,
+        };
+        tracing::warn!(tenant = %self.tenant.id, record = %alert.key, plugin = %r.label, error = %fault, "plugin fault");
+        audit.push((
+            "plugin_fault".into(),
+            json!({"plugin": r.label, "kind": fault.kind, "call": fault.call, "error": fault.message}),
+        ));
+        let fallback = if r.settings.fallback_to_default {
+            match self
+                .p
+                .plugins
+                .route_and_render(&r.default, crate::plugin::Limits::default(), &ctx, alert)
+                .await
+            {
+                Ok(o) => {
+                    audit.push((
+                        "routed".into(),
+                        json!({"plugin": "default (fallback)", "deliveries": o.routed, "logs": o.logs}),
+                    ));
+                    Some(o.routed)
+                }
+                Err(f) => {
+                    audit.push((
+                        "plugin_fault".into(),
+                        json!({"plugin": "default (fallback)", "kind": f.kind, "call": f.call, "error": f.message}),
+                    ));
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        Routing::Fault {
+            plugin: r.label.clone(),
+            fault,
+            fallback,
+        }
     }
 
     // ---- facts, read fresh once per cycle --------------------------------------------------------

@@ -15,8 +15,10 @@ use crate::clock::{Clock, SystemClock};
 use crate::core::attention::Urgency;
 use crate::core::people::People;
 use crate::core::profile::{MappingProfile, PersonRef, Roles};
+use crate::core::routing::{Channel, Message, Routed};
 use crate::core::schedule::ScheduleSpec;
-use crate::poller::{Event, Poller, SECRET_QAD_PASSWORD, SECRET_QAD_USER};
+use crate::plugin::{LAKESHORE_PLUGIN, PluginRuntime, PluginSettings, sha256_hex};
+use crate::poller::{Event, Poller, Routing, SECRET_QAD_PASSWORD, SECRET_QAD_USER};
 use crate::qad_sandbox::{QadSandbox, SandboxConfig};
 use crate::scheduler::Scheduler;
 use crate::secrets::{Keyring, SecretString, generate_master_key};
@@ -75,6 +77,57 @@ pub async fn provision_example(
     Ok(())
 }
 
+/// Give the example tenant the example customer plugin (plugins/lakeshore), as an
+/// integrator would, with a fallback to the default plugin's decision.
+pub async fn install_example_plugin(store: &Store, runtime: &PluginRuntime, tenant: &str, now: DateTime<Utc>) -> anyhow::Result<i64> {
+    let loaded = runtime.load(LAKESHORE_PLUGIN)?;
+    let version = store
+        .add_plugin(tenant, LAKESHORE_PLUGIN, &sha256_hex(LAKESHORE_PLUGIN), loaded.world, now)
+        .await?;
+    store.activate_plugin(tenant, Some(version)).await?;
+    let settings = PluginSettings {
+        config: json!({"call_over": "25000", "quiet_start": "20:00", "quiet_end": "07:00"}),
+        fallback_to_default: true,
+        ..PluginSettings::default()
+    };
+    store.set_plugin_settings(tenant, &serde_json::to_string(&settings)?).await?;
+    Ok(version)
+}
+
+fn routed_line(r: &Routed) -> String {
+    let d = &r.delivery;
+    let when = match (d.delay_minutes, d.escalation_step) {
+        (0, 0) => String::new(),
+        (m, 0) => format!(" in {m} min"),
+        (m, s) => format!(" escalation {s} after {m} min without an answer"),
+    };
+    match (&r.message, d.channel) {
+        (Message::Sms { body }, _) => format!("    ✉ sms to {} {}{when}: {body:?}", d.to.name, d.to.phone),
+        (Message::Voice { say, choices }, Channel::Voice | Channel::Sms) => {
+            let keys: Vec<String> = choices
+                .iter()
+                .map(|c| format!("{} {:?}", c.digit, c.action).to_lowercase())
+                .collect();
+            format!("    ☎ call to {} {}{when}: {say:?} [{}]", d.to.name, d.to.phone, keys.join(", "))
+        }
+    }
+}
+
+fn routing_lines(r: &Routing) -> String {
+    match r {
+        Routing::Routed { routed, .. } if routed.is_empty() => "\n    (the plugin alerts nobody for this)".to_string(),
+        Routing::Routed { routed, .. } => routed.iter().map(|r| format!("\n{}", routed_line(r))).collect(),
+        Routing::Fault { plugin, fault, fallback } => {
+            let mut s = format!("\n    ⚠ plugin {plugin}: {:?} in {}: {}", fault.kind, fault.call, fault.message);
+            if let Some(routed) = fallback {
+                s.push_str("\n    (the default plugin decided instead)");
+                s.extend(routed.iter().map(|r| format!("\n{}", routed_line(r))));
+            }
+            s
+        }
+    }
+}
+
 fn people_line(p: &People) -> String {
     let mut parts: Vec<String> = p
         .recipients
@@ -100,12 +153,17 @@ fn urgency_tag(u: Urgency) -> &'static str {
 pub fn event_line(e: &Event) -> String {
     match e {
         Event::NeedsAttention {
-            summary, urgency, people, ..
+            summary,
+            urgency,
+            people,
+            routing,
+            ..
         } => {
             let mut s = format!("needs attention {} {summary}\n    → {}", urgency_tag(*urgency), people_line(people));
             for u in &people.unreachable {
                 s.push_str(&format!("\n    ✗ {}", u.error));
             }
+            s.push_str(&routing_lines(routing));
             s
         }
         Event::Updated { summary, urgency, .. } => format!("updated         {} {summary}", urgency_tag(*urgency)),
@@ -173,8 +231,11 @@ pub async fn run(opts: SandboxOptions) -> anyhow::Result<()> {
         tenant.id, tenant.name, opts.poll_every_seconds
     );
 
+    let runtime = Arc::new(PluginRuntime::new(Some(crate::plugin::default_cache_dir()))?);
+    let version = install_example_plugin(&store, &runtime, &tenant.id, now).await?;
+    println!("  plugin        the example customer plugin (plugins/lakeshore), version {version}\n");
     let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?;
-    let poller = Poller::new(store.clone(), keys, http.clone(), clock);
+    let poller = Poller::new(store.clone(), keys, http.clone(), clock, runtime);
     let printer = tokio::spawn(print_events(poller.events.subscribe()));
     let scheduler = Scheduler::new(poller.clone());
     let first = scheduler.poll_now(EXAMPLE_TENANT, "sandbox").await?;

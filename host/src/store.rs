@@ -61,6 +61,7 @@ type AttentionTuple = (
     String,
     Option<String>,
     Option<String>,
+    String,
 );
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -176,6 +177,7 @@ pub struct AttentionRow {
     pub people: People,
     pub due_date: Option<String>,
     pub resolution: Option<String>,
+    pub reference: String,
 }
 
 /// What one record's processing changes, applied in one transaction so a crash leaves the
@@ -194,9 +196,7 @@ pub struct RecordChange {
 pub enum EpisodeChange {
     None,
     Open {
-        attention: Attention,
-        summary: String,
-        people: People,
+        opened: NewEpisode,
     },
     Update {
         episode: i64,
@@ -211,10 +211,19 @@ pub enum EpisodeChange {
     Replace {
         episode: i64,
         cause: String,
-        attention: Attention,
-        summary: String,
-        people: People,
+        opened: NewEpisode,
     },
+}
+
+/// An episode about to open: its number (the record's last + 1, unique per record), what
+/// needs attention, and the unguessable reference its alerts carry.
+#[derive(Debug, Clone)]
+pub struct NewEpisode {
+    pub episode: i64,
+    pub attention: Attention,
+    pub summary: String,
+    pub people: People,
+    pub reference: String,
 }
 
 /// What applying a change did, for the caller's counters and its printed lines.
@@ -542,10 +551,10 @@ impl Store {
             let mut episode_for_audit: Option<i64> = None;
             let (resolve, open, update) = match &change.episode {
                 EpisodeChange::None => (None, None, None),
-                EpisodeChange::Open { attention, summary, people } => (None, Some((attention, summary, people)), None),
+                EpisodeChange::Open { opened } => (None, Some(opened), None),
                 EpisodeChange::Update { episode, attention, summary, people } => (None, None, Some((*episode, attention, summary, people))),
                 EpisodeChange::Resolve { episode, cause } => (Some((*episode, cause)), None, None),
-                EpisodeChange::Replace { episode, cause, attention, summary, people } => (Some((*episode, cause)), Some((attention, summary, people)), None),
+                EpisodeChange::Replace { episode, cause, opened } => (Some((*episode, cause)), Some(opened), None),
             };
             if let Some((episode, cause)) = resolve {
                 sqlx::query("UPDATE attention SET state = 'resolved', resolved_at = $5, updated_at = $5, resolution = $6
@@ -565,20 +574,19 @@ impl Store {
                     .execute(&mut *tx).await?;
                 episode_for_audit = Some(episode);
             }
-            if let Some((a, summary, people)) = open {
-                let next: i64 = sqlx::query("SELECT COALESCE(MAX(episode), 0) + 1 FROM attention WHERE tenant_id = $1 AND kind = $2 AND record_key = $3")
-                    .bind(tenant).bind(kind).bind(key).fetch_one(&mut *tx).await?.get(0);
+            if let Some(o) = open {
+                let (a, next) = (&o.attention, o.episode);
                 sqlx::query(
                     "INSERT INTO attention (tenant_id, kind, record_key, episode, state, reason_code, reason, summary, urgency, people,
-                                            due_date, opened_at, updated_at)
-                     VALUES ($1, $2, $3, $4, 'open', $5, $6, $7, $8, $9, $10, $11, $11)",
+                                            due_date, opened_at, updated_at, reference)
+                     VALUES ($1, $2, $3, $4, 'open', $5, $6, $7, $8, $9, $10, $11, $11, $12)",
                 )
-                .bind(tenant).bind(kind).bind(key).bind(next).bind(a.reason.code()).bind(json(&a.reason)).bind(summary)
-                .bind(a.urgency.as_str()).bind(json(people)).bind(a.due_date.map(|d| d.to_string())).bind(at)
+                .bind(tenant).bind(kind).bind(key).bind(next).bind(a.reason.code()).bind(json(&a.reason)).bind(&o.summary)
+                .bind(a.urgency.as_str()).bind(json(&o.people)).bind(a.due_date.map(|d| d.to_string())).bind(at).bind(&o.reference)
                 .execute(&mut *tx).await?;
                 sqlx::query("INSERT INTO audit (tenant_id, kind, record_key, episode, at, event, detail) VALUES ($1, $2, $3, $4, $5, 'needs_attention', $6)")
                     .bind(tenant).bind(kind).bind(key).bind(next).bind(at)
-                    .bind(serde_json::json!({ "reason": a.reason, "urgency": a.urgency, "summary": summary, "people": people }).to_string())
+                    .bind(serde_json::json!({ "reason": a.reason, "urgency": a.urgency, "summary": o.summary, "people": o.people }).to_string())
                     .execute(&mut *tx).await?;
                 applied.opened = Some(next);
                 episode_for_audit = Some(next);
@@ -623,13 +631,13 @@ impl Store {
 
     pub async fn attention(&self, tenant: &str, state: Option<&str>) -> Result<Vec<AttentionRow>> {
         let rows: Vec<AttentionTuple> = on_pool!(self, p => sqlx::query(
-            "SELECT kind, record_key, episode, state, reason_code, summary, urgency, people, due_date, resolution FROM attention
+            "SELECT kind, record_key, episode, state, reason_code, summary, urgency, people, due_date, resolution, reference FROM attention
              WHERE tenant_id = $1 AND ($2 IS NULL OR state = $2) ORDER BY kind, record_key, episode",
         ).bind(tenant).bind(state).fetch_all(p).await?.into_iter()
-            .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5), r.get(6), r.get(7), r.get(8), r.get(9))).collect());
+            .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5), r.get(6), r.get(7), r.get(8), r.get(9), r.get(10))).collect());
         rows.into_iter()
             .map(
-                |(kind, record_key, episode, state, reason_code, summary, urgency, people, due_date, resolution)| {
+                |(kind, record_key, episode, state, reason_code, summary, urgency, people, due_date, resolution, reference)| {
                     Ok(AttentionRow {
                         people: serde_json::from_str(&people).map_err(|e| StoreError::Corrupt {
                             tenant: tenant.into(),
@@ -645,10 +653,61 @@ impl Store {
                         urgency,
                         due_date,
                         resolution,
+                        reference,
                     })
                 },
             )
             .collect()
+    }
+
+    /// The highest episode number a record has had (0: never needed attention).
+    pub async fn last_episode(&self, tenant: &str, kind: RecordKind, key: &str) -> Result<i64> {
+        on_pool!(self, p => Ok(sqlx::query("SELECT COALESCE(MAX(episode), 0) FROM attention WHERE tenant_id = $1 AND kind = $2 AND record_key = $3")
+            .bind(tenant).bind(kind.as_str()).bind(key).fetch_one(p).await?.get::<i64, _>(0)))
+    }
+
+    // ---- plugins -------------------------------------------------------------------------
+
+    /// Keep an uploaded plugin (already checked against the world) as the tenant's next version.
+    pub async fn add_plugin(&self, tenant: &str, wasm: &[u8], sha256: &str, world: &str, now: DateTime<Utc>) -> Result<i64> {
+        let version = in_tx!(self, tx => {
+            let next: i64 = sqlx::query("SELECT COALESCE(MAX(version), 0) + 1 FROM plugins WHERE tenant_id = $1")
+                .bind(tenant).fetch_one(&mut *tx).await?.get(0);
+            sqlx::query("INSERT INTO plugins (tenant_id, version, sha256, world, wasm, uploaded_at) VALUES ($1, $2, $3, $4, $5, $6)")
+                .bind(tenant).bind(next).bind(sha256).bind(world).bind(wasm).bind(millis(now)).execute(&mut *tx).await?;
+            next
+        });
+        Ok(version)
+    }
+
+    /// Make `version` the tenant's plugin (None: back to the default plugin).
+    pub async fn activate_plugin(&self, tenant: &str, version: Option<i64>) -> Result<()> {
+        let n = on_pool!(self, p => sqlx::query(
+            "UPDATE tenants SET active_plugin = $2 WHERE id = $1 AND ($2 IS NULL OR EXISTS (SELECT 1 FROM plugins WHERE tenant_id = $1 AND version = $2))",
+        ).bind(tenant).bind(version).execute(p).await?.rows_affected());
+        if n == 0 {
+            return Err(StoreError::NoSuchTenant(format!("{tenant} (or its plugin version {version:?})")));
+        }
+        Ok(())
+    }
+
+    /// The tenant's active plugin: version, content hash and bytes; None for the default.
+    pub async fn active_plugin(&self, tenant: &str) -> Result<Option<(i64, String, Vec<u8>)>> {
+        on_pool!(self, p => Ok(sqlx::query(
+            "SELECT p.version, p.sha256, p.wasm FROM tenants t JOIN plugins p ON p.tenant_id = t.id AND p.version = t.active_plugin WHERE t.id = $1",
+        ).bind(tenant).fetch_optional(p).await?.map(|r| (r.get(0), r.get(1), r.get(2)))))
+    }
+
+    /// The tenant's plugin settings as stored (JSON text).
+    pub async fn plugin_settings(&self, tenant: &str) -> Result<String> {
+        let s: Option<String> = on_pool!(self, p => sqlx::query("SELECT plugin_settings FROM tenants WHERE id = $1")
+            .bind(tenant).fetch_optional(p).await?.map(|r| r.get(0)));
+        s.ok_or_else(|| StoreError::NoSuchTenant(tenant.into()))
+    }
+
+    pub async fn set_plugin_settings(&self, tenant: &str, settings_json: &str) -> Result<()> {
+        on_pool!(self, p => { sqlx::query("UPDATE tenants SET plugin_settings = $2 WHERE id = $1").bind(tenant).bind(settings_json).execute(p).await?; });
+        Ok(())
     }
 
     /// Test and maintenance hook: the raw SQL engine, for checks no API should offer.

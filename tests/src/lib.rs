@@ -194,7 +194,7 @@ pub async fn harness_with(engine: &str, qad: Qad) -> Harness {
     let clock = Arc::new(ManualClock::new(morning()));
     let tenant = example_tenant(&qad.base, &qad.config, 60);
     provision_example(&db.store, &keys, &tenant, &qad.config, morning()).await.unwrap();
-    let mut poller = Poller::new(db.store.clone(), keys.clone(), reqwest::Client::new(), clock.clone());
+    let mut poller = Poller::new(db.store.clone(), keys.clone(), reqwest::Client::new(), clock.clone(), plugins());
     poller.retry = RetryPolicy {
         attempts: 3,
         min_delay: std::time::Duration::from_millis(5),
@@ -208,6 +208,14 @@ pub async fn harness_with(engine: &str, qad: Qad) -> Harness {
         poller,
         tenant,
     }
+}
+
+/// One plugin runtime for the whole test binary: compiled plugins are shared, as in a host.
+pub fn plugins() -> Arc<ml_connector::plugin::PluginRuntime> {
+    static RUNTIME: std::sync::OnceLock<Arc<ml_connector::plugin::PluginRuntime>> = std::sync::OnceLock::new();
+    RUNTIME
+        .get_or_init(|| Arc::new(ml_connector::plugin::PluginRuntime::new(None).unwrap()))
+        .clone()
 }
 
 /// The path of the built `ml-connector` binary (built by cargo for this test run).

@@ -7,6 +7,7 @@ pub mod model;
 pub mod people;
 pub mod phone;
 pub mod profile;
+pub mod routing;
 pub mod rows;
 pub mod schedule;
 

@@ -1,0 +1,332 @@
+//! What a plugin is given and what it returns, as plain data, and the host's checks on
+//! what it returns. A plugin is untrusted: every output is validated here before the host
+//! acts on it. Pure: the plugin runtime (an adapter) converts to and from these types.
+
+use chrono::{DateTime, Datelike, Utc};
+use chrono_tz::Tz;
+use serde::{Deserialize, Serialize};
+
+use super::attention::Urgency;
+use super::model::RecordKind;
+use super::people::Recipient;
+
+/// Twilio's limit on a message body.
+pub const MAX_SMS_CHARS: usize = 1600;
+/// TwiML may hold 4,000 characters; the script leaves room for the markup and choices.
+pub const MAX_VOICE_CHARS: usize = 3000;
+pub const MAX_DELIVERIES: usize = 20;
+pub const MAX_DELAY_MINUTES: u32 = 7 * 24 * 60;
+pub const MAX_ESCALATION_STEP: u8 = 10;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Channel {
+    Sms,
+    Voice,
+}
+
+/// One episode of a record needing attention, as a plugin sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AlertInput {
+    pub kind: RecordKind,
+    pub key: String,
+    pub episode: u32,
+    pub supplier_code: String,
+    pub supplier_name: String,
+    pub amount: Option<String>,
+    pub currency: Option<String>,
+    pub due_date: Option<String>,
+    pub reason_code: String,
+    pub reason: String,
+    pub urgency: Urgency,
+    pub people: Vec<Recipient>,
+    pub reference: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PluginContext {
+    pub tenant: String,
+    pub config: String,
+    pub now_utc: String,
+    pub time_zone: String,
+    pub local_time: String,
+    pub local_weekday: u8,
+}
+
+impl PluginContext {
+    /// Time passes into a plugin as data: the plugin itself has no clock.
+    pub fn at(tenant: &str, config: &str, now: DateTime<Utc>, tz: Tz) -> Self {
+        let local = now.with_timezone(&tz);
+        PluginContext {
+            tenant: tenant.to_string(),
+            config: if config.trim().is_empty() {
+                "{}".into()
+            } else {
+                config.to_string()
+            },
+            now_utc: now.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+            time_zone: tz.name().to_string(),
+            local_time: local.format("%Y-%m-%dT%H:%M:%S").to_string(),
+            local_weekday: local.weekday().number_from_monday() as u8,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Delivery {
+    pub to: Recipient,
+    pub channel: Channel,
+    pub delay_minutes: u32,
+    pub escalation_step: u8,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReplyAction {
+    Acknowledge,
+    Approve,
+    Reject,
+    Unknown,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KeypadChoice {
+    pub digit: String,
+    pub action: ReplyAction,
+    pub label: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "channel", rename_all = "snake_case")]
+pub enum Message {
+    Sms { body: String },
+    Voice { say: String, choices: Vec<KeypadChoice> },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", content = "value", rename_all = "snake_case")]
+pub enum Answer {
+    Text(String),
+    Keypress(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Reply {
+    pub action: ReplyAction,
+    pub confirmation: String,
+}
+
+/// A delivery the plugin decided, with the words it rendered for it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Routed {
+    pub delivery: Delivery,
+    pub message: Message,
+}
+
+fn is_e164(s: &str) -> bool {
+    let digits = s.strip_prefix('+').unwrap_or("");
+    (8..=15).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit()) && !digits.starts_with('0')
+}
+
+/// Deliveries must go to the record's own people, at E.164 numbers, within sane bounds.
+pub fn check_deliveries(alert: &AlertInput, deliveries: &[Delivery]) -> Result<(), String> {
+    if deliveries.len() > MAX_DELIVERIES {
+        return Err(format!(
+            "route returned {} deliveries; at most {MAX_DELIVERIES} are allowed",
+            deliveries.len()
+        ));
+    }
+    for (i, d) in deliveries.iter().enumerate() {
+        let n = i + 1;
+        if !is_e164(&d.to.phone) {
+            return Err(format!("delivery {n}: {:?} is not an E.164 number", d.to.phone));
+        }
+        if !alert.people.iter().any(|p| p.phone == d.to.phone) {
+            return Err(format!("delivery {n}: {} is not one of the record's people", d.to.phone));
+        }
+        if d.delay_minutes > MAX_DELAY_MINUTES {
+            return Err(format!("delivery {n}: a delay of {} minutes is more than a week", d.delay_minutes));
+        }
+        if d.escalation_step > MAX_ESCALATION_STEP {
+            return Err(format!(
+                "delivery {n}: escalation step {} is beyond {MAX_ESCALATION_STEP}",
+                d.escalation_step
+            ));
+        }
+    }
+    Ok(())
+}
+
+pub fn check_message(channel: Channel, m: &Message) -> Result<(), String> {
+    match (channel, m) {
+        (Channel::Sms, Message::Sms { body }) => {
+            let n = body.chars().count();
+            if body.trim().is_empty() {
+                Err("the SMS body is empty".into())
+            } else if n > MAX_SMS_CHARS {
+                Err(format!("the SMS body has {n} characters; Twilio takes at most {MAX_SMS_CHARS}"))
+            } else {
+                Ok(())
+            }
+        }
+        (Channel::Voice, Message::Voice { say, choices }) => {
+            let n = say.chars().count() + choices.iter().map(|c| c.label.chars().count()).sum::<usize>();
+            if say.trim().is_empty() {
+                return Err("the voice script is empty".into());
+            }
+            if n > MAX_VOICE_CHARS {
+                return Err(format!(
+                    "the voice script has {n} characters; at most {MAX_VOICE_CHARS} fit in TwiML"
+                ));
+            }
+            let mut seen = Vec::new();
+            for c in choices {
+                let valid = c.digit.len() == 1 && c.digit.chars().all(|d| d.is_ascii_digit() || d == '*' || d == '#');
+                if !valid {
+                    return Err(format!("keypad choice {:?} is not a single key 0-9, * or #", c.digit));
+                }
+                if seen.contains(&&c.digit) {
+                    return Err(format!("keypad key {} is offered twice", c.digit));
+                }
+                seen.push(&c.digit);
+            }
+            Ok(())
+        }
+        (Channel::Sms, Message::Voice { .. }) => Err("render returned a voice script for an SMS delivery".into()),
+        (Channel::Voice, Message::Sms { .. }) => Err("render returned an SMS body for a voice delivery".into()),
+    }
+}
+
+pub fn check_reply(r: &Reply) -> Result<(), String> {
+    let n = r.confirmation.chars().count();
+    if n > MAX_SMS_CHARS {
+        return Err(format!("the confirmation has {n} characters; at most {MAX_SMS_CHARS}"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::people::Role;
+
+    fn person(phone: &str) -> Recipient {
+        Recipient {
+            role: Role::Buyer,
+            name: "B".into(),
+            source: "employee B-01".into(),
+            phone: phone.into(),
+        }
+    }
+    fn alert() -> AlertInput {
+        AlertInput {
+            kind: RecordKind::PurchaseOrder,
+            key: "PO1".into(),
+            episode: 1,
+            supplier_code: "S-1".into(),
+            supplier_name: "S".into(),
+            amount: Some("10.00".into()),
+            currency: Some("USD".into()),
+            due_date: None,
+            reason_code: "pending_approval".into(),
+            reason: "waiting for approval".into(),
+            urgency: Urgency::Low,
+            people: vec![person("+13125550120")],
+            reference: "K7QM2X".into(),
+        }
+    }
+    fn d(phone: &str, delay: u32, step: u8) -> Delivery {
+        Delivery {
+            to: person(phone),
+            channel: Channel::Sms,
+            delay_minutes: delay,
+            escalation_step: step,
+        }
+    }
+
+    #[test]
+    fn deliveries_table() {
+        let cases: Vec<(Vec<Delivery>, Result<(), &str>)> = vec![
+            (vec![], Ok(())),
+            (vec![d("+13125550120", 0, 0)], Ok(())),
+            (vec![d("+13125550120", 60, 1)], Ok(())),
+            (
+                vec![d("3125550120", 0, 0)],
+                Err("delivery 1: \"3125550120\" is not an E.164 number"),
+            ),
+            (vec![d("+1555", 0, 0)], Err("delivery 1: \"+1555\" is not an E.164 number")),
+            (
+                vec![d("+13125550120", 0, 0), d("+13125550199", 0, 0)],
+                Err("delivery 2: +13125550199 is not one of the record's people"),
+            ),
+            (
+                vec![d("+13125550120", 20_000, 0)],
+                Err("delivery 1: a delay of 20000 minutes is more than a week"),
+            ),
+            (vec![d("+13125550120", 0, 11)], Err("delivery 1: escalation step 11 is beyond 10")),
+            (
+                (0..21).map(|_| d("+13125550120", 0, 0)).collect(),
+                Err("route returned 21 deliveries; at most 20 are allowed"),
+            ),
+        ];
+        for (ds, want) in cases {
+            assert_eq!(check_deliveries(&alert(), &ds), want.map_err(String::from));
+        }
+    }
+
+    #[test]
+    fn messages_table() {
+        let choice = |digit: &str| KeypadChoice {
+            digit: digit.into(),
+            action: ReplyAction::Approve,
+            label: "x".into(),
+        };
+        let voice = |say: &str, choices: Vec<KeypadChoice>| Message::Voice { say: say.into(), choices };
+        let sms = |b: &str| Message::Sms { body: b.into() };
+        let cases: Vec<(Channel, Message, Result<(), String>)> = vec![
+            (Channel::Sms, sms("hello"), Ok(())),
+            (Channel::Sms, sms("  "), Err("the SMS body is empty".into())),
+            (Channel::Sms, sms(&"é".repeat(1600)), Ok(())),
+            (
+                Channel::Sms,
+                sms(&"x".repeat(1601)),
+                Err("the SMS body has 1601 characters; Twilio takes at most 1600".into()),
+            ),
+            (Channel::Voice, voice("hi", vec![choice("1"), choice("#")]), Ok(())),
+            (
+                Channel::Voice,
+                voice("hi", vec![choice("1"), choice("1")]),
+                Err("keypad key 1 is offered twice".into()),
+            ),
+            (
+                Channel::Voice,
+                voice("hi", vec![choice("12")]),
+                Err("keypad choice \"12\" is not a single key 0-9, * or #".into()),
+            ),
+            (Channel::Voice, voice("", vec![]), Err("the voice script is empty".into())),
+            (
+                Channel::Sms,
+                voice("hi", vec![]),
+                Err("render returned a voice script for an SMS delivery".into()),
+            ),
+            (
+                Channel::Voice,
+                sms("hi"),
+                Err("render returned an SMS body for a voice delivery".into()),
+            ),
+        ];
+        for (ch, m, want) in cases {
+            assert_eq!(check_message(ch, &m), want, "{m:?}");
+        }
+    }
+
+    #[test]
+    fn context_carries_local_time_and_weekday() {
+        let now = DateTime::parse_from_rfc3339("2026-11-28T03:30:00Z").unwrap().with_timezone(&Utc);
+        let c = PluginContext::at("t", "", now, chrono_tz::America::Chicago);
+        assert_eq!(
+            (c.local_time.as_str(), c.local_weekday, c.config.as_str()),
+            ("2026-11-27T21:30:00", 5, "{}")
+        );
+    }
+}

@@ -1,0 +1,487 @@
+//! The plugin runtime: per-customer WebAssembly components, run sandboxed.
+//!
+//! One `Engine` for the process. Each plugin is compiled once, kept in memory by content
+//! hash and serialised to an on-disk cache so a restart does not recompile. Each plugin
+//! has an `InstancePre`; every record gets a fresh `Store` (route and render share it),
+//! with a fuel budget per call and a memory cap per store. The guest's WASI is linked with
+//! fixed clocks and random sources, no directories, no sockets, no environment.
+//!
+//! Architecture invariant: nothing a plugin returns is used before `core::routing` checked it.
+
+pub mod v0_1;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rand_wasi::SeedableRng;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use thiserror::Error;
+use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, ResourceLimiter, Store, Trap};
+use wasmtime_wasi::{HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+use crate::core::routing::{self, AlertInput, Answer, PluginContext, Reply, Routed};
+
+/// The default plugin, embedded so `ml-connector sandbox` needs nothing else.
+pub const DEFAULT_PLUGIN: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/default_plugin.wasm"));
+/// The example customer plugin (plugins/lakeshore), used by the sandbox's example tenant.
+pub const LAKESHORE_PLUGIN: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/lakeshore_plugin.wasm"));
+
+/// Budgets per tenant. Defaults: 10 million fuel per call (about Shopify Functions' 11
+/// million instructions) and 32 MiB of memory per record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    pub fuel: u64,
+    pub memory_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            fuel: 10_000_000,
+            memory_bytes: 32 << 20,
+        }
+    }
+}
+
+/// A tenant's plugin settings: the configuration its plugin reads, whether a faulty
+/// plugin falls back to the default plugin's decision, and the host's budgets.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PluginSettings {
+    /// Given to the plugin as JSON text (`context.config`).
+    pub config: serde_json::Value,
+    pub fallback_to_default: bool,
+    pub limits: Limits,
+}
+
+impl Default for PluginSettings {
+    fn default() -> Self {
+        PluginSettings {
+            config: serde_json::json!({}),
+            fallback_to_default: false,
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// The largest memory any tenant may be given (the pooling allocator's slot size).
+pub const MAX_MEMORY_BYTES: usize = 128 << 20;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FaultKind {
+    /// The bytes are not a component of a world this host runs.
+    WrongWorld,
+    /// The guest trapped (a panic, an unreachable, a bad memory access).
+    Trap,
+    /// The call used up its fuel.
+    BudgetExhausted,
+    /// The guest asked for more memory than its cap.
+    MemoryCap,
+    /// The plugin returned something the host refuses (not E.164, too long, …).
+    InvalidOutput,
+    /// The plugin returned an error of its own.
+    PluginError,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Error, Serialize, Deserialize)]
+#[error("plugin {kind:?} in {call}: {message}")]
+pub struct PluginFault {
+    pub kind: FaultKind,
+    /// Which export, or "load".
+    pub call: String,
+    pub message: String,
+}
+
+impl PluginFault {
+    fn new(kind: FaultKind, call: &str, message: impl Into<String>) -> Self {
+        PluginFault {
+            kind,
+            call: call.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// A log line a plugin wrote through the `log` import.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PluginLog {
+    pub level: String,
+    pub message: String,
+    pub fields: Vec<(String, String)>,
+}
+
+const LOG_LINES_PER_RECORD: usize = 50;
+const LOG_LINE_CHARS: usize = 1000;
+
+/// Refuses growth past the cap and remembers that it did, so a guest that aborts because
+/// it could not grow is reported as "memory cap", not as a bare trap.
+struct Limiter {
+    max_memory: usize,
+    refused: Option<usize>,
+}
+
+impl ResourceLimiter for Limiter {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        if desired > self.max_memory {
+            self.refused = Some(desired);
+            return Ok(false);
+        }
+        Ok(true)
+    }
+    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        Ok(desired <= 100_000)
+    }
+}
+
+struct FixedClock;
+
+impl HostWallClock for FixedClock {
+    fn resolution(&self) -> Duration {
+        Duration::from_secs(1)
+    }
+    fn now(&self) -> Duration {
+        Duration::ZERO
+    }
+}
+
+impl HostMonotonicClock for FixedClock {
+    fn resolution(&self) -> u64 {
+        1_000_000_000
+    }
+    fn now(&self) -> u64 {
+        0
+    }
+}
+
+struct HostState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limiter: Limiter,
+    logs: Vec<PluginLog>,
+    dropped_logs: usize,
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl v0_1::ml_connector::plugin::types::Host for HostState {}
+
+impl v0_1::ml_connector::plugin::log::Host for HostState {
+    async fn log(&mut self, level: v0_1::ml_connector::plugin::log::Level, message: String, fields: Vec<(String, String)>) {
+        if self.logs.len() >= LOG_LINES_PER_RECORD {
+            self.dropped_logs += 1;
+            return;
+        }
+        let cut = |s: String| {
+            if s.chars().count() > LOG_LINE_CHARS {
+                s.chars().take(LOG_LINE_CHARS).collect()
+            } else {
+                s
+            }
+        };
+        self.logs.push(PluginLog {
+            level: format!("{level:?}").to_lowercase(),
+            message: cut(message),
+            fields: fields.into_iter().take(20).map(|(k, v)| (cut(k), cut(v))).collect(),
+        });
+    }
+}
+
+fn new_state(limits: Limits) -> HostState {
+    // Deterministic WASI: no files, sockets or environment; fixed clocks and seeds.
+    let wasi = WasiCtxBuilder::new()
+        .wall_clock(FixedClock)
+        .monotonic_clock(FixedClock)
+        .secure_random(rand_wasi::rngs::StdRng::seed_from_u64(0))
+        .insecure_random(rand_wasi::rngs::StdRng::seed_from_u64(0))
+        .insecure_random_seed(0)
+        .allow_tcp(false)
+        .allow_udp(false)
+        .allow_ip_name_lookup(false)
+        .socket_addr_check(|_, _| Box::pin(async { false }))
+        .build();
+    HostState {
+        wasi,
+        table: ResourceTable::new(),
+        limiter: Limiter {
+            max_memory: limits.memory_bytes.min(MAX_MEMORY_BYTES),
+            refused: None,
+        },
+        logs: Vec::new(),
+        dropped_logs: 0,
+    }
+}
+
+/// A plugin ready to run: compiled, linked, checked against the world.
+pub struct LoadedPlugin {
+    pub sha256: String,
+    pub world: &'static str,
+    pre: v0_1::PluginPre<HostState>,
+}
+
+/// What a record's route + render produced, with the plugin's log lines.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RouteOutcome {
+    pub routed: Vec<Routed>,
+    pub logs: Vec<PluginLog>,
+}
+
+pub struct PluginRuntime {
+    engine: Engine,
+    linker: Linker<HostState>,
+    cache_dir: Option<PathBuf>,
+    loaded: Mutex<HashMap<String, Arc<LoadedPlugin>>>,
+}
+
+/// Where compiled plugins are kept between runs unless configured otherwise.
+pub fn default_cache_dir() -> PathBuf {
+    std::env::temp_dir().join("ml-connector-plugin-cache")
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+impl PluginRuntime {
+    /// `cache_dir`: where compiled plugins are kept between runs (None: memory only).
+    pub fn new(cache_dir: Option<PathBuf>) -> Result<Self, PluginFault> {
+        let load_err = |e: wasmtime::Error| PluginFault::new(FaultKind::WrongWorld, "engine", e.to_string());
+        let mut pool = PoolingAllocationConfig::default();
+        pool.total_component_instances(256)
+            .total_core_instances(512)
+            .total_memories(512)
+            .total_tables(512)
+            .max_memory_size(MAX_MEMORY_BYTES);
+        let mut config = Config::new();
+        config
+            .consume_fuel(true)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let engine = Engine::new(&config).map_err(load_err)?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(load_err)?;
+        v0_1::Plugin::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(load_err)?;
+        if let Some(dir) = &cache_dir {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        Ok(PluginRuntime {
+            engine,
+            linker,
+            cache_dir,
+            loaded: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Compile (or take from the caches) and check a plugin. The bytes are untrusted.
+    pub fn load(&self, wasm: &[u8]) -> Result<Arc<LoadedPlugin>, PluginFault> {
+        let sha = sha256_hex(wasm);
+        if let Some(p) = self.loaded.lock().unwrap_or_else(|p| p.into_inner()).get(&sha) {
+            return Ok(p.clone());
+        }
+        let wrong = |m: String| PluginFault::new(FaultKind::WrongWorld, "load", m);
+        let component = self.from_disk(&sha).map(Ok).unwrap_or_else(|| {
+            let c =
+                Component::new(&self.engine, wasm).map_err(|e| wrong(format!("not a WebAssembly component this host can compile: {e}")))?;
+            self.to_disk(&sha, &c);
+            Ok(c)
+        })?;
+        let world = check_world(&self.engine, &component).map_err(wrong)?;
+        let pre = self.linker.instantiate_pre(&component).map_err(|e| {
+            wrong(format!(
+                "imports something a plugin may not have (only `log` and deterministic WASI): {e}"
+            ))
+        })?;
+        let pre = v0_1::PluginPre::new(pre).map_err(|e| wrong(format!("does not export the {} functions: {e}", v0_1::WORLD)))?;
+        let loaded = Arc::new(LoadedPlugin {
+            sha256: sha.clone(),
+            world,
+            pre,
+        });
+        self.loaded.lock().unwrap_or_else(|p| p.into_inner()).insert(sha, loaded.clone());
+        Ok(loaded)
+    }
+
+    fn cache_path(&self, sha: &str) -> Option<PathBuf> {
+        self.cache_dir.as_ref().map(|d| d.join(format!("{sha}.cwasm")))
+    }
+
+    fn from_disk(&self, sha: &str) -> Option<Component> {
+        let path = self.cache_path(sha)?;
+        if !path.exists() {
+            return None;
+        }
+        // SAFETY: the file is one this host serialised into its own cache directory;
+        // wasmtime refuses one made by an incompatible engine, and then we recompile.
+        unsafe { Component::deserialize_file(&self.engine, &path) }.ok()
+    }
+
+    fn to_disk(&self, sha: &str, c: &Component) {
+        let (Some(path), Ok(bytes)) = (self.cache_path(sha), c.serialize()) else {
+            return;
+        };
+        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+        if std::fs::write(&tmp, bytes).is_ok() {
+            let _ = std::fs::rename(&tmp, &path);
+        }
+    }
+
+    async fn store(&self, limits: Limits) -> Store<HostState> {
+        let mut store = Store::new(&self.engine, new_state(limits));
+        store.limiter(|s| &mut s.limiter);
+        // Yield to the executor regularly so a busy plugin never holds a runtime thread.
+        let _ = store.fuel_async_yield_interval(Some(100_000));
+        store
+    }
+
+    /// Route one record and render every delivery, in one fresh store.
+    pub async fn route_and_render(
+        &self,
+        plugin: &LoadedPlugin,
+        limits: Limits,
+        ctx: &PluginContext,
+        alert: &AlertInput,
+    ) -> Result<RouteOutcome, PluginFault> {
+        let mut store = self.store(limits).await;
+        let wctx = v0_1::t::Context::from(ctx);
+        let walert = v0_1::t::AlertRecord::from(alert);
+        let inst = instantiate(&plugin.pre, &mut store, limits).await?;
+        refuel(&mut store, limits, "route")?;
+        let out = inst.call_route(&mut store, &wctx, &walert).await;
+        let deliveries = classify(&store, "route", out)?.map_err(|e| PluginFault::new(FaultKind::PluginError, "route", e))?;
+        let deliveries: Vec<routing::Delivery> = deliveries.iter().map(|d| v0_1::delivery(alert, d)).collect();
+        routing::check_deliveries(alert, &deliveries).map_err(|e| PluginFault::new(FaultKind::InvalidOutput, "route", e))?;
+        let mut routed = Vec::new();
+        for (i, d) in deliveries.into_iter().enumerate() {
+            let call = format!("render (delivery {})", i + 1);
+            refuel(&mut store, limits, &call)?;
+            let out = inst.call_render(&mut store, &wctx, &walert, &v0_1::to_delivery(&d)).await;
+            let m = classify(&store, &call, out)?.map_err(|e| PluginFault::new(FaultKind::PluginError, &call, e))?;
+            let message = v0_1::message(m);
+            routing::check_message(d.channel, &message).map_err(|e| PluginFault::new(FaultKind::InvalidOutput, &call, e))?;
+            routed.push(Routed { delivery: d, message });
+        }
+        let data = store.into_data();
+        let mut logs = data.logs;
+        if data.dropped_logs > 0 {
+            logs.push(PluginLog {
+                level: "warn".into(),
+                message: format!("{} more log lines dropped", data.dropped_logs),
+                fields: vec![],
+            });
+        }
+        Ok(RouteOutcome { routed, logs })
+    }
+
+    /// Read a person's answer to one delivery.
+    pub async fn interpret_reply(
+        &self,
+        plugin: &LoadedPlugin,
+        limits: Limits,
+        ctx: &PluginContext,
+        alert: &AlertInput,
+        delivery: &routing::Delivery,
+        answer: &Answer,
+    ) -> Result<Reply, PluginFault> {
+        let mut store = self.store(limits).await;
+        let inst = instantiate(&plugin.pre, &mut store, limits).await?;
+        refuel(&mut store, limits, "interpret-reply")?;
+        let out = inst
+            .call_interpret_reply(
+                &mut store,
+                &ctx.into(),
+                &alert.into(),
+                &v0_1::to_delivery(delivery),
+                &v0_1::answer(answer),
+            )
+            .await;
+        let r = classify(&store, "interpret-reply", out)?.map_err(|e| PluginFault::new(FaultKind::PluginError, "interpret-reply", e))?;
+        let reply = Reply {
+            action: v0_1::action(r.action),
+            confirmation: r.confirmation,
+        };
+        routing::check_reply(&reply).map_err(|e| PluginFault::new(FaultKind::InvalidOutput, "interpret-reply", e))?;
+        Ok(reply)
+    }
+}
+
+async fn instantiate(pre: &v0_1::PluginPre<HostState>, store: &mut Store<HostState>, limits: Limits) -> Result<v0_1::Plugin, PluginFault> {
+    refuel(store, limits, "instantiate")?;
+    let out = pre.instantiate_async(&mut *store).await;
+    classify(store, "instantiate", out)
+}
+
+fn refuel(store: &mut Store<HostState>, limits: Limits, call: &str) -> Result<(), PluginFault> {
+    store
+        .set_fuel(limits.fuel)
+        .map_err(|e| PluginFault::new(FaultKind::Trap, call, e.to_string()))
+}
+
+/// Name what went wrong in a call, in words an operator can act on.
+fn classify<T>(store: &Store<HostState>, call: &str, out: wasmtime::Result<T>) -> Result<T, PluginFault> {
+    let err = match out {
+        Ok(v) => return Ok(v),
+        Err(e) => e,
+    };
+    if let Some(desired) = store.data().limiter.refused {
+        let cap = store.data().limiter.max_memory;
+        return Err(PluginFault::new(
+            FaultKind::MemoryCap,
+            call,
+            format!(
+                "asked for {} MiB of memory; its cap is {} MiB",
+                desired.div_ceil(1 << 20),
+                cap >> 20
+            ),
+        ));
+    }
+    match err.downcast_ref::<Trap>() {
+        Some(Trap::OutOfFuel) => Err(PluginFault::new(
+            FaultKind::BudgetExhausted,
+            call,
+            "used up its CPU budget (fuel) and was stopped",
+        )),
+        Some(trap) => Err(PluginFault::new(FaultKind::Trap, call, format!("trapped: {trap}"))),
+        None => Err(PluginFault::new(FaultKind::Trap, call, format!("failed: {err:#}"))),
+    }
+}
+
+/// Which world a component was built against, from the versioned names it imports.
+fn check_world(engine: &Engine, c: &Component) -> Result<&'static str, String> {
+    let ty = c.component_type();
+    let ours: Vec<String> = ty
+        .imports(engine)
+        .map(|(name, _)| name.to_string())
+        .filter(|n| n.starts_with("ml-connector:plugin/"))
+        .collect();
+    for name in &ours {
+        let version = name.rsplit_once('@').map(|(_, v)| v).unwrap_or("");
+        if !version.starts_with("0.1.") {
+            return Err(format!(
+                "built against ml-connector:plugin@{version}; this host runs {} (import {name})",
+                v0_1::WORLD
+            ));
+        }
+    }
+    let exports: Vec<String> = ty.exports(engine).map(|(n, _)| n.to_string()).collect();
+    for f in ["route", "render", "interpret-reply"] {
+        if !exports.iter().any(|e| e == f) {
+            return Err(format!(
+                "does not export `{f}` of {}; its exports are [{}]",
+                v0_1::WORLD,
+                exports.join(", ")
+            ));
+        }
+    }
+    Ok(v0_1::WORLD)
+}

@@ -1,0 +1,82 @@
+//! A plugin that misbehaves on purpose; `{"mode": "…"}` picks how.
+
+wit_bindgen::generate!({ world: "plugin", path: "../../../wit" });
+
+use ml_connector::plugin::log::{Level, log};
+use ml_connector::plugin::types::*;
+
+struct Hostile;
+
+fn mode(ctx: &Context) -> String {
+    let c = &ctx.config;
+    c.split("\"mode\"").nth(1).and_then(|r| r.split('"').nth(1)).unwrap_or("healthy").to_string()
+}
+
+fn first(alert: &AlertRecord) -> Delivery {
+    Delivery { to: alert.people[0].clone(), channel: Channel::Sms, delay_minutes: 0, escalation_step: 0 }
+}
+
+#[inline(never)]
+fn spin(n: u64) -> u64 {
+    let mut x = n;
+    loop {
+        x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+    }
+}
+
+impl Guest for Hostile {
+    fn route(ctx: Context, alert: AlertRecord) -> Result<Vec<Delivery>, String> {
+        match mode(&ctx).as_str() {
+            "loop" => {
+                spin(alert.episode as u64);
+            }
+            "memory" => {
+                let mut hoard: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    hoard.push(vec![7u8; 1 << 20]);
+                    std::hint::black_box(&hoard);
+                }
+            }
+            "trap" => panic!("deliberate trap in route"),
+            "bad-number" => Ok(vec![Delivery { to: Person { role: Role::Buyer, name: "x".into(), phone: "+1555".into() }, ..first(&alert) }]),
+            "stranger" => Ok(vec![Delivery { to: Person { role: Role::Buyer, name: "x".into(), phone: "+13125559999".into() }, ..first(&alert) }]),
+            "clock-random" => {
+                use std::hash::{BuildHasher, Hasher};
+                let wall = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+                let mono = std::time::Instant::now();
+                let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+                h.write_u64(1);
+                log(Level::Info, "observed", &[("wall".into(), wall.to_string()), ("random".into(), h.finish().to_string()), ("mono".into(), format!("{mono:?}"))]);
+                Ok(vec![first(&alert)])
+            }
+            "open-file" => match std::fs::read("/etc/passwd") {
+                Ok(b) => Ok(vec![Delivery { to: Person { name: format!("read {} bytes", b.len()), ..alert.people[0].clone() }, ..first(&alert) }]),
+                Err(e) => Err(format!("cannot open a file: {e}")),
+            },
+            "open-socket" => match std::net::TcpStream::connect("127.0.0.1:5432") {
+                Ok(_) => Ok(vec![first(&alert)]),
+                Err(e) => Err(format!("cannot open a socket: {e}")),
+            },
+            "log-flood" => {
+                for i in 0..200 {
+                    log(Level::Debug, &"x".repeat(5000), &[("i".into(), i.to_string())]);
+                }
+                Ok(vec![first(&alert)])
+            }
+            _ => Ok(vec![first(&alert)]),
+        }
+    }
+
+    fn render(ctx: Context, alert: AlertRecord, _d: Delivery) -> Result<Message, String> {
+        match mode(&ctx).as_str() {
+            "big-output" => Ok(Message::Sms("x".repeat(10 << 20))),
+            _ => Ok(Message::Sms(format!("{} needs you. Ref {}", alert.key, alert.reference))),
+        }
+    }
+
+    fn interpret_reply(_ctx: Context, _alert: AlertRecord, _d: Delivery, _a: Answer) -> Result<Reply, String> {
+        Ok(Reply { action: ReplyAction::Acknowledge, confirmation: "ok".into() })
+    }
+}
+
+export!(Hostile);
