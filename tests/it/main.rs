@@ -3,5 +3,6 @@
 mod cli;
 mod client;
 mod conformance;
+mod plugins;
 mod poll;
 mod store;

@@ -290,10 +290,10 @@ impl PluginRuntime {
             return Ok(p.clone());
         }
         let wrong = |m: String| PluginFault::new(FaultKind::WrongWorld, "load", m);
-        let component = self.from_disk(&sha).map(Ok).unwrap_or_else(|| {
+        let component = self.read_cached(&sha).map(Ok).unwrap_or_else(|| {
             let c =
                 Component::new(&self.engine, wasm).map_err(|e| wrong(format!("not a WebAssembly component this host can compile: {e}")))?;
-            self.to_disk(&sha, &c);
+            self.write_cached(&sha, &c);
             Ok(c)
         })?;
         let world = check_world(&self.engine, &component).map_err(wrong)?;
@@ -316,17 +316,20 @@ impl PluginRuntime {
         self.cache_dir.as_ref().map(|d| d.join(format!("{sha}.cwasm")))
     }
 
-    fn from_disk(&self, sha: &str) -> Option<Component> {
+    fn read_cached(&self, sha: &str) -> Option<Component> {
         let path = self.cache_path(sha)?;
         if !path.exists() {
             return None;
         }
-        // SAFETY: the file is one this host serialised into its own cache directory;
-        // wasmtime refuses one made by an incompatible engine, and then we recompile.
-        unsafe { Component::deserialize_file(&self.engine, &path) }.ok()
+        // Read, not mapped: a file replaced or truncated under a mapping would crash the host.
+        let bytes = std::fs::read(&path).ok()?;
+        // SAFETY: the bytes are a file this host serialised into its own cache directory;
+        // wasmtime checks the header and refuses one made by an incompatible engine (we then
+        // recompile). The directory must be writable by this host only (ARCHITECTURE.md).
+        unsafe { Component::deserialize(&self.engine, &bytes) }.ok()
     }
 
-    fn to_disk(&self, sha: &str, c: &Component) {
+    fn write_cached(&self, sha: &str, c: &Component) {
         let (Some(path), Ok(bytes)) = (self.cache_path(sha), c.serialize()) else {
             return;
         };

@@ -24,7 +24,7 @@ fn delivery(to: Person, channel: Channel, delay: u32, step: u8) -> Delivery {
 fn label(kind: RecordKind) -> &'static str {
     match kind {
         RecordKind::SupplierInvoice => "Invoice",
-        RecordKind::PurchaseOrder => "PO",
+        RecordKind::PurchaseOrder => "Purchase order",
         RecordKind::GoodsReceipt => "Receipt",
     }
 }
@@ -88,7 +88,7 @@ impl Guest for DefaultPlugin {
                 }
                 choices.push(KeypadChoice { digit: "9".into(), action: ReplyAction::Acknowledge, label: "If you will handle it, press 9.".into() });
                 Message::Voice(VoiceScript {
-                    say: format!("This is ml-connector for {}. {what}: {}.{}", delivery.to.name, record.reason, due(&record)),
+                    say: format!("Hello {}, this is ml-connector. {what}: {}.{}", delivery.to.name, record.reason, due(&record)),
                     choices,
                 })
             }

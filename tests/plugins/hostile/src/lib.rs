@@ -27,13 +27,12 @@ fn spin(n: u64) -> u64 {
 impl Guest for Hostile {
     fn route(ctx: Context, alert: AlertRecord) -> Result<Vec<Delivery>, String> {
         match mode(&ctx).as_str() {
-            "loop" => {
-                spin(alert.episode as u64);
-            }
+            "loop" => Err(format!("unreachable: {}", spin(alert.episode as u64))),
             "memory" => {
+                // Reserve without writing: asks the host for memory as fast as it can.
                 let mut hoard: Vec<Vec<u8>> = Vec::new();
                 loop {
-                    hoard.push(vec![7u8; 1 << 20]);
+                    hoard.push(Vec::with_capacity(1 << 20));
                     std::hint::black_box(&hoard);
                 }
             }
