@@ -128,3 +128,37 @@ async fn serve_polls_the_tenants_in_its_database_and_stops_cleanly_on_sigterm() 
         .unwrap();
     assert!(status.success(), "{status}");
 }
+
+#[test]
+fn plugin_check_runs_a_plugin_on_the_samples_and_fails_clearly_on_a_fault() {
+    let dir = TempDir::new("check");
+    let default = dir.0.join("default.wasm");
+    std::fs::write(&default, ml_connector::plugin::DEFAULT_PLUGIN).unwrap();
+    let (ok, out, err) = run(&["plugin", "check", default.to_str().unwrap()], &[]);
+    assert!(ok, "{out}\n{err}");
+    assert!(out.contains("world ml-connector:plugin@0.1.0"), "{out}");
+    assert!(out.contains("call to plant_manager Robert Hale +13125550140"), "{out}");
+    assert!(
+        out.contains("answer Text(\"approve\") → Unknown \"To decide on PO10281, reply APPROVE K7QM2X or REJECT K7QM2X.\""),
+        "{out}"
+    );
+    assert!(out.contains("ok: the plugin answered every sample within its budgets"), "{out}");
+
+    let hostile = env!("HOSTILE_PLUGIN_WASM");
+    let (ok, _, err) = run(&["plugin", "check", hostile, "--config", r#"{"mode": "loop"}"#], &[]);
+    assert!(!ok);
+    assert!(
+        err.contains("invoice SI-70003: plugin BudgetExhausted in route: used up its CPU budget"),
+        "{err}"
+    );
+
+    let (ok, _, err) = run(&["plugin", "check", env!("FUTURE_PLUGIN_WASM")], &[]);
+    assert!(!ok);
+    assert!(err.contains("cannot be used: built against ml-connector:plugin@0.2.0"), "{err}");
+
+    let junk = dir.0.join("junk.wasm");
+    std::fs::write(&junk, b"\0asm junk").unwrap();
+    let (ok, _, err) = run(&["plugin", "check", junk.to_str().unwrap()], &[]);
+    assert!(!ok);
+    assert!(err.contains("not a WebAssembly component"), "{err}");
+}

@@ -70,6 +70,8 @@ fn ensure_python_tools() -> Result<PathBuf> {
 fn test(extra: &[String]) -> Result<()> {
     ensure_wasm_target()?;
     let venv = ensure_python_tools()?;
+    // The plugin kit is its own (wasm) workspace; its plain unit tests run natively.
+    run(cargo().args(["test", "--quiet", "--manifest-path", "plugins/Cargo.toml", "-p", "plugin-kit"]))?;
     // The end-to-end tests run the real binary: build it first, then everything in one run.
     run(cargo().args(["build", "-p", "ml-connector", "--bin", "ml-connector"]))?;
     let path = format!("{}:{}", venv.join("bin").display(), std::env::var("PATH").unwrap_or_default());

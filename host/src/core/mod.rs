@@ -2,6 +2,7 @@
 //! Architecture invariant: nothing under `core` depends on tokio, sqlx, reqwest or axum.
 
 pub mod attention;
+pub mod dispatch;
 pub mod episode;
 pub mod model;
 pub mod people;
@@ -10,6 +11,8 @@ pub mod profile;
 pub mod routing;
 pub mod rows;
 pub mod schedule;
+pub mod signature;
+pub mod twiml;
 
 #[cfg(test)]
 mod attention_tests;

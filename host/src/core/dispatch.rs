@@ -1,0 +1,188 @@
+//! Sending decisions, pure: the job id that makes an alert unique (the seed's "BullMQ
+//! jobId"), what a Twilio answer means for the job, and when to try again.
+
+use std::time::Duration;
+
+use super::model::RecordKind;
+use super::routing::Channel;
+
+/// One alert's identity: tenant, record, episode and delivery step (recipient, channel,
+/// escalation step). Enqueueing the same id twice is a no-op; a second recipient, an
+/// escalation call or a new episode of the same record are other ids.
+pub fn send_job_id(tenant: &str, kind: RecordKind, key: &str, episode: i64, channel: Channel, phone: &str, step: u8) -> String {
+    let ch = match channel {
+        Channel::Sms => "sms",
+        Channel::Voice => "voice",
+    };
+    format!("send/{tenant}/{}/{key}/{episode}/{ch}/{phone}/{step}", kind.as_str())
+}
+
+/// Error codes that no retry can fix: record them on the alert and move on.
+pub const PERMANENT_CODES: &[u32] = &[
+    20003, // authentication
+    21210, // From not verified (calls)
+    21211, // invalid To
+    21216, // blocked number (calls)
+    21408, // geo permission
+    21606, // From not usable
+    21608, // unverified trial number
+    21610, // recipient opted out (STOP)
+    21612, // To not reachable from this From
+    21614, // not a mobile number
+];
+
+/// What one answer (or its absence) from Twilio means for the job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SendOutcome {
+    /// Created: the sid to track it by.
+    Accepted { sid: String },
+    /// Not processed (429 / 20429): safe to send again after the delay.
+    Throttled { retry_after: Option<Duration> },
+    /// May or may not have been processed (5xx, timeout, connection lost after sending):
+    /// reconcile before sending again.
+    Unknown { reason: String },
+    /// Will never work; `opted_out` puts the number on the tenant's suppression list.
+    Permanent {
+        code: Option<u32>,
+        message: String,
+        opted_out: bool,
+    },
+}
+
+/// Classify an HTTP answer to a create-message or create-call request.
+pub fn classify(status: u16, code: Option<u32>, message: &str, sid: Option<&str>, retry_after: Option<Duration>) -> SendOutcome {
+    match (status, code, sid) {
+        (200..=299, _, Some(sid)) if !sid.is_empty() => SendOutcome::Accepted { sid: sid.to_string() },
+        (200..=299, _, _) => SendOutcome::Unknown {
+            reason: format!("Twilio answered {status} without a sid"),
+        },
+        (429, _, _) | (_, Some(20429), _) => SendOutcome::Throttled { retry_after },
+        (500..=599, _, _) => SendOutcome::Unknown {
+            reason: format!("Twilio answered {status}: {message}"),
+        },
+        (_, Some(c), _) if PERMANENT_CODES.contains(&c) => SendOutcome::Permanent {
+            code: Some(c),
+            message: message.to_string(),
+            opted_out: c == 21610,
+        },
+        // Any other 4xx is a request Twilio refuses as it is: sending it again changes nothing.
+        (_, c, _) => SendOutcome::Permanent {
+            code: c,
+            message: format!("Twilio answered {status}: {message}"),
+            opted_out: false,
+        },
+    }
+}
+
+pub const RETRY_BASE: Duration = Duration::from_secs(1);
+pub const RETRY_CAP: Duration = Duration::from_secs(300);
+
+/// Exponential back-off with jitter for the `attempt`-th retry (1-based): a random point in
+/// the upper half of base·2^(attempt−1), capped; never sooner than Twilio's `Retry-After`.
+/// `jitter` is a number in [0, 1) the caller draws, so this stays pure.
+pub fn retry_delay(attempt: u32, retry_after: Option<Duration>, jitter: f64) -> Duration {
+    let exp = RETRY_BASE.saturating_mul(1u32 << attempt.saturating_sub(1).min(20)).min(RETRY_CAP);
+    let jittered = exp.mul_f64(0.5 + 0.5 * jitter.clamp(0.0, 1.0));
+    retry_after.map_or(jittered, |r| jittered.max(r))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn job_ids_separate_what_must_be_separate() {
+        let base = send_job_id("t", RecordKind::SupplierInvoice, "SI-1", 1, Channel::Sms, "+13125550120", 0);
+        assert_eq!(base, "send/t/supplier_invoice/SI-1/1/sms/+13125550120/0");
+        let others = [
+            send_job_id("t", RecordKind::SupplierInvoice, "SI-1", 1, Channel::Sms, "+13125550121", 0),
+            send_job_id("t", RecordKind::SupplierInvoice, "SI-1", 1, Channel::Voice, "+13125550120", 1),
+            send_job_id("t", RecordKind::SupplierInvoice, "SI-1", 2, Channel::Sms, "+13125550120", 0),
+            send_job_id("u", RecordKind::SupplierInvoice, "SI-1", 1, Channel::Sms, "+13125550120", 0),
+        ];
+        assert!(others.iter().all(|o| o != &base));
+        assert_eq!(
+            base,
+            send_job_id("t", RecordKind::SupplierInvoice, "SI-1", 1, Channel::Sms, "+13125550120", 0)
+        );
+    }
+
+    #[test]
+    fn classify_table() {
+        let s = |x: u64| Some(Duration::from_secs(x));
+        let cases: Vec<((u16, Option<u32>, Option<&str>, Option<Duration>), SendOutcome)> = vec![
+            ((201, None, Some("SM1"), None), SendOutcome::Accepted { sid: "SM1".into() }),
+            (
+                (201, None, None, None),
+                SendOutcome::Unknown {
+                    reason: "Twilio answered 201 without a sid".into(),
+                },
+            ),
+            ((429, Some(20429), None, s(3)), SendOutcome::Throttled { retry_after: s(3) }),
+            ((429, None, None, None), SendOutcome::Throttled { retry_after: None }),
+            (
+                (503, None, None, None),
+                SendOutcome::Unknown {
+                    reason: "Twilio answered 503: m".into(),
+                },
+            ),
+            (
+                (400, Some(21211), None, None),
+                SendOutcome::Permanent {
+                    code: Some(21211),
+                    message: "m".into(),
+                    opted_out: false,
+                },
+            ),
+            (
+                (400, Some(21610), None, None),
+                SendOutcome::Permanent {
+                    code: Some(21610),
+                    message: "m".into(),
+                    opted_out: true,
+                },
+            ),
+            (
+                (401, Some(20003), None, None),
+                SendOutcome::Permanent {
+                    code: Some(20003),
+                    message: "m".into(),
+                    opted_out: false,
+                },
+            ),
+            (
+                (400, Some(21604), None, None),
+                SendOutcome::Permanent {
+                    code: Some(21604),
+                    message: "Twilio answered 400: m".into(),
+                    opted_out: false,
+                },
+            ),
+        ];
+        for ((st, code, sid, ra), want) in cases {
+            assert_eq!(classify(st, code, "m", sid, ra), want, "{st} {code:?}");
+        }
+    }
+
+    #[test]
+    fn retry_schedule_table() {
+        let secs = |d: Duration| d.as_secs_f64();
+        let cases = [
+            (1, None, 0.0, 0.5),
+            (1, None, 0.999, 0.9995),
+            (2, None, 0.0, 1.0),
+            (4, None, 1.0, 8.0),
+            (10, None, 1.0, 300.0),
+            (40, None, 0.0, 150.0),
+            (1, Some(Duration::from_secs(30)), 0.5, 30.0),
+            (6, Some(Duration::from_secs(2)), 1.0, 32.0),
+        ];
+        for (attempt, ra, jitter, want) in cases {
+            assert!(
+                (secs(retry_delay(attempt, ra, jitter)) - want).abs() < 1e-6,
+                "{attempt} {ra:?} {jitter}: {:?}",
+                retry_delay(attempt, ra, jitter)
+            );
+        }
+    }
+}
