@@ -13,6 +13,8 @@ pub mod sandbox;
 pub mod scheduler;
 pub mod secrets;
 pub mod store;
+pub mod twilio;
+pub mod twilio_sandbox;
 
 /// TLS through rustls on ring: installed once per process before any HTTP client is built.
 pub fn init_tls() {

@@ -6,3 +6,4 @@ mod conformance;
 mod plugins;
 mod poll;
 mod store;
+mod twilio;

@@ -38,6 +38,8 @@ pub enum SendOutcome {
     Accepted { sid: String },
     /// Not processed (429 / 20429): safe to send again after the delay.
     Throttled { retry_after: Option<Duration> },
+    /// Twilio could not be reached at all (no connection): nothing was sent; safe to retry.
+    Unreachable { reason: String },
     /// May or may not have been processed (5xx, timeout, connection lost after sending):
     /// reconcile before sending again.
     Unknown { reason: String },

@@ -1,0 +1,181 @@
+//! The Twilio adapter: `Messages.json` and `Calls.json` as `twilio_api_v2010.yaml` defines
+//! them. Bodies are `application/x-www-form-urlencoded` (arrays as repeated keys), every
+//! call carries HTTP Basic with the API Key SID and secret, the path names the account.
+//! The base URL is configuration (tests and the demo point it at the Twilio sandbox).
+//! What an answer means for the job is `core::dispatch::classify`'s call, not this module's.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::core::dispatch::{self, SendOutcome};
+use crate::secrets::SecretString;
+
+pub const DEFAULT_BASE_URL: &str = "https://api.twilio.com";
+
+#[derive(Debug, Clone)]
+pub struct TwilioConfig {
+    pub base_url: String,
+    /// `AC…`: named in every path.
+    pub account_sid: String,
+    /// `SK…` and its secret: HTTP Basic on every call. The Auth Token is not used here.
+    pub api_key_sid: String,
+    pub api_key_secret: SecretString,
+}
+
+/// An SMS to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sms {
+    pub to: String,
+    pub from: String,
+    pub body: String,
+    pub status_callback: String,
+}
+
+/// A call to place, its script given as TwiML.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Call {
+    pub to: String,
+    pub from: String,
+    pub twiml: String,
+    pub status_callback: String,
+}
+
+/// The status events a call reports to its StatusCallback.
+pub const CALL_EVENTS: &[&str] = &["initiated", "ringing", "answered", "completed"];
+
+/// A message as Twilio's list returns it (for reconciling a send whose outcome is unknown).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListedMessage {
+    pub sid: String,
+    pub to: String,
+    pub from: String,
+    pub body: String,
+    pub status: String,
+}
+
+pub struct TwilioClient {
+    http: reqwest::Client,
+    cfg: TwilioConfig,
+}
+
+impl Sms {
+    pub fn form(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("To", self.to.clone()),
+            ("From", self.from.clone()),
+            ("Body", self.body.clone()),
+            ("StatusCallback", self.status_callback.clone()),
+        ]
+    }
+}
+
+impl Call {
+    pub fn form(&self) -> Vec<(&'static str, String)> {
+        let mut f = vec![
+            ("To", self.to.clone()),
+            ("From", self.from.clone()),
+            ("Twiml", self.twiml.clone()),
+            ("StatusCallback", self.status_callback.clone()),
+            ("StatusCallbackMethod", "POST".to_string()),
+        ];
+        f.extend(CALL_EVENTS.iter().map(|e| ("StatusCallbackEvent", e.to_string())));
+        f
+    }
+}
+
+fn retry_after(resp: &reqwest::Response) -> Option<Duration> {
+    resp.headers()
+        .get("retry-after")?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .map(Duration::from_secs)
+}
+
+impl TwilioClient {
+    pub fn new(http: reqwest::Client, mut cfg: TwilioConfig) -> Self {
+        cfg.base_url = cfg.base_url.trim_end_matches('/').to_string();
+        TwilioClient { http, cfg }
+    }
+
+    fn url(&self, resource: &str) -> String {
+        format!("{}/2010-04-01/Accounts/{}/{resource}", self.cfg.base_url, self.cfg.account_sid)
+    }
+
+    async fn create(&self, resource: &str, form: &[(&'static str, String)]) -> SendOutcome {
+        let body = serde_urlencoded::to_string(form).expect("strings always encode");
+        let sent = self
+            .http
+            .post(self.url(resource))
+            .basic_auth(&self.cfg.api_key_sid, Some(self.cfg.api_key_secret.expose()))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body)
+            .send()
+            .await;
+        let resp = match sent {
+            Ok(r) => r,
+            // Connection refused before anything was sent is the only error known not to have
+            // reached Twilio; everything else may have.
+            Err(e) if e.is_connect() => {
+                return SendOutcome::Unreachable {
+                    reason: format!("cannot connect to Twilio: {e}"),
+                };
+            }
+            Err(e) => {
+                return SendOutcome::Unknown {
+                    reason: format!("no answer from Twilio: {e}"),
+                };
+            }
+        };
+        let status = resp.status().as_u16();
+        let after = retry_after(&resp);
+        let v: Value = resp.json().await.unwrap_or(Value::Null);
+        let code = v["code"].as_u64().map(|c| c as u32);
+        let message = v["message"].as_str().unwrap_or("").to_string();
+        dispatch::classify(status, code, &message, v["sid"].as_str(), after)
+    }
+
+    pub async fn send_sms(&self, sms: &Sms) -> SendOutcome {
+        self.create("Messages.json", &sms.form()).await
+    }
+
+    pub async fn place_call(&self, call: &Call) -> SendOutcome {
+        self.create("Calls.json", &call.form()).await
+    }
+
+    /// Messages sent to `to` from `from` on or after `date` (YYYY-MM-DD): how a send whose
+    /// outcome is unknown is reconciled. One page of 1,000 is plenty for one recipient.
+    pub async fn list_messages(&self, to: &str, from: &str, date: &str) -> Result<Vec<ListedMessage>, String> {
+        let resp = self
+            .http
+            .get(self.url("Messages.json"))
+            .basic_auth(&self.cfg.api_key_sid, Some(self.cfg.api_key_secret.expose()))
+            .query(&[("To", to), ("From", from), ("DateSent>", date), ("PageSize", "1000")])
+            .send()
+            .await
+            .map_err(|e| format!("no answer from Twilio: {e}"))?;
+        let status = resp.status();
+        let v: Value = resp.json().await.map_err(|e| format!("Twilio's message list is not JSON: {e}"))?;
+        if !status.is_success() {
+            return Err(format!("Twilio answered {status}: {}", v["message"].as_str().unwrap_or("")));
+        }
+        let s = |m: &Value, k: &str| m[k].as_str().unwrap_or("").to_string();
+        Ok(v["messages"]
+            .as_array()
+            .map(|ms| {
+                ms.iter()
+                    .map(|m| ListedMessage {
+                        sid: s(m, "sid"),
+                        to: s(m, "to"),
+                        from: s(m, "from"),
+                        body: s(m, "body"),
+                        status: s(m, "status"),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+}

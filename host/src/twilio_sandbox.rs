@@ -1,0 +1,546 @@
+//! The Twilio sandbox: Twilio's REST surface as `twilio_api_v2010.yaml` and `twilio.md`
+//! describe it, for tests and the demo. It accepts only what the OpenAPI file accepts (form
+//! encoding, required and conditional parameters, Basic auth with a known key), answers with
+//! Twilio's JSON shapes and `SM…`/`CA…` sids, honours the test magic numbers, counts every
+//! request and never de-duplicates on the host's behalf. It can be told to answer 429 (with
+//! or without `Retry-After`) or 5xx to a share of requests, and whether such a 5xx was
+//! processed. Then it plays Twilio: status callbacks signed with the Auth Token.
+//!
+//! Architecture invariant: the host's Twilio client knows nothing of this module; only a
+//! base URL differs.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Json, Response};
+use axum::routing::{get, post};
+use base64::Engine;
+use chrono::Utc;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::core::signature;
+
+#[derive(Debug, Clone)]
+pub struct TwilioSandboxConfig {
+    pub account_sid: String,
+    pub auth_token: String,
+    pub api_key_sid: String,
+    pub api_key_secret: String,
+    /// Numbers this account owns (valid `From`). `+15005550006` is Twilio's magic valid one.
+    pub numbers: Vec<String>,
+}
+
+impl Default for TwilioSandboxConfig {
+    fn default() -> Self {
+        TwilioSandboxConfig {
+            account_sid: "AC0123456789abcdef0123456789abcdef".into(),
+            auth_token: "sandbox0auth0token0000000000000f".into(),
+            api_key_sid: "SK0123456789abcdef0123456789abcdef".into(),
+            api_key_secret: "sandbox-api-key-secret".into(),
+            numbers: vec!["+15005550006".into(), "+13125550100".into()],
+        }
+    }
+}
+
+#[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[serde(default)]
+pub struct TwilioFaults {
+    /// Share (0–1) of create requests answered 429 / 20429, not processed.
+    pub throttle_share: f64,
+    /// Seconds of `Retry-After` on those 429s (none when absent).
+    pub retry_after: Option<u64>,
+    /// Share (0–1) of create requests answered 5xx.
+    pub fail_share: f64,
+    /// Whether such a 5xx was processed anyway (the message exists) or not.
+    pub fail_processed: bool,
+    /// Status callbacks: share sent twice, and whether they arrive in reverse order.
+    pub duplicate_callbacks_share: f64,
+    pub reverse_callbacks: bool,
+}
+
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct TwilioStats {
+    pub requests: u64,
+    pub messages_created: u64,
+    pub calls_created: u64,
+    pub rejected: u64,
+    pub throttled: u64,
+    pub failed: u64,
+    pub callbacks_sent: u64,
+}
+
+/// A message or call the sandbox created.
+#[derive(Debug, Clone, Serialize)]
+pub struct Created {
+    pub sid: String,
+    pub to: String,
+    pub from: String,
+    pub body: String,
+    pub status_callback: Option<String>,
+    pub date_created: String,
+}
+
+struct Inner {
+    cfg: TwilioSandboxConfig,
+    faults: TwilioFaults,
+    stats: TwilioStats,
+    messages: Vec<Created>,
+    calls: Vec<Created>,
+    rng: StdRng,
+    next: u64,
+}
+
+#[derive(Clone)]
+pub struct TwilioSandbox {
+    inner: Arc<Mutex<Inner>>,
+    http: reqwest::Client,
+}
+
+fn error(status: StatusCode, code: u32, message: &str) -> Response {
+    let body = json!({"code": code, "message": message, "more_info": format!("https://www.twilio.com/docs/errors/{code}"), "status": status.as_u16()});
+    (status, Json(body)).into_response()
+}
+
+fn is_e164(s: &str) -> bool {
+    let d = s.strip_prefix('+').unwrap_or("");
+    (8..=15).contains(&d.len()) && d.bytes().all(|b| b.is_ascii_digit()) && !d.starts_with('0')
+}
+
+/// The test credentials' magic `To` numbers for Messages (twilio.md).
+fn message_magic(to: &str) -> Option<(u32, &'static str)> {
+    Some(match to {
+        "+15005550001" => (21211, "The 'To' number +15005550001 is not a valid phone number."),
+        "+15005550002" => (
+            21612,
+            "The 'To' phone number is not currently reachable using the 'From' phone number via SMS.",
+        ),
+        "+15005550003" => (
+            21408,
+            "Permission to send an SMS has not been enabled for the region indicated by the 'To' number.",
+        ),
+        "+15005550004" => (21610, "Attempt to send to unsubscribed recipient"),
+        "+15005550009" => (21614, "'To' number is not a valid mobile number"),
+        _ => return None,
+    })
+}
+
+impl TwilioSandbox {
+    pub fn new(cfg: TwilioSandboxConfig) -> Self {
+        TwilioSandbox {
+            inner: Arc::new(Mutex::new(Inner {
+                cfg,
+                faults: TwilioFaults::default(),
+                stats: TwilioStats::default(),
+                messages: Vec::new(),
+                calls: Vec::new(),
+                rng: StdRng::seed_from_u64(7),
+                next: 0,
+            })),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn config(&self) -> TwilioSandboxConfig {
+        self.lock().cfg.clone()
+    }
+    pub fn stats(&self) -> TwilioStats {
+        self.lock().stats.clone()
+    }
+    pub fn messages(&self) -> Vec<Created> {
+        self.lock().messages.clone()
+    }
+    pub fn calls(&self) -> Vec<Created> {
+        self.lock().calls.clone()
+    }
+    pub fn set_faults(&self, f: TwilioFaults) {
+        self.lock().faults = f;
+    }
+
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route(
+                "/2010-04-01/Accounts/{account}/Messages.json",
+                post(create_message).get(list_messages),
+            )
+            .route("/2010-04-01/Accounts/{account}/Calls.json", post(create_call))
+            .route(
+                "/_sandbox/stats",
+                get(|State(s): State<TwilioSandbox>| async move { Json(s.stats()) }),
+            )
+            .route(
+                "/_sandbox/messages",
+                get(|State(s): State<TwilioSandbox>| async move { Json(json!({"messages": s.messages(), "calls": s.calls()})) }),
+            )
+            .route(
+                "/_sandbox/faults",
+                post(|State(s): State<TwilioSandbox>, Json(f): Json<TwilioFaults>| async move {
+                    s.set_faults(f.clone());
+                    Json(f)
+                }),
+            )
+            .with_state(self.clone())
+    }
+
+    /// Bind `addr`, serve in the background, return the base URL to give the client.
+    pub async fn spawn(self, addr: SocketAddr) -> std::io::Result<(String, tokio::task::JoinHandle<()>)> {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let base = format!("http://{}", listener.local_addr()?);
+        let app = self.router();
+        Ok((
+            base,
+            tokio::spawn(async move {
+                let _ = axum::serve(listener, app).await;
+            }),
+        ))
+    }
+
+    /// Auth and account checks shared by every endpoint; the path names the account, Basic
+    /// auth carries an API key of it (or the account SID and Auth Token).
+    fn admit(&self, account: &str, headers: &HeaderMap) -> Result<(), Response> {
+        let mut s = self.lock();
+        s.stats.requests += 1;
+        let creds = headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Basic "))
+            .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+            .and_then(|b| String::from_utf8(b).ok());
+        let ok = creds.as_deref().is_some_and(|c| {
+            c == format!("{}:{}", s.cfg.api_key_sid, s.cfg.api_key_secret) || c == format!("{}:{}", s.cfg.account_sid, s.cfg.auth_token)
+        });
+        if !ok {
+            s.stats.rejected += 1;
+            return Err(error(StatusCode::UNAUTHORIZED, 20003, "Authenticate"));
+        }
+        if account != s.cfg.account_sid {
+            s.stats.rejected += 1;
+            return Err(error(
+                StatusCode::NOT_FOUND,
+                20404,
+                &format!("The requested resource /2010-04-01/Accounts/{account} was not found"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Faults for a create request: Some(response) when this one is throttled or failed
+    /// (and whether it was processed anyway).
+    fn fault(&self) -> Option<(Response, bool)> {
+        let mut s = self.lock();
+        let (t, f) = (s.faults.throttle_share, s.faults.fail_share);
+        let roll: f64 = s.rng.r#gen();
+        if roll < t {
+            s.stats.throttled += 1;
+            let mut r = error(StatusCode::TOO_MANY_REQUESTS, 20429, "Too Many Requests");
+            if let Some(secs) = s.faults.retry_after {
+                r.headers_mut().insert("retry-after", secs.into());
+            }
+            return Some((r, false));
+        }
+        if roll < t + f {
+            s.stats.failed += 1;
+            return Some((
+                error(StatusCode::SERVICE_UNAVAILABLE, 20500, "Internal Server Error"),
+                s.faults.fail_processed,
+            ));
+        }
+        None
+    }
+
+    fn new_sid(&self, prefix: &str) -> String {
+        let mut s = self.lock();
+        s.next += 1;
+        let n = s.next;
+        let r: u64 = s.rng.r#gen();
+        format!("{prefix}{n:016x}{r:016x}")
+    }
+
+    /// Play Twilio: post signed status callbacks for a created resource.
+    fn play_callbacks(&self, url: Option<String>, statuses: Vec<Vec<(String, String)>>) {
+        let Some(url) = url else { return };
+        let (token, dup, reverse) = {
+            let s = self.lock();
+            (
+                s.cfg.auth_token.clone(),
+                s.faults.duplicate_callbacks_share,
+                s.faults.reverse_callbacks,
+            )
+        };
+        let sb = self.clone();
+        tokio::spawn(async move {
+            let mut order = statuses;
+            if reverse {
+                order.reverse();
+            }
+            for params in order {
+                let twice = sb.lock().rng.r#gen::<f64>() < dup;
+                let idempotency = uuid::Uuid::new_v4().to_string();
+                for _ in 0..if twice { 2 } else { 1 } {
+                    let sig = signature::sign(&token, &url, &params);
+                    let sent = sb
+                        .http
+                        .post(&url)
+                        .header("x-twilio-signature", sig)
+                        .header("i-twilio-idempotency-token", &idempotency)
+                        .form(&params)
+                        .timeout(Duration::from_secs(15))
+                        .send()
+                        .await;
+                    if sent.is_ok() {
+                        sb.lock().stats.callbacks_sent += 1;
+                    }
+                }
+            }
+        });
+    }
+}
+
+fn form_of(headers: &HeaderMap, body: &[u8]) -> Result<Vec<(String, String)>, Response> {
+    let ct = headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("");
+    if !ct.starts_with("application/x-www-form-urlencoded") {
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            20001,
+            "Content-Type must be application/x-www-form-urlencoded",
+        ));
+    }
+    serde_urlencoded::from_bytes(body).map_err(|_| error(StatusCode::BAD_REQUEST, 20001, "The request body is not form-encoded"))
+}
+
+fn one<'a>(form: &'a [(String, String)], k: &str) -> Option<&'a str> {
+    form.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str()).filter(|v| !v.is_empty())
+}
+
+fn rfc2822_now() -> String {
+    Utc::now().format("%a, %d %b %Y %H:%M:%S +0000").to_string()
+}
+
+async fn create_message(
+    State(sb): State<TwilioSandbox>,
+    Path(account): Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    if let Err(r) = sb.admit(&account, &headers) {
+        return r;
+    }
+    let form = match form_of(&headers, &body) {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    let reject = |code, status, msg: &str| {
+        sb.lock().stats.rejected += 1;
+        error(status, code, msg)
+    };
+    let Some(to) = one(&form, "To") else {
+        return reject(21604, StatusCode::BAD_REQUEST, "A 'To' phone number is required.");
+    };
+    let from = one(&form, "From");
+    if from.is_none() && one(&form, "MessagingServiceSid").is_none() {
+        return reject(21603, StatusCode::BAD_REQUEST, "A 'From' phone number is required.");
+    }
+    let text = one(&form, "Body").unwrap_or("");
+    if text.is_empty() && one(&form, "MediaUrl").is_none() && one(&form, "ContentSid").is_none() {
+        return reject(21602, StatusCode::BAD_REQUEST, "Message body is required.");
+    }
+    if text.chars().count() > 1600 {
+        return reject(
+            21617,
+            StatusCode::BAD_REQUEST,
+            "The concatenated message body exceeds the 1600 character limit.",
+        );
+    }
+    if !is_e164(to) {
+        return reject(
+            21211,
+            StatusCode::BAD_REQUEST,
+            &format!("The 'To' number {to} is not a valid phone number."),
+        );
+    }
+    if let Some(f) = from
+        && !sb.lock().cfg.numbers.iter().any(|n| n == f)
+    {
+        return reject(
+            21606,
+            StatusCode::BAD_REQUEST,
+            "The From phone number is not a valid, SMS-capable inbound phone number or short code for your account.",
+        );
+    }
+    if let Some((code, msg)) = message_magic(to) {
+        return reject(code, StatusCode::BAD_REQUEST, msg);
+    }
+    if let Some((resp, processed)) = sb.fault() {
+        if processed {
+            record_message(&sb, to, from.unwrap_or(""), text, one(&form, "StatusCallback"));
+        }
+        return resp;
+    }
+    let m = record_message(&sb, to, from.unwrap_or(""), text, one(&form, "StatusCallback"));
+    let s = sb.lock();
+    let body = json!({
+        "account_sid": s.cfg.account_sid, "api_version": "2010-04-01", "body": m.body, "date_created": m.date_created,
+        "date_sent": null, "date_updated": m.date_created, "direction": "outbound-api", "error_code": null, "error_message": null,
+        "from": m.from, "messaging_service_sid": null, "num_media": "0", "num_segments": ((m.body.chars().count().max(1) - 1) / 153 + 1).to_string(),
+        "price": null, "price_unit": "USD", "sid": m.sid, "status": "queued",
+        "subresource_uris": {"media": format!("/2010-04-01/Accounts/{}/Messages/{}/Media.json", s.cfg.account_sid, m.sid)},
+        "to": m.to, "uri": format!("/2010-04-01/Accounts/{}/Messages/{}.json", s.cfg.account_sid, m.sid)
+    });
+    (StatusCode::CREATED, Json(body)).into_response()
+}
+
+fn record_message(sb: &TwilioSandbox, to: &str, from: &str, body: &str, callback: Option<&str>) -> Created {
+    let m = Created {
+        sid: sb.new_sid("SM"),
+        to: to.into(),
+        from: from.into(),
+        body: body.into(),
+        status_callback: callback.map(String::from),
+        date_created: rfc2822_now(),
+    };
+    {
+        let mut s = sb.lock();
+        s.stats.messages_created += 1;
+        s.messages.push(m.clone());
+    }
+    let account = sb.lock().cfg.account_sid.clone();
+    let statuses = ["sent", "delivered"]
+        .iter()
+        .map(|st| {
+            vec![
+                ("AccountSid".to_string(), account.clone()),
+                ("ApiVersion".to_string(), "2010-04-01".to_string()),
+                ("From".to_string(), m.from.clone()),
+                ("MessageSid".to_string(), m.sid.clone()),
+                ("MessageStatus".to_string(), st.to_string()),
+                ("SmsSid".to_string(), m.sid.clone()),
+                ("SmsStatus".to_string(), st.to_string()),
+                ("To".to_string(), m.to.clone()),
+            ]
+        })
+        .collect();
+    sb.play_callbacks(m.status_callback.clone(), statuses);
+    m
+}
+
+async fn create_call(
+    State(sb): State<TwilioSandbox>,
+    Path(account): Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    if let Err(r) = sb.admit(&account, &headers) {
+        return r;
+    }
+    let form = match form_of(&headers, &body) {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    let reject = |code, msg: &str| {
+        sb.lock().stats.rejected += 1;
+        error(StatusCode::BAD_REQUEST, code, msg)
+    };
+    let (Some(to), Some(from)) = (one(&form, "To"), one(&form, "From")) else {
+        return reject(21201, "No 'To' number is specified");
+    };
+    let twiml = one(&form, "Twiml").unwrap_or("");
+    if twiml.is_empty() && one(&form, "Url").is_none() && one(&form, "ApplicationSid").is_none() {
+        return reject(21205, "Url parameter is required.");
+    }
+    if twiml.chars().count() > 4000 {
+        return reject(21220, "Twiml exceeds the 4000 character limit.");
+    }
+    if !is_e164(to) {
+        return reject(21211, &format!("The 'To' number {to} is not a valid phone number."));
+    }
+    if !sb.lock().cfg.numbers.iter().any(|n| n == from) {
+        return reject(21210, "The source phone number provided, is not yet verified for your account.");
+    }
+    if to == "+15005550001" {
+        return reject(21216, "Call blocked by Twilio blocklist");
+    }
+    if let Some((resp, processed)) = sb.fault() {
+        if processed {
+            record_call(&sb, to, from, twiml, one(&form, "StatusCallback"));
+        }
+        return resp;
+    }
+    let c = record_call(&sb, to, from, twiml, one(&form, "StatusCallback"));
+    let s = sb.lock();
+    let body = json!({
+        "account_sid": s.cfg.account_sid, "api_version": "2010-04-01", "date_created": c.date_created, "date_updated": c.date_created,
+        "direction": "outbound-api", "from": c.from, "to": c.to, "sid": c.sid, "status": "queued", "price_unit": "USD",
+        "uri": format!("/2010-04-01/Accounts/{}/Calls/{}.json", s.cfg.account_sid, c.sid)
+    });
+    (StatusCode::CREATED, Json(body)).into_response()
+}
+
+fn record_call(sb: &TwilioSandbox, to: &str, from: &str, twiml: &str, callback: Option<&str>) -> Created {
+    let c = Created {
+        sid: sb.new_sid("CA"),
+        to: to.into(),
+        from: from.into(),
+        body: twiml.into(),
+        status_callback: callback.map(String::from),
+        date_created: rfc2822_now(),
+    };
+    {
+        let mut s = sb.lock();
+        s.stats.calls_created += 1;
+        s.calls.push(c.clone());
+    }
+    let account = sb.lock().cfg.account_sid.clone();
+    let statuses = ["initiated", "ringing", "in-progress", "completed"]
+        .iter()
+        .enumerate()
+        .map(|(i, st)| {
+            let mut p = vec![
+                ("AccountSid".to_string(), account.clone()),
+                ("ApiVersion".to_string(), "2010-04-01".to_string()),
+                ("CallSid".to_string(), c.sid.clone()),
+                ("CallStatus".to_string(), st.to_string()),
+                ("From".to_string(), c.from.clone()),
+                ("SequenceNumber".to_string(), i.to_string()),
+                ("Timestamp".to_string(), rfc2822_now()),
+                ("To".to_string(), c.to.clone()),
+            ];
+            if *st == "completed" {
+                p.push(("CallDuration".to_string(), "23".to_string()));
+            }
+            p
+        })
+        .collect();
+    sb.play_callbacks(c.status_callback.clone(), statuses);
+    c
+}
+
+async fn list_messages(
+    State(sb): State<TwilioSandbox>,
+    Path(account): Path<String>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+) -> Response {
+    if let Err(r) = sb.admit(&account, &headers) {
+        return r;
+    }
+    let params: HashMap<String, String> = serde_urlencoded::from_str(q.as_deref().unwrap_or("")).unwrap_or_default();
+    let s = sb.lock();
+    let ms: Vec<Value> = s
+        .messages
+        .iter()
+        .filter(|m| params.get("To").is_none_or(|t| t == &m.to) && params.get("From").is_none_or(|f| f == &m.from))
+        .map(|m| json!({"sid": m.sid, "to": m.to, "from": m.from, "body": m.body, "status": "sent", "date_created": m.date_created}))
+        .collect();
+    Json(json!({"messages": ms, "page": 0, "page_size": ms.len(), "next_page_uri": null})).into_response()
+}
