@@ -112,7 +112,8 @@ mod tests {
     #[test]
     fn classify_table() {
         let s = |x: u64| Some(Duration::from_secs(x));
-        let cases: Vec<((u16, Option<u32>, Option<&str>, Option<Duration>), SendOutcome)> = vec![
+        type Answer<'a> = (u16, Option<u32>, Option<&'a str>, Option<Duration>);
+        let cases: Vec<(Answer, SendOutcome)> = vec![
             ((201, None, Some("SM1"), None), SendOutcome::Accepted { sid: "SM1".into() }),
             (
                 (201, None, None, None),

@@ -122,7 +122,8 @@ mod tests {
         let json_url =
             "https://mycompany.com/myapp.php?foo=1&bar=2&bodySHA256=0a1ff7634d9ab3b95db5c9a2dfe9416e41502b283a80c7cf19632632f96e6620";
         let json_body = br#"{"property": "value", "boolean": true}"#;
-        let cases: Vec<(&str, Vec<(String, String)>, Option<&[u8]>, &str)> = vec![
+        type Vector<'a> = (&'a str, Vec<(String, String)>, Option<&'a [u8]>, &'a str);
+        let cases: Vec<Vector> = vec![
             (
                 "https://mycompany.com/myapp.php?foo=1&bar=2",
                 call(),
