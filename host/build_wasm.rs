@@ -11,6 +11,8 @@ pub fn build(workspace: &Path, target_dir: &Path, artifacts: &[&str]) -> Vec<Pat
     println!("cargo:rerun-if-changed={}", workspace.display());
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
+    // From the workspace's own directory, so its .cargo/config.toml applies.
+    cmd.current_dir(workspace);
     cmd.args(["build", "--release", "--target", "wasm32-wasip2", "--manifest-path"])
         .arg(workspace.join("Cargo.toml"))
         .arg("--target-dir")

@@ -263,7 +263,10 @@ impl PluginRuntime {
             .total_core_instances(512)
             .total_memories(512)
             .total_tables(512)
-            .max_memory_size(MAX_MEMORY_BYTES);
+            .max_memory_size(MAX_MEMORY_BYTES)
+            // Reset the small prefix a plugin touches by rewriting it rather than handing the
+            // pages back to the kernel and faulting them in again on the next record.
+            .linear_memory_keep_resident(256 << 10);
         let mut config = Config::new();
         config
             .consume_fuel(true)
