@@ -4,6 +4,7 @@
 pub mod cli;
 pub mod clock;
 pub mod core;
+pub mod dispatcher;
 pub mod plugin;
 pub mod plugin_check;
 pub mod poller;

@@ -28,7 +28,7 @@ use crate::core::schedule::{Schedule, ScheduleError};
 use crate::plugin::{DEFAULT_PLUGIN, LoadedPlugin, PluginFault, PluginRuntime, PluginSettings};
 use crate::qad::{Filter, QadClient, QadConfig, QadError, RetryPolicy};
 use crate::secrets::Keyring;
-use crate::store::{EpisodeChange, NewAudit, NewEpisode, OpenRecord, PollTotals, RecordChange, Store, StoreError, Tenant};
+use crate::store::{EpisodeChange, NewAudit, NewEpisode, NewJob, OpenRecord, PollTotals, RecordChange, Store, StoreError, Tenant};
 
 pub const SECRET_QAD_USER: &str = "qad.username";
 pub const SECRET_QAD_PASSWORD: &str = "qad.password";
@@ -590,12 +590,20 @@ impl<'a> Cycle<'a> {
         if matches!(change, EpisodeChange::None) && seen.is_none() {
             return Ok(());
         }
+        // The alerts the plugin decided become jobs in the same transaction as the episode.
+        let jobs = match (&routing, &change) {
+            (Some(r), EpisodeChange::Open { opened } | EpisodeChange::Replace { opened, .. }) => {
+                send_jobs(&self.tenant.id, kind, &key, opened.episode, r, self.p.clock.now())
+            }
+            _ => Vec::new(),
+        };
         let record_change = RecordChange {
             kind,
             record_key: key.clone(),
             seen,
             episode: change.clone(),
             audit,
+            jobs,
         };
         let applied = self.p.store.apply(&self.tenant.id, &record_change, self.p.clock.now()).await?;
         let tenant = self.tenant.id.clone();
@@ -982,6 +990,30 @@ impl<'a> Cycle<'a> {
         self.supplier_person(&r.supplier, &mut out).await?;
         Ok(self.finish_people(out, missing))
     }
+}
+
+/// One send job per routed delivery, due after its delay; the key is the alert's identity.
+fn send_jobs(tenant: &str, kind: RecordKind, key: &str, episode: i64, routing: &Routing, now: DateTime<Utc>) -> Vec<NewJob> {
+    let routed = match routing {
+        Routing::Routed { routed, .. } => routed,
+        Routing::Fault {
+            fallback: Some(routed), ..
+        } => routed,
+        Routing::Fault { fallback: None, .. } => return Vec::new(),
+    };
+    routed
+        .iter()
+        .map(|r| {
+            let d = &r.delivery;
+            NewJob {
+                key: crate::core::dispatch::send_job_id(tenant, kind, key, episode, d.channel, &d.to.phone, d.escalation_step),
+                kind: "send".into(),
+                episode,
+                payload: serde_json::to_value(r).expect("plain data serialises"),
+                run_at: now + chrono::Duration::minutes(d.delay_minutes as i64),
+            }
+        })
+        .collect()
 }
 
 fn kind_of_row_error(e: &RowError) -> &'static str {

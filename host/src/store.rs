@@ -190,6 +190,61 @@ pub struct RecordChange {
     pub seen: Option<(String, Value)>,
     pub episode: EpisodeChange,
     pub audit: Vec<(String, Value)>,
+    /// Jobs to enqueue with the change (an alert's sends); a job key seen before is a no-op.
+    pub jobs: Vec<NewJob>,
+}
+
+/// A job to enqueue: its unique key, what it does, when it is due.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewJob {
+    pub key: String,
+    pub kind: String,
+    pub episode: i64,
+    pub payload: Value,
+    pub run_at: DateTime<Utc>,
+}
+
+/// A claimed job. `attempt` is the fencing token every later change must carry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Job {
+    pub id: i64,
+    pub key: String,
+    pub tenant: String,
+    pub kind: String,
+    pub record_kind: String,
+    pub record_key: String,
+    pub episode: i64,
+    pub payload: Value,
+    pub attempt: i64,
+    /// The previous attempt's outcome is unknown (a 5xx, a timeout, a worker that died):
+    /// find out whether it was sent before sending again.
+    pub reconcile: bool,
+    pub created_at: DateTime<Utc>,
+}
+
+/// How an attempt ends.
+#[derive(Debug, Clone, PartialEq)]
+pub enum JobEnd {
+    Done,
+    /// Will not work; not retried (a replay can revive it).
+    Failed,
+    /// Out of attempts.
+    Dead,
+    /// Sent or not, nobody can tell; left visible, not resent.
+    Unknown,
+    /// Try again at `run_at`; `reconcile` when this attempt's outcome is unknown.
+    Retry {
+        run_at: DateTime<Utc>,
+        reconcile: bool,
+    },
+}
+
+/// The tenant's Twilio account (its secrets are sealed apart).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TwilioAccount {
+    pub account_sid: String,
+    pub from: String,
+    pub base_url: String,
 }
 
 #[derive(Debug, Clone)]
@@ -596,6 +651,32 @@ impl Store {
                     .bind(tenant).bind(kind).bind(key).bind(episode_for_audit).bind(at).bind(event).bind(detail.to_string())
                     .execute(&mut *tx).await?;
             }
+            if let Some((episode, _)) = resolve {
+                // Sends and escalations not yet made are moot once the record is resolved.
+                let cancelled = sqlx::query("UPDATE jobs SET state = 'cancelled', updated_at = $5
+                             WHERE tenant_id = $1 AND record_kind = $2 AND record_key = $3 AND episode = $4 AND state = 'queued'")
+                    .bind(tenant).bind(kind).bind(key).bind(episode).bind(at).execute(&mut *tx).await?.rows_affected();
+                if cancelled > 0 {
+                    sqlx::query("INSERT INTO audit (tenant_id, kind, record_key, episode, at, event, detail) VALUES ($1, $2, $3, $4, $5, 'alerts_cancelled', $6)")
+                        .bind(tenant).bind(kind).bind(key).bind(episode).bind(at)
+                        .bind(serde_json::json!({"jobs": cancelled, "why": "the record was resolved"}).to_string())
+                        .execute(&mut *tx).await?;
+                }
+            }
+            for j in &change.jobs {
+                let added = sqlx::query(
+                    "INSERT INTO jobs (job_key, tenant_id, kind, record_kind, record_key, episode, payload, state, run_at, created_at, updated_at)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, 'queued', $8, $9, $9) ON CONFLICT (job_key) DO NOTHING",
+                )
+                .bind(&j.key).bind(tenant).bind(&j.kind).bind(kind).bind(key).bind(j.episode).bind(j.payload.to_string())
+                .bind(millis(j.run_at)).bind(at).execute(&mut *tx).await?.rows_affected();
+                if added == 1 {
+                    sqlx::query("INSERT INTO audit (tenant_id, kind, record_key, episode, at, event, detail) VALUES ($1, $2, $3, $4, $5, 'queued', $6)")
+                        .bind(tenant).bind(kind).bind(key).bind(j.episode).bind(at)
+                        .bind(serde_json::json!({"job": j.key, "due": j.run_at.to_rfc3339()}).to_string())
+                        .execute(&mut *tx).await?;
+                }
+            }
             applied
         });
         Ok(applied)
@@ -708,6 +789,111 @@ impl Store {
     pub async fn set_plugin_settings(&self, tenant: &str, settings_json: &str) -> Result<()> {
         on_pool!(self, p => { sqlx::query("UPDATE tenants SET plugin_settings = $2 WHERE id = $1").bind(tenant).bind(settings_json).execute(p).await?; });
         Ok(())
+    }
+
+    // ---- jobs -------------------------------------------------------------------------------
+
+    /// Claim up to `limit` due jobs for `worker`: queued ones whose time has come and running
+    /// ones whose lease expired (their worker died: the outcome of that attempt is unknown).
+    /// Each claim bumps `attempt`, the fencing token.
+    pub async fn claim_jobs(&self, worker: &str, now: DateTime<Utc>, lease: chrono::Duration, limit: i64) -> Result<Vec<Job>> {
+        let select = match self.backend {
+            Backend::Sqlite(_) => {
+                "SELECT id FROM jobs WHERE (state = 'queued' AND run_at <= $1) OR (state = 'running' AND lease_until < $1)
+                                  ORDER BY run_at, id LIMIT $4"
+            }
+            Backend::Postgres(_) => {
+                "SELECT id FROM jobs WHERE (state = 'queued' AND run_at <= $1) OR (state = 'running' AND lease_until < $1)
+                                    ORDER BY run_at, id LIMIT $4 FOR UPDATE SKIP LOCKED"
+            }
+        };
+        let sql = format!(
+            "UPDATE jobs SET reconcile = CASE WHEN state = 'running' THEN TRUE ELSE reconcile END,
+                 state = 'running', attempt = attempt + 1, lease_until = $2, worker = $3, updated_at = $1
+             WHERE id IN ({select})
+             RETURNING id, job_key, tenant_id, kind, record_kind, record_key, episode, payload, attempt, reconcile, created_at"
+        );
+        let rows = in_tx!(self, tx => {
+            sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
+                .bind(millis(now)).bind(millis(now + lease)).bind(worker).bind(limit)
+                .fetch_all(&mut *tx).await?
+                .into_iter()
+                .map(|r| Job {
+                    id: r.get(0), key: r.get(1), tenant: r.get(2), kind: r.get(3), record_kind: r.get(4), record_key: r.get(5),
+                    episode: r.get(6), payload: serde_json::from_str(&r.get::<String, _>(7)).unwrap_or(Value::Null),
+                    attempt: r.get(8), reconcile: r.get(9), created_at: from_millis(r.get(10)),
+                })
+                .collect::<Vec<_>>()
+        });
+        Ok(rows)
+    }
+
+    /// End an attempt and append its audit entry, atomically; false when a newer attempt
+    /// took the job over (this worker is fenced out and must not act on it).
+    pub async fn finish_job(&self, job: &Job, end: &JobEnd, event: &str, detail: &Value, now: DateTime<Utc>) -> Result<bool> {
+        let at = millis(now);
+        let (state, run_at, reconcile) = match end {
+            JobEnd::Done => ("done", None, false),
+            JobEnd::Failed => ("failed", None, false),
+            JobEnd::Dead => ("dead", None, false),
+            JobEnd::Unknown => ("unknown", None, false),
+            JobEnd::Retry { run_at, reconcile } => ("queued", Some(millis(*run_at)), *reconcile),
+        };
+        let updated = in_tx!(self, tx => {
+            let n = sqlx::query(
+                "UPDATE jobs SET state = $3, run_at = COALESCE($4, run_at), reconcile = $5, outcome = $6, lease_until = NULL, updated_at = $7
+                 WHERE id = $1 AND attempt = $2 AND state = 'running'",
+            )
+            .bind(job.id).bind(job.attempt).bind(state).bind(run_at).bind(reconcile).bind(detail.to_string()).bind(at)
+            .execute(&mut *tx).await?.rows_affected();
+            if n == 1 {
+                let mut d = detail.clone();
+                if let Value::Object(m) = &mut d {
+                    m.insert("job".into(), Value::String(job.key.clone()));
+                    m.insert("attempt".into(), Value::from(job.attempt));
+                }
+                sqlx::query("INSERT INTO audit (tenant_id, kind, record_key, episode, at, event, detail) VALUES ($1, $2, $3, $4, $5, $6, $7)")
+                    .bind(&job.tenant).bind(&job.record_kind).bind(&job.record_key).bind(job.episode).bind(at).bind(event).bind(d.to_string())
+                    .execute(&mut *tx).await?;
+            }
+            n == 1
+        });
+        Ok(updated)
+    }
+
+    /// Jobs of a tenant by state (state → count).
+    pub async fn job_counts(&self, tenant: &str) -> Result<HashMap<String, i64>> {
+        on_pool!(self, p => Ok(sqlx::query("SELECT state, COUNT(*) FROM jobs WHERE tenant_id = $1 GROUP BY state")
+            .bind(tenant).fetch_all(p).await?.into_iter().map(|r| (r.get::<String, _>(0), r.get::<i64, _>(1))).collect()))
+    }
+
+    /// (job key, state, attempt) of a tenant's jobs, oldest first.
+    pub async fn jobs(&self, tenant: &str) -> Result<Vec<(String, String, i64)>> {
+        on_pool!(self, p => Ok(sqlx::query("SELECT job_key, state, attempt FROM jobs WHERE tenant_id = $1 ORDER BY id")
+            .bind(tenant).fetch_all(p).await?.into_iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect()))
+    }
+
+    pub async fn suppress(&self, tenant: &str, phone: &str, reason: &str, now: DateTime<Utc>) -> Result<()> {
+        on_pool!(self, p => { sqlx::query("INSERT INTO suppressions (tenant_id, phone, reason, at) VALUES ($1, $2, $3, $4) ON CONFLICT (tenant_id, phone) DO NOTHING")
+            .bind(tenant).bind(phone).bind(reason).bind(millis(now)).execute(p).await?; });
+        Ok(())
+    }
+
+    pub async fn is_suppressed(&self, tenant: &str, phone: &str) -> Result<bool> {
+        on_pool!(self, p => Ok(sqlx::query("SELECT 1 FROM suppressions WHERE tenant_id = $1 AND phone = $2")
+            .bind(tenant).bind(phone).fetch_optional(p).await?.is_some()))
+    }
+
+    pub async fn set_twilio_account(&self, tenant: &str, a: &TwilioAccount) -> Result<()> {
+        on_pool!(self, p => { sqlx::query("UPDATE tenants SET twilio_account_sid = $2, twilio_from = $3, twilio_base_url = $4 WHERE id = $1")
+            .bind(tenant).bind(&a.account_sid).bind(&a.from).bind(&a.base_url).execute(p).await?; });
+        Ok(())
+    }
+
+    pub async fn twilio_account(&self, tenant: &str) -> Result<TwilioAccount> {
+        let r = on_pool!(self, p => sqlx::query("SELECT twilio_account_sid, twilio_from, twilio_base_url FROM tenants WHERE id = $1")
+            .bind(tenant).fetch_optional(p).await?.map(|r| TwilioAccount { account_sid: r.get(0), from: r.get(1), base_url: r.get(2) }));
+        r.ok_or_else(|| StoreError::NoSuchTenant(tenant.into()))
     }
 
     /// Test and maintenance hook: the raw SQL engine, for checks no API should offer.

@@ -3,6 +3,7 @@
 mod cli;
 mod client;
 mod conformance;
+mod dispatch;
 mod plugins;
 mod poll;
 mod store;

@@ -1,0 +1,290 @@
+//! The durable send queue and the dispatcher: each alert sent once, whatever Twilio answers.
+
+use std::collections::HashMap;
+
+use chrono::Duration;
+use ml_connector::core::model::RecordKind;
+use ml_connector::dispatcher::{Dispatcher, SECRET_TWILIO_API_KEY_SECRET, SECRET_TWILIO_API_KEY_SID, SECRET_TWILIO_AUTH_TOKEN};
+use ml_connector::secrets::SecretString;
+use ml_connector::store::{EpisodeChange, JobEnd, NewJob, RecordChange, TwilioAccount};
+use ml_connector::twilio_sandbox::{TwilioFaults, TwilioSandbox, TwilioSandboxConfig};
+use ml_connector_tests::{Harness, engines, harness, morning};
+use serde_json::json;
+
+async fn with_twilio(h: &Harness) -> (TwilioSandbox, Dispatcher) {
+    let sb = TwilioSandbox::new(TwilioSandboxConfig::default());
+    let (base, _task) = sb.clone().spawn("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let c = sb.config();
+    let s = &h.db.store;
+    s.set_twilio_account(
+        &h.tenant.id,
+        &TwilioAccount {
+            account_sid: c.account_sid.clone(),
+            from: "+13125550100".into(),
+            base_url: base,
+        },
+    )
+    .await
+    .unwrap();
+    for (f, v) in [
+        (SECRET_TWILIO_API_KEY_SID, &c.api_key_sid),
+        (SECRET_TWILIO_API_KEY_SECRET, &c.api_key_secret),
+        (SECRET_TWILIO_AUTH_TOKEN, &c.auth_token),
+    ] {
+        s.set_secret(&h.keys, &h.tenant.id, f, &SecretString::new(v.clone()), morning())
+            .await
+            .unwrap();
+    }
+    // Callbacks go nowhere yet (the webhook side is its own issue): a closed port.
+    let d = Dispatcher::new(
+        s.clone(),
+        h.keys.clone(),
+        reqwest::Client::new(),
+        h.clock.clone(),
+        "http://127.0.0.1:9",
+    );
+    (sb, d)
+}
+
+/// Run the dispatcher until nothing is due now, moving the clock past every retry (never
+/// as far as the hour-later escalations).
+async fn drain(h: &Harness, d: &Dispatcher) {
+    for _ in 0..300 {
+        if d.run_once().await.unwrap() == 0 {
+            let retrying =
+                h.db.store
+                    .jobs(&h.tenant.id)
+                    .await
+                    .unwrap()
+                    .iter()
+                    .any(|(_, st, attempt)| st == "queued" && *attempt > 0);
+            if !retrying {
+                return;
+            }
+            h.clock.advance(Duration::minutes(3));
+        }
+    }
+    panic!("the queue did not drain");
+}
+
+#[tokio::test]
+async fn enqueueing_twice_is_a_no_op_and_a_late_worker_is_fenced_out() {
+    for engine in engines() {
+        let h = harness(engine).await;
+        let s = &h.db.store;
+        let job = NewJob {
+            key: "send/t/x/1".into(),
+            kind: "send".into(),
+            episode: 1,
+            payload: json!({}),
+            run_at: morning(),
+        };
+        for _ in 0..2 {
+            let change = RecordChange {
+                kind: RecordKind::PurchaseOrder,
+                record_key: "PO1".into(),
+                seen: None,
+                episode: EpisodeChange::None,
+                audit: vec![],
+                jobs: vec![job.clone()],
+            };
+            s.apply(&h.tenant.id, &change, morning()).await.unwrap();
+        }
+        assert_eq!(s.jobs(&h.tenant.id).await.unwrap().len(), 1, "{engine}");
+        let first = s.claim_jobs("w1", morning(), Duration::seconds(30), 10).await.unwrap();
+        assert_eq!((first.len(), first[0].attempt, first[0].reconcile), (1, 1, false));
+        assert!(
+            s.claim_jobs("w2", morning(), Duration::seconds(30), 10).await.unwrap().is_empty(),
+            "leased"
+        );
+        // w1 dies; its lease expires; w2 takes the job over, and must reconcile first.
+        let later = morning() + Duration::seconds(31);
+        let second = s.claim_jobs("w2", later, Duration::seconds(30), 10).await.unwrap();
+        assert_eq!((second[0].attempt, second[0].reconcile), (2, true), "{engine}");
+        // w1 comes back late: fenced out, changes nothing.
+        assert!(!s.finish_job(&first[0], &JobEnd::Done, "sent", &json!({}), later).await.unwrap());
+        assert!(
+            s.finish_job(&second[0], &JobEnd::Done, "sent", &json!({"sid": "SM1"}), later)
+                .await
+                .unwrap()
+        );
+        assert_eq!(s.jobs(&h.tenant.id).await.unwrap()[0].1, "done");
+        let trail = s.audit_trail(&h.tenant.id, "purchase_order", "PO1").await.unwrap();
+        let events: Vec<&str> = trail.iter().map(|e| e.event.as_str()).collect();
+        assert_eq!(events, ["queued", "sent"], "{engine}: the fenced attempt left no trace");
+    }
+}
+
+#[tokio::test]
+async fn every_alert_the_plugin_decided_is_sent_once_and_a_second_poll_sends_nothing() {
+    for engine in engines() {
+        let h = harness(engine).await;
+        let (sb, d) = with_twilio(&h).await;
+        h.poller.poll(&h.tenant.id, "test").await.unwrap();
+        let jobs = h.db.store.jobs(&h.tenant.id).await.unwrap();
+        let now: Vec<_> = jobs.iter().filter(|(k, _, _)| k.ends_with("/0")).collect();
+        assert!(now.len() > 30);
+        drain(&h, &d).await;
+        let st = sb.stats();
+        assert_eq!(
+            (st.messages_created + st.calls_created) as usize,
+            now.len(),
+            "{engine}: one Twilio create per alert due now"
+        );
+        h.clock.advance(Duration::minutes(5));
+        h.poller.poll(&h.tenant.id, "test").await.unwrap();
+        drain(&h, &d).await;
+        let after = sb.stats();
+        assert_eq!(
+            after.messages_created + after.calls_created,
+            st.messages_created + st.calls_created,
+            "{engine}: nothing sent twice"
+        );
+        let trail =
+            h.db.store
+                .audit_trail(&h.tenant.id, "purchase_order", &h.qad.sandbox.story().pending_approval[0])
+                .await
+                .unwrap();
+        assert!(
+            trail
+                .iter()
+                .any(|e| e.event == "sent" && e.detail["sid"].as_str().is_some_and(|s| s.starts_with("CA") || s.starts_with("SM")))
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_429_storm_still_sends_every_alert_once() {
+    let h = harness("sqlite").await;
+    let (sb, d) = with_twilio(&h).await;
+    sb.set_faults(TwilioFaults {
+        throttle_share: 0.33,
+        retry_after: Some(2),
+        ..Default::default()
+    });
+    h.poller.poll(&h.tenant.id, "test").await.unwrap();
+    let due =
+        h.db.store
+            .jobs(&h.tenant.id)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|(k, _, _)| k.ends_with("/0"))
+            .count();
+    drain(&h, &d).await;
+    let st = sb.stats();
+    assert!(st.throttled > 5, "the storm happened: {st:?}");
+    assert_eq!((st.messages_created + st.calls_created) as usize, due);
+    let mut per_recipient: HashMap<(String, String), usize> = HashMap::new();
+    for m in sb.messages().into_iter().chain(sb.calls()) {
+        *per_recipient.entry((m.to, m.body)).or_default() += 1;
+    }
+    assert!(per_recipient.values().all(|n| *n == 1), "no alert twice");
+}
+
+#[tokio::test]
+async fn an_unknown_outcome_is_reconciled_before_anything_is_sent_again() {
+    let h = harness("sqlite").await;
+    let (sb, d) = with_twilio(&h).await;
+    // Every create answers 503 but was processed: the messages exist.
+    sb.set_faults(TwilioFaults {
+        fail_share: 1.0,
+        fail_processed: true,
+        ..Default::default()
+    });
+    h.poller.poll(&h.tenant.id, "test").await.unwrap();
+    d.run_once().await.unwrap();
+    let after_storm = sb.stats();
+    sb.set_faults(TwilioFaults::default());
+    h.clock.advance(Duration::minutes(6));
+    drain(&h, &d).await;
+    let end = sb.stats();
+    assert_eq!(
+        end.messages_created, after_storm.messages_created,
+        "SMS found in Twilio's list were not sent again"
+    );
+    let counts = h.db.store.job_counts(&h.tenant.id).await.unwrap();
+    assert!(
+        counts.get("unknown").copied().unwrap_or(0) > 0,
+        "calls whose outcome is unknown stay visible: {counts:?}"
+    );
+    let trail =
+        h.db.store
+            .audit_trail(&h.tenant.id, "supplier_invoice", &h.qad.sandbox.story().missing_receipt[0])
+            .await
+            .unwrap();
+    assert!(trail.iter().any(|e| e.event == "outcome_unknown"));
+    assert!(trail.iter().any(|e| e.event == "sent" && e.detail["reconciled"].is_string()));
+}
+
+#[tokio::test]
+async fn an_opted_out_number_is_suppressed_and_never_texted_again() {
+    let h = harness("sqlite").await;
+    let (_sb, d) = with_twilio(&h).await;
+    let routed = |step: u8| {
+        json!({"delivery": {"to": {"role": "buyer", "name": "B", "source": "x", "phone": "+15005550004"}, "channel": "sms", "delay_minutes": 0, "escalation_step": step},
+               "message": {"channel": "sms", "body": "hello"}})
+    };
+    for step in [0, 1] {
+        let change = RecordChange {
+            kind: RecordKind::PurchaseOrder,
+            record_key: "PO9".into(),
+            seen: None,
+            episode: EpisodeChange::None,
+            audit: vec![],
+            jobs: vec![NewJob {
+                key: format!("send/x/{step}"),
+                kind: "send".into(),
+                episode: 1,
+                payload: routed(step),
+                run_at: morning(),
+            }],
+        };
+        h.db.store.apply(&h.tenant.id, &change, morning()).await.unwrap();
+        d.run_once().await.unwrap();
+    }
+    assert!(h.db.store.is_suppressed(&h.tenant.id, "+15005550004").await.unwrap());
+    let events: Vec<String> =
+        h.db.store
+            .audit_trail(&h.tenant.id, "purchase_order", "PO9")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.event)
+            .collect();
+    assert_eq!(events, ["queued", "send_failed", "queued", "send_skipped"]);
+}
+
+#[tokio::test]
+async fn escalations_wait_and_are_cancelled_when_the_record_resolves() {
+    let h = harness("sqlite").await;
+    let (sb, d) = with_twilio(&h).await;
+    h.poller.poll(&h.tenant.id, "test").await.unwrap();
+    drain(&h, &d).await;
+    let st = h.qad.sandbox.story();
+    let voucher = &st.missing_receipt[0];
+    let escalation =
+        h.db.store
+            .jobs(&h.tenant.id)
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|(k, _, _)| k.contains(voucher.as_str()) && k.ends_with("/1"));
+    let (_, state, _) = escalation.expect("a critical invoice escalates to a call");
+    assert_eq!(state, "queued", "not due for an hour");
+    h.qad.control("receipts", json!({"po": st.invoice_po[voucher]})).await;
+    h.clock.advance(Duration::minutes(5));
+    h.poller.poll(&h.tenant.id, "test").await.unwrap();
+    h.clock.advance(Duration::minutes(90));
+    d.run_once().await.unwrap();
+    let jobs = h.db.store.jobs(&h.tenant.id).await.unwrap();
+    let (_, state, _) = jobs
+        .iter()
+        .find(|(k, _, _)| k.contains(voucher.as_str()) && k.ends_with("/1"))
+        .unwrap();
+    assert_eq!(state, "cancelled");
+    let trail = h.db.store.audit_trail(&h.tenant.id, "supplier_invoice", voucher).await.unwrap();
+    assert!(trail.iter().any(|e| e.event == "alerts_cancelled"));
+    let voucher_calls = sb.calls().iter().filter(|c| c.body.contains(voucher.as_str())).count();
+    assert_eq!(voucher_calls, 0, "the escalation call for the resolved invoice was never placed");
+}
