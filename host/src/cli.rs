@@ -13,6 +13,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use tokio::sync::watch;
 
 use crate::clock::{Clock, SystemClock};
+use crate::dispatcher::Dispatcher;
 use crate::plugin::PluginRuntime;
 use crate::poller::Poller;
 use crate::qad_sandbox::{QadSandbox, SandboxConfig, data};
@@ -107,6 +108,9 @@ pub enum Command {
         /// Seconds between polls of the example tenant.
         #[arg(long, default_value_t = 20)]
         poll_every: u64,
+        /// The public base URL Twilio calls back.
+        #[arg(long, env = "ML_CONNECTOR_PUBLIC_URL", default_value = "http://127.0.0.1:8080")]
+        public_url: String,
     },
     /// Production: poll every tenant on its schedule.
     Serve {
@@ -117,6 +121,9 @@ pub enum Command {
         /// Where compiled plugins are cached between runs.
         #[arg(long, env = "ML_CONNECTOR_PLUGIN_CACHE_DIR")]
         plugin_cache: Option<PathBuf>,
+        /// The public base URL Twilio calls back; webhook signatures are checked against it.
+        #[arg(long, env = "ML_CONNECTOR_PUBLIC_URL", default_value = "http://127.0.0.1:8080")]
+        public_url: String,
     },
     /// Plugins: check one before shipping it.
     #[command(subcommand)]
@@ -178,7 +185,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{n} credentials re-sealed under master key {}", keys.current_key_id());
         }
         Command::Plugin(PluginCommand::Check { file, config }) => crate::plugin_check::run(&file, &config).await?,
-        Command::Serve { db, keys, plugin_cache } => {
+        Command::Serve {
+            db,
+            keys,
+            plugin_cache,
+            public_url,
+        } => {
             let keys = Arc::new(keys.keyring()?);
             let store = Store::connect(&db.database_url).await.context("connecting to the database")?;
             store.migrate().await.context("applying migrations")?;
@@ -186,18 +198,22 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let plugins = Arc::new(PluginRuntime::new(Some(
                 plugin_cache.unwrap_or_else(crate::plugin::default_cache_dir),
             ))?);
-            let poller = Poller::new(store.clone(), keys, http, Arc::new(SystemClock), plugins);
+            let poller = Poller::new(store.clone(), keys.clone(), http.clone(), Arc::new(SystemClock), plugins);
+            let dispatcher = Dispatcher::new(store.clone(), keys, http, Arc::new(SystemClock), &public_url);
             let scheduler = Scheduler::new(poller);
             let (stop_tx, stop_rx) = watch::channel(false);
             let task = tokio::spawn({
                 let s = scheduler.clone();
-                async move { s.run(stop_rx).await }
+                let stop = stop_rx.clone();
+                async move { s.run(stop).await }
             });
+            let sender = tokio::spawn(async move { dispatcher.run(stop_rx).await });
             tracing::info!(engine = store.engine(), "ml-connector serving");
             crate::shutdown_signal().await;
             tracing::info!("shutting down: letting polls under way finish");
             let _ = stop_tx.send(true);
             let _ = task.await;
+            let _ = sender.await;
             store.close().await;
         }
         Command::Sandbox {
@@ -205,9 +221,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             database_url,
             qad_addr,
             poll_every,
+            public_url,
         } => {
             crate::sandbox::run(crate::sandbox::SandboxOptions {
                 once,
+                public_url,
                 database_url,
                 qad_addr,
                 poll_every_seconds: poll_every,

@@ -43,6 +43,8 @@ pub struct Dispatcher {
     pub worker: String,
     pub lease: chrono::Duration,
     pub batch: i64,
+    /// Where delivery events go (the poller's channel, so one listener sees everything).
+    pub events: Option<tokio::sync::broadcast::Sender<crate::poller::Event>>,
     slots: Arc<Mutex<HashMap<String, Arc<Semaphore>>>>,
 }
 
@@ -57,6 +59,7 @@ impl Dispatcher {
             worker: format!("{}-{}", std::process::id(), uuid::Uuid::new_v4().simple()),
             lease: chrono::Duration::seconds(60),
             batch: 64,
+            events: None,
             slots: Arc::default(),
         }
     }
@@ -118,6 +121,16 @@ impl Dispatcher {
     async fn finish(&self, job: &Job, end: JobEnd, event: &str, detail: Value) -> Result<(), StoreError> {
         if !self.store.finish_job(job, &end, event, &detail, self.clock.now()).await? {
             tracing::warn!(job = %job.key, attempt = job.attempt, "fenced out: a newer attempt owns this job");
+            return Ok(());
+        }
+        if let Some(tx) = &self.events {
+            let _ = tx.send(crate::poller::Event::Delivery {
+                tenant: job.tenant.clone(),
+                record_kind: job.record_kind.clone(),
+                record_key: job.record_key.clone(),
+                event: event.to_string(),
+                detail,
+            });
         }
         Ok(())
     }

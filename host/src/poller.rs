@@ -76,6 +76,14 @@ pub enum Event {
         tenant: String,
         error: String,
     },
+    /// A send job ended an attempt: `event` is its audit event (sent, send_failed, throttled…).
+    Delivery {
+        tenant: String,
+        record_kind: String,
+        record_key: String,
+        event: String,
+        detail: Value,
+    },
     PollFinished {
         tenant: String,
         poll_id: i64,

@@ -17,18 +17,22 @@ use crate::core::people::People;
 use crate::core::profile::{MappingProfile, PersonRef, Roles};
 use crate::core::routing::{Channel, Message, Routed};
 use crate::core::schedule::ScheduleSpec;
+use crate::dispatcher::{Dispatcher, SECRET_TWILIO_API_KEY_SECRET, SECRET_TWILIO_API_KEY_SID, SECRET_TWILIO_AUTH_TOKEN};
 use crate::plugin::{LAKESHORE_PLUGIN, PluginRuntime, PluginSettings, sha256_hex};
 use crate::poller::{Event, Poller, Routing, SECRET_QAD_PASSWORD, SECRET_QAD_USER};
 use crate::qad_sandbox::{QadSandbox, SandboxConfig};
 use crate::scheduler::Scheduler;
 use crate::secrets::{Keyring, SecretString, generate_master_key};
-use crate::store::{Store, Tenant};
+use crate::store::{Store, Tenant, TwilioAccount};
+use crate::twilio_sandbox::{TwilioSandbox, TwilioSandboxConfig};
 
 pub const EXAMPLE_TENANT: &str = "lakeshore";
 pub const EXAMPLE_TIME_ZONE: &str = "America/Chicago";
 
 pub struct SandboxOptions {
     pub once: bool,
+    /// Where Twilio's callbacks are told to go.
+    pub public_url: String,
     pub database_url: Option<String>,
     pub qad_addr: SocketAddr,
     pub poll_every_seconds: u64,
@@ -92,6 +96,33 @@ pub async fn install_example_plugin(store: &Store, runtime: &PluginRuntime, tena
     };
     store.set_plugin_settings(tenant, &serde_json::to_string(&settings)?).await?;
     Ok(version)
+}
+
+/// Point a tenant at a Twilio account (the sandbox's, here): account, number, sealed keys.
+pub async fn connect_twilio(
+    store: &Store,
+    keys: &Keyring,
+    tenant: &str,
+    cfg: &TwilioSandboxConfig,
+    base_url: &str,
+    now: DateTime<Utc>,
+) -> anyhow::Result<()> {
+    let account = TwilioAccount {
+        account_sid: cfg.account_sid.clone(),
+        from: "+13125550100".into(),
+        base_url: base_url.into(),
+    };
+    store.set_twilio_account(tenant, &account).await?;
+    for (field, value) in [
+        (SECRET_TWILIO_API_KEY_SID, &cfg.api_key_sid),
+        (SECRET_TWILIO_API_KEY_SECRET, &cfg.api_key_secret),
+        (SECRET_TWILIO_AUTH_TOKEN, &cfg.auth_token),
+    ] {
+        store
+            .set_secret(keys, tenant, field, &SecretString::new(value.clone()), now)
+            .await?;
+    }
+    Ok(())
 }
 
 fn routed_line(r: &Routed) -> String {
@@ -169,6 +200,27 @@ pub fn event_line(e: &Event) -> String {
         Event::Updated { summary, urgency, .. } => format!("updated         {} {summary}", urgency_tag(*urgency)),
         Event::Resolved { kind, key, cause, .. } => format!("resolved                 {} {key}: {cause}", kind.label()),
         Event::RowError { error, .. } => format!("malformed row            {error}"),
+        Event::Delivery {
+            record_kind,
+            record_key,
+            event,
+            detail,
+            ..
+        } => {
+            let kind = crate::core::model::RecordKind::parse(record_kind)
+                .map(|k| k.label())
+                .unwrap_or("record");
+            let how = format!(
+                "{} to {}",
+                detail["channel"].as_str().unwrap_or("?"),
+                detail["to"].as_str().unwrap_or("?")
+            );
+            let extra = match event.as_str() {
+                "sent" => detail["sid"].as_str().unwrap_or("").to_string(),
+                _ => detail["error"].as_str().or(detail["why"].as_str()).unwrap_or("").to_string(),
+            };
+            format!("{:<24} {how} about {kind} {record_key} {extra}", event.replace('_', " "))
+        }
         Event::PollFinished {
             tenant,
             poll_id,
@@ -231,21 +283,43 @@ pub async fn run(opts: SandboxOptions) -> anyhow::Result<()> {
         tenant.id, tenant.name, opts.poll_every_seconds
     );
 
+    let twilio = TwilioSandbox::new(TwilioSandboxConfig::default());
+    let (twilio_base, _twilio_task) = twilio.clone().spawn("127.0.0.1:0".parse().expect("an address")).await?;
+    connect_twilio(&store, &keys, &tenant.id, &twilio.config(), &twilio_base, now).await?;
+    println!("  Twilio sandbox {twilio_base}  (account {})", twilio.config().account_sid);
     let runtime = Arc::new(PluginRuntime::new(Some(crate::plugin::default_cache_dir()))?);
     let version = install_example_plugin(&store, &runtime, &tenant.id, now).await?;
     println!("  plugin        the example customer plugin (plugins/lakeshore), version {version}\n");
     let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?;
     let poller = Poller::new(store.clone(), keys, http.clone(), clock, runtime);
     let printer = tokio::spawn(print_events(poller.events.subscribe()));
+    let mut dispatcher = Dispatcher::new(
+        store.clone(),
+        poller.keys.clone(),
+        http.clone(),
+        poller.clock.clone(),
+        &opts.public_url,
+    );
+    dispatcher.events = Some(poller.events.clone());
     let scheduler = Scheduler::new(poller.clone());
     let first = scheduler.poll_now(EXAMPLE_TENANT, "sandbox").await?;
     if opts.once {
+        // Every alert due now goes out (escalations stay scheduled for later).
+        while dispatcher.run_once().await? > 0 {}
         tokio::time::sleep(Duration::from_millis(50)).await;
         printer.abort();
         let open = store.attention(EXAMPLE_TENANT, Some("open")).await?;
+        let jobs = store.job_counts(EXAMPLE_TENANT).await?;
+        let n = |s: &str| jobs.get(s).copied().unwrap_or(0);
+        let st = twilio.stats();
         println!(
-            "\nsummary: {} records need a person; {} malformed rows recorded in the audit trail",
+            "\nsummary: {} records need a person; {} alerts sent ({} SMS, {} calls), {} failed for a recorded reason, {} escalations scheduled; {} malformed rows recorded in the audit trail",
             open.len(),
+            n("done"),
+            st.messages_created,
+            st.calls_created,
+            n("failed") + n("dead"),
+            n("queued"),
             first.totals.row_errors
         );
         store.close().await;
@@ -264,8 +338,10 @@ pub async fn run(opts: SandboxOptions) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let loop_task = tokio::spawn({
         let s = scheduler.clone();
-        async move { s.run(stop_rx).await }
+        let stop = stop_rx.clone();
+        async move { s.run(stop).await }
     });
+    let dispatch_task = tokio::spawn(async move { dispatcher.run(stop_rx).await });
     tokio::spawn(async move {
         tokio::time::sleep(Duration::from_secs(5)).await;
         if let Some((voucher, po)) = story.missing_receipt.first().and_then(|v| story.invoice_po.get_key_value(v)) {
@@ -289,6 +365,7 @@ pub async fn run(opts: SandboxOptions) -> anyhow::Result<()> {
     crate::shutdown_signal().await;
     let _ = stop_tx.send(true);
     let _ = loop_task.await;
+    let _ = dispatch_task.await;
     printer.abort();
     store.close().await;
     Ok(())

@@ -73,10 +73,17 @@ fn sandbox_once_runs_a_full_poll_cycle_and_summarises() {
     assert!(ok, "{out}\n{err}");
     let needs = out.lines().filter(|l| l.starts_with("needs attention")).count();
     assert!(needs > 30, "{out}");
+    let sent = out.lines().filter(|l| l.starts_with("sent ")).count();
     assert!(
-        out.contains(&format!(
-            "summary: {needs} records need a person; 2 malformed rows recorded in the audit trail"
-        )),
+        sent >= needs,
+        "every record's alerts went out: {sent} sent for {needs} records\n{out}"
+    );
+    assert!(
+        out.contains(&format!("summary: {needs} records need a person; {sent} alerts sent (")),
+        "{out}"
+    );
+    assert!(
+        out.contains("0 failed for a recorded reason") && out.contains("2 malformed rows recorded in the audit trail"),
         "{out}"
     );
     assert!(out.contains("malformed row            supplier invoice SI-79901"), "{out}");
