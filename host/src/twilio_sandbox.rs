@@ -386,11 +386,11 @@ async fn create_message(
     }
     if let Some((resp, processed)) = sb.fault() {
         if processed {
-            record_message(&sb, to, from.unwrap_or(""), text, one(&form, "StatusCallback"));
+            record(&sb, Resource::Message, to, from.unwrap_or(""), text, one(&form, "StatusCallback"));
         }
         return resp;
     }
-    let m = record_message(&sb, to, from.unwrap_or(""), text, one(&form, "StatusCallback"));
+    let m = record(&sb, Resource::Message, to, from.unwrap_or(""), text, one(&form, "StatusCallback"));
     let s = sb.lock();
     let body = json!({
         "account_sid": s.cfg.account_sid, "api_version": "2010-04-01", "body": m.body, "date_created": m.date_created,
@@ -403,38 +403,72 @@ async fn create_message(
     (StatusCode::CREATED, Json(body)).into_response()
 }
 
-fn record_message(sb: &TwilioSandbox, to: &str, from: &str, body: &str, callback: Option<&str>) -> Created {
-    let m = Created {
-        sid: sb.new_sid("SM"),
+#[derive(Clone, Copy)]
+enum Resource {
+    Message,
+    Call,
+}
+
+/// Keep a created message or call, count it, and play its status callbacks.
+fn record(sb: &TwilioSandbox, res: Resource, to: &str, from: &str, body: &str, callback: Option<&str>) -> Created {
+    let c = Created {
+        sid: sb.new_sid(match res {
+            Resource::Message => "SM",
+            Resource::Call => "CA",
+        }),
         to: to.into(),
         from: from.into(),
         body: body.into(),
         status_callback: callback.map(String::from),
         date_created: rfc2822_now(),
     };
-    {
+    let account = {
         let mut s = sb.lock();
-        s.stats.messages_created += 1;
-        s.messages.push(m.clone());
-    }
-    let account = sb.lock().cfg.account_sid.clone();
-    let statuses = ["sent", "delivered"]
-        .iter()
-        .map(|st| {
-            vec![
-                ("AccountSid".to_string(), account.clone()),
-                ("ApiVersion".to_string(), "2010-04-01".to_string()),
-                ("From".to_string(), m.from.clone()),
-                ("MessageSid".to_string(), m.sid.clone()),
-                ("MessageStatus".to_string(), st.to_string()),
-                ("SmsSid".to_string(), m.sid.clone()),
-                ("SmsStatus".to_string(), st.to_string()),
-                ("To".to_string(), m.to.clone()),
-            ]
-        })
-        .collect();
-    sb.play_callbacks(m.status_callback.clone(), statuses);
-    m
+        match res {
+            Resource::Message => {
+                s.stats.messages_created += 1;
+                s.messages.push(c.clone());
+            }
+            Resource::Call => {
+                s.stats.calls_created += 1;
+                s.calls.push(c.clone());
+            }
+        }
+        s.cfg.account_sid.clone()
+    };
+    let common = |status_key: &str, status: &str| {
+        vec![
+            ("AccountSid".to_string(), account.clone()),
+            ("ApiVersion".to_string(), "2010-04-01".to_string()),
+            ("From".to_string(), c.from.clone()),
+            (status_key.to_string(), status.to_string()),
+            ("To".to_string(), c.to.clone()),
+        ]
+    };
+    let statuses = match res {
+        Resource::Message => ["sent", "delivered"]
+            .iter()
+            .map(|st| {
+                let mut p = common("MessageStatus", st);
+                p.extend([("MessageSid".into(), c.sid.clone()), ("SmsSid".into(), c.sid.clone()), ("SmsStatus".into(), st.to_string())]);
+                p
+            })
+            .collect(),
+        Resource::Call => ["initiated", "ringing", "in-progress", "completed"]
+            .iter()
+            .enumerate()
+            .map(|(i, st)| {
+                let mut p = common("CallStatus", st);
+                p.extend([("CallSid".into(), c.sid.clone()), ("SequenceNumber".into(), i.to_string()), ("Timestamp".into(), rfc2822_now())]);
+                if *st == "completed" {
+                    p.push(("CallDuration".into(), "23".into()));
+                }
+                p
+            })
+            .collect(),
+    };
+    sb.play_callbacks(c.status_callback.clone(), statuses);
+    c
 }
 
 async fn create_call(
@@ -475,11 +509,11 @@ async fn create_call(
     }
     if let Some((resp, processed)) = sb.fault() {
         if processed {
-            record_call(&sb, to, from, twiml, one(&form, "StatusCallback"));
+            record(&sb, Resource::Call, to, from, twiml, one(&form, "StatusCallback"));
         }
         return resp;
     }
-    let c = record_call(&sb, to, from, twiml, one(&form, "StatusCallback"));
+    let c = record(&sb, Resource::Call, to, from, twiml, one(&form, "StatusCallback"));
     let s = sb.lock();
     let body = json!({
         "account_sid": s.cfg.account_sid, "api_version": "2010-04-01", "date_created": c.date_created, "date_updated": c.date_created,
@@ -487,45 +521,6 @@ async fn create_call(
         "uri": format!("/2010-04-01/Accounts/{}/Calls/{}.json", s.cfg.account_sid, c.sid)
     });
     (StatusCode::CREATED, Json(body)).into_response()
-}
-
-fn record_call(sb: &TwilioSandbox, to: &str, from: &str, twiml: &str, callback: Option<&str>) -> Created {
-    let c = Created {
-        sid: sb.new_sid("CA"),
-        to: to.into(),
-        from: from.into(),
-        body: twiml.into(),
-        status_callback: callback.map(String::from),
-        date_created: rfc2822_now(),
-    };
-    {
-        let mut s = sb.lock();
-        s.stats.calls_created += 1;
-        s.calls.push(c.clone());
-    }
-    let account = sb.lock().cfg.account_sid.clone();
-    let statuses = ["initiated", "ringing", "in-progress", "completed"]
-        .iter()
-        .enumerate()
-        .map(|(i, st)| {
-            let mut p = vec![
-                ("AccountSid".to_string(), account.clone()),
-                ("ApiVersion".to_string(), "2010-04-01".to_string()),
-                ("CallSid".to_string(), c.sid.clone()),
-                ("CallStatus".to_string(), st.to_string()),
-                ("From".to_string(), c.from.clone()),
-                ("SequenceNumber".to_string(), i.to_string()),
-                ("Timestamp".to_string(), rfc2822_now()),
-                ("To".to_string(), c.to.clone()),
-            ];
-            if *st == "completed" {
-                p.push(("CallDuration".to_string(), "23".to_string()));
-            }
-            p
-        })
-        .collect();
-    sb.play_callbacks(c.status_callback.clone(), statuses);
-    c
 }
 
 async fn list_messages(
