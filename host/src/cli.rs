@@ -20,6 +20,7 @@ use crate::qad_sandbox::{QadSandbox, SandboxConfig, data};
 use crate::scheduler::Scheduler;
 use crate::secrets::{Keyring, generate_master_key};
 use crate::store::Store;
+use crate::twilio_sandbox::{TwilioSandbox, TwilioSandboxConfig};
 
 #[derive(Debug, Parser)]
 #[command(name = "ml-connector", version, about = "Alerts people through Twilio when QAD records need them")]
@@ -142,6 +143,11 @@ pub enum Command {
         #[command(flatten)]
         keys: KeyArgs,
     },
+    /// The Twilio emulator alone, for integrators' own tests.
+    TwilioSandbox {
+        #[arg(long, default_value = "127.0.0.1:8602")]
+        addr: SocketAddr,
+    },
     /// The QAD emulator alone, for integrators' own tests.
     QadSandbox {
         #[arg(long, default_value = "127.0.0.1:8601")]
@@ -231,6 +237,22 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 poll_every_seconds: poll_every,
             })
             .await?;
+        }
+        Command::TwilioSandbox { addr } => {
+            let sandbox = TwilioSandbox::new(TwilioSandboxConfig::default());
+            let c = sandbox.config();
+            let (base, task) = sandbox.spawn(addr).await?;
+            println!("Twilio sandbox on {base}");
+            // Fixed sandbox credentials, public by design (they open nothing but this emulator).
+            println!(
+                "account {}  API key {} / {}  Auth Token {}",
+                c.account_sid, c.api_key_sid, c.api_key_secret, c.auth_token
+            );
+            println!("numbers {}; control surface: {base}/_sandbox/stats", c.numbers.join(", "));
+            tokio::select! {
+                _ = task => {}
+                _ = crate::shutdown_signal() => {}
+            }
         }
         Command::QadSandbox {
             addr,

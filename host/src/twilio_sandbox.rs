@@ -450,7 +450,11 @@ fn record(sb: &TwilioSandbox, res: Resource, to: &str, from: &str, body: &str, c
             .iter()
             .map(|st| {
                 let mut p = common("MessageStatus", st);
-                p.extend([("MessageSid".into(), c.sid.clone()), ("SmsSid".into(), c.sid.clone()), ("SmsStatus".into(), st.to_string())]);
+                p.extend([
+                    ("MessageSid".into(), c.sid.clone()),
+                    ("SmsSid".into(), c.sid.clone()),
+                    ("SmsStatus".into(), st.to_string()),
+                ]);
                 p
             })
             .collect(),
@@ -459,7 +463,11 @@ fn record(sb: &TwilioSandbox, res: Resource, to: &str, from: &str, body: &str, c
             .enumerate()
             .map(|(i, st)| {
                 let mut p = common("CallStatus", st);
-                p.extend([("CallSid".into(), c.sid.clone()), ("SequenceNumber".into(), i.to_string()), ("Timestamp".into(), rfc2822_now())]);
+                p.extend([
+                    ("CallSid".into(), c.sid.clone()),
+                    ("SequenceNumber".into(), i.to_string()),
+                    ("Timestamp".into(), rfc2822_now()),
+                ]);
                 if *st == "completed" {
                     p.push(("CallDuration".into(), "23".into()));
                 }
