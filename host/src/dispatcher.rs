@@ -198,24 +198,23 @@ impl Dispatcher {
         let mut audit_dup = None;
         if job.reconcile {
             match (&routed.message, routed.delivery.channel) {
-                (Message::Sms { body }, Channel::Sms) => match client
-                    .list_messages(&to, &from, &job.created_at.format("%Y-%m-%d").to_string())
-                    .await
-                {
-                    Ok(found) => {
-                        if let Some(m) = found.iter().find(|m| &m.body == body) {
-                            return self
-                                .finish(
-                                    job,
-                                    JobEnd::Done,
-                                    "sent",
-                                    json!({"sid": m.sid, "to": to, "channel": "sms", "reconciled": "found in Twilio's message list"}),
-                                )
-                                .await;
+                (Message::Sms { body }, Channel::Sms) => {
+                    match client.list_messages(&to, &from, job.created_at - chrono::Duration::days(1)).await {
+                        Ok(found) => {
+                            if let Some(m) = found.iter().find(|m| &m.body == body) {
+                                return self
+                                    .finish(
+                                        job,
+                                        JobEnd::Done,
+                                        "sent",
+                                        json!({"sid": m.sid, "to": to, "channel": "sms", "reconciled": "found in Twilio's message list"}),
+                                    )
+                                    .await;
+                            }
                         }
+                        Err(e) => audit_dup = Some(e),
                     }
-                    Err(e) => audit_dup = Some(e),
-                },
+                }
                 // Calls cannot be matched up reliably: an unknown call stays unknown, visible.
                 _ => {
                     return self

@@ -146,14 +146,16 @@ impl TwilioClient {
         self.create("Calls.json", &call.form()).await
     }
 
-    /// Messages sent to `to` from `from` on or after `date` (YYYY-MM-DD): how a send whose
-    /// outcome is unknown is reconciled. One page of 1,000 is plenty for one recipient.
-    pub async fn list_messages(&self, to: &str, from: &str, date: &str) -> Result<Vec<ListedMessage>, String> {
+    /// Messages sent to `to` from `from` after `since`: how a send whose outcome is unknown is
+    /// reconciled. One page of 1,000 is plenty for one recipient. (The OpenAPI file types
+    /// `DateSent>` as a date-time, so an RFC 3339 instant is sent, not a bare date.)
+    pub async fn list_messages(&self, to: &str, from: &str, since: chrono::DateTime<chrono::Utc>) -> Result<Vec<ListedMessage>, String> {
+        let date = since.format("%Y-%m-%dT%H:%M:%SZ").to_string();
         let resp = self
             .http
             .get(self.url("Messages.json"))
             .basic_auth(&self.cfg.api_key_sid, Some(self.cfg.api_key_secret.expose()))
-            .query(&[("To", to), ("From", from), ("DateSent>", date), ("PageSize", "1000")])
+            .query(&[("To", to), ("From", from), ("DateSent>", date.as_str()), ("PageSize", "1000")])
             .send()
             .await
             .map_err(|e| format!("no answer from Twilio: {e}"))?;

@@ -80,6 +80,17 @@ pub struct TwilioStats {
     pub callbacks_sent: u64,
 }
 
+/// A request as it arrived, for checking against the OpenAPI file by an independent validator.
+#[derive(Debug, Clone, Serialize)]
+pub struct RawRequest {
+    pub method: String,
+    pub path: String,
+    pub query: String,
+    pub authorization: String,
+    pub content_type: String,
+    pub body: String,
+}
+
 /// A message or call the sandbox created.
 #[derive(Debug, Clone, Serialize)]
 pub struct Created {
@@ -97,6 +108,7 @@ struct Inner {
     stats: TwilioStats,
     messages: Vec<Created>,
     calls: Vec<Created>,
+    requests: Vec<RawRequest>,
     rng: StdRng,
     next: u64,
 }
@@ -144,6 +156,7 @@ impl TwilioSandbox {
                 stats: TwilioStats::default(),
                 messages: Vec::new(),
                 calls: Vec::new(),
+                requests: Vec::new(),
                 rng: StdRng::seed_from_u64(7),
                 next: 0,
             })),
@@ -166,6 +179,21 @@ impl TwilioSandbox {
     }
     pub fn calls(&self) -> Vec<Created> {
         self.lock().calls.clone()
+    }
+    /// Every request received, as it arrived.
+    pub fn raw_requests(&self) -> Vec<RawRequest> {
+        self.lock().requests.clone()
+    }
+    fn keep(&self, method: &str, path: String, query: Option<&str>, headers: &HeaderMap, body: &[u8]) {
+        let h = |k: &str| headers.get(k).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+        self.lock().requests.push(RawRequest {
+            method: method.into(),
+            path,
+            query: query.unwrap_or("").into(),
+            authorization: h("authorization"),
+            content_type: h("content-type"),
+            body: String::from_utf8_lossy(body).into_owned(),
+        });
     }
     pub fn set_faults(&self, f: TwilioFaults) {
         self.lock().faults = f;
@@ -336,6 +364,13 @@ async fn create_message(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
+    sb.keep(
+        "POST",
+        format!("/2010-04-01/Accounts/{account}/Messages.json"),
+        None,
+        &headers,
+        &body,
+    );
     if let Err(r) = sb.admit(&account, &headers) {
         return r;
     }
@@ -485,6 +520,7 @@ async fn create_call(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
+    sb.keep("POST", format!("/2010-04-01/Accounts/{account}/Calls.json"), None, &headers, &body);
     if let Err(r) = sb.admit(&account, &headers) {
         return r;
     }
@@ -537,6 +573,13 @@ async fn list_messages(
     headers: HeaderMap,
     RawQuery(q): RawQuery,
 ) -> Response {
+    sb.keep(
+        "GET",
+        format!("/2010-04-01/Accounts/{account}/Messages.json"),
+        q.as_deref(),
+        &headers,
+        &[],
+    );
     if let Err(r) = sb.admit(&account, &headers) {
         return r;
     }

@@ -219,6 +219,68 @@ async fn every_error_class_is_told_apart() {
     ));
     // Reconciliation: the list shows what reached Twilio for a recipient.
     sb.set_faults(TwilioFaults::default());
-    let listed = good.list_messages("+13125550120", "+13125550100", "2000-01-01").await.unwrap();
+    let listed = good
+        .list_messages("+13125550120", "+13125550100", ml_connector_tests::morning())
+        .await
+        .unwrap();
     assert_eq!(listed.len(), 1, "only the processed 503 created a message to this number");
+}
+
+/// Every request the host sent, judged by openapi-core against twilio_api_v2010.yaml.
+fn judge(requests: &[ml_connector::twilio_sandbox::RawRequest]) -> Vec<String> {
+    use std::io::Write;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let spec = root.join("../shared/specs/twilio/twilio_api_v2010.yaml");
+    let mut child = std::process::Command::new("python3")
+        .arg(root.join("tests/openapi_check.py"))
+        .arg(&spec)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 with openapi-core (cargo xtask test installs it)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(serde_json::to_string(requests).unwrap().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).lines().map(String::from).collect()
+}
+
+#[tokio::test]
+async fn every_request_the_host_sends_is_valid_against_twilios_openapi_file() {
+    let (sb, base) = sandbox().await;
+    let c = client(&sb, &base, &sb.config().api_key_secret);
+    let cb = "https://hooks.example.com/twilio/lakeshore/messages/status?delivery=1";
+    assert!(matches!(c.send_sms(&sms("+13125550120", cb)).await, SendOutcome::Accepted { .. }));
+    let twiml = ml_connector::core::twiml::voice(
+        "Purchase order PO1 & more",
+        &[],
+        "https://hooks.example.com/twilio/lakeshore/calls/gather?delivery=2",
+    );
+    let call = Call {
+        to: "+13125550140".into(),
+        from: "+13125550100".into(),
+        twiml,
+        status_callback: "https://hooks.example.com/twilio/lakeshore/calls/status?delivery=2".into(),
+    };
+    assert!(matches!(c.place_call(&call).await, SendOutcome::Accepted { .. }));
+    c.list_messages("+13125550120", "+13125550100", ml_connector_tests::morning())
+        .await
+        .unwrap();
+    let sent = sb.raw_requests();
+    assert_eq!(sent.len(), 3);
+    let verdicts = judge(&sent);
+    assert_eq!(verdicts, ["ok", "ok", "ok"], "{sent:#?}");
+    // The validator is not a rubber stamp: a request without `To` is invalid.
+    let mut bad = sent[0].clone();
+    bad.body = "From=%2B13125550100&Body=hello".into();
+    let v = judge(&[bad]);
+    assert!(
+        v[0].starts_with("invalid:") && v[0].contains("'To' is a required property"),
+        "{v:?}"
+    );
 }
