@@ -125,6 +125,9 @@ pub enum Command {
         /// The public base URL Twilio calls back; webhook signatures are checked against it.
         #[arg(long, env = "ML_CONNECTOR_PUBLIC_URL", default_value = "http://127.0.0.1:8080")]
         public_url: String,
+        /// How long a worker holds a job before another may take it over.
+        #[arg(long, env = "ML_CONNECTOR_JOB_LEASE_SECONDS", default_value_t = 60)]
+        job_lease_seconds: u64,
     },
     /// Plugins: check one before shipping it.
     #[command(subcommand)]
@@ -196,6 +199,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             keys,
             plugin_cache,
             public_url,
+            job_lease_seconds,
         } => {
             let keys = Arc::new(keys.keyring()?);
             let store = Store::connect(&db.database_url).await.context("connecting to the database")?;
@@ -205,7 +209,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 plugin_cache.unwrap_or_else(crate::plugin::default_cache_dir),
             ))?);
             let poller = Poller::new(store.clone(), keys.clone(), http.clone(), Arc::new(SystemClock), plugins);
-            let dispatcher = Dispatcher::new(store.clone(), keys, http, Arc::new(SystemClock), &public_url);
+            let mut dispatcher = Dispatcher::new(store.clone(), keys, http, Arc::new(SystemClock), &public_url);
+            dispatcher.lease = chrono::Duration::seconds(job_lease_seconds as i64);
             let scheduler = Scheduler::new(poller);
             let (stop_tx, stop_rx) = watch::channel(false);
             let task = tokio::spawn({

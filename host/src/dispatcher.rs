@@ -43,6 +43,10 @@ pub struct Dispatcher {
     pub worker: String,
     pub lease: chrono::Duration,
     pub batch: i64,
+    /// Test hook: abort the process right after every n-th answer from Twilio, before it is
+    /// recorded (`ML_CONNECTOR_FAULT_ABORT_AFTER_SEND=n`): the worst moment to die.
+    pub abort_after_send: Option<u64>,
+    sends: Arc<std::sync::atomic::AtomicU64>,
     /// Where delivery events go (the poller's channel, so one listener sees everything).
     pub events: Option<tokio::sync::broadcast::Sender<crate::poller::Event>>,
     slots: Arc<Mutex<HashMap<String, Arc<Semaphore>>>>,
@@ -59,6 +63,11 @@ impl Dispatcher {
             worker: format!("{}-{}", std::process::id(), uuid::Uuid::new_v4().simple()),
             lease: chrono::Duration::seconds(60),
             batch: 64,
+            abort_after_send: std::env::var("ML_CONNECTOR_FAULT_ABORT_AFTER_SEND")
+                .ok()
+                .and_then(|n| n.parse().ok())
+                .filter(|n| *n > 0),
+            sends: Arc::default(),
             events: None,
             slots: Arc::default(),
         }
@@ -246,6 +255,12 @@ impl Dispatcher {
                     .await
             }
         };
+        if let Some(n) = self.abort_after_send
+            && self.sends.fetch_add(1, std::sync::atomic::Ordering::SeqCst) % n == n - 1
+        {
+            eprintln!("fault hook: aborting between Twilio's answer and its commit ({})", job.key);
+            std::process::abort();
+        }
         let channel = routed.delivery.channel;
         let base = json!({"to": to, "channel": channel});
         let with = |extra: Value| {

@@ -288,3 +288,95 @@ async fn escalations_wait_and_are_cancelled_when_the_record_resolves() {
     let voucher_calls = sb.calls().iter().filter(|c| c.body.contains(voucher.as_str())).count();
     assert_eq!(voucher_calls, 0, "the escalation call for the resolved invoice was never placed");
 }
+
+#[tokio::test]
+async fn killing_the_host_between_a_post_and_its_commit_never_doubles_an_alert() {
+    use ml_connector::sandbox::{connect_twilio, example_tenant, provision_example};
+    use ml_connector::secrets::{Keyring, generate_master_key};
+    use ml_connector::store::Store;
+    use ml_connector_tests::{Qad, TempDir, binary};
+
+    let qad = Qad::start().await;
+    let twilio = TwilioSandbox::new(TwilioSandboxConfig::default());
+    let (twilio_base, _t) = twilio.clone().spawn("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let dir = TempDir::new("crash");
+    let url = format!("sqlite://{}", dir.0.join("crash.db").display());
+    let key = generate_master_key();
+    let keys = Keyring::new(&key, &[]).unwrap();
+    let store = Store::connect(&url).await.unwrap();
+    store.migrate().await.unwrap();
+    let tenant = example_tenant(&qad.base, &qad.config, 2);
+    let now = chrono::Utc::now();
+    provision_example(&store, &keys, &tenant, &qad.config, now).await.unwrap();
+    connect_twilio(&store, &keys, &tenant.id, &twilio.config(), &twilio_base, now)
+        .await
+        .unwrap();
+
+    let finished = |jobs: &[(String, String, i64)]| {
+        !jobs.is_empty()
+            && jobs
+                .iter()
+                .filter(|(k, _, _)| k.ends_with("/0"))
+                .all(|(_, st, _)| ["done", "failed", "unknown", "dead"].contains(&st.as_str()))
+    };
+    let (mut aborts, mut kills) = (0, 0);
+    for round in 0..60 {
+        let mut child = tokio::process::Command::new(binary())
+            .arg("serve")
+            .env("ML_CONNECTOR_DATABASE_URL", &url)
+            .env("ML_CONNECTOR_MASTER_KEY", &key)
+            .env("ML_CONNECTOR_LOG", "error")
+            .env("ML_CONNECTOR_JOB_LEASE_SECONDS", "1")
+            .env("ML_CONNECTOR_FAULT_ABORT_AFTER_SEND", "7")
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        // Every third round, SIGKILL from outside at an arbitrary moment as well.
+        let limit = if round % 3 == 2 {
+            std::time::Duration::from_millis(150 + 97 * round as u64 % 400)
+        } else {
+            std::time::Duration::from_secs(8)
+        };
+        match tokio::time::timeout(limit, child.wait()).await {
+            Ok(status) => {
+                assert!(!status.unwrap().success(), "serve only stops here by aborting");
+                aborts += 1;
+            }
+            Err(_) => {
+                child.kill().await.unwrap();
+                kills += 1;
+            }
+        }
+        if finished(&store.jobs(&tenant.id).await.unwrap()) {
+            break;
+        }
+    }
+    let jobs = store.jobs(&tenant.id).await.unwrap();
+    assert!(finished(&jobs), "every alert due now reached a final state: {jobs:?}");
+    assert!(
+        aborts >= 3,
+        "the fault hook fired between POSTs and their commits ({aborts} aborts, {kills} kills)"
+    );
+    let mut created: HashMap<(String, String), usize> = HashMap::new();
+    for m in twilio.messages().into_iter().chain(twilio.calls()) {
+        *created.entry((m.to, m.body)).or_default() += 1;
+    }
+    let doubled: Vec<_> = created.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(doubled.is_empty(), "alerts created twice at Twilio: {doubled:?}");
+    let done = jobs.iter().filter(|(_, st, _)| st == "done").count();
+    let unknown = jobs.iter().filter(|(_, st, _)| st == "unknown").count();
+    // Each alert: exactly one accepted POST (done), or one whose outcome stays visibly unknown.
+    assert_eq!(created.len(), done + unknown, "jobs: {jobs:?}");
+    let mut reconciled = 0;
+    for a in store.attention(&tenant.id, None).await.unwrap() {
+        let trail = store.audit_trail(&tenant.id, &a.kind, &a.record_key).await.unwrap();
+        reconciled += trail
+            .iter()
+            .filter(|e| e.event == "sent" && e.detail["reconciled"].is_string())
+            .count();
+    }
+    assert!(
+        reconciled + unknown > 0,
+        "sends cut off by a crash were recovered by reconciliation (or left visibly unknown), not resent"
+    );
+}
