@@ -151,7 +151,18 @@ impl Poller {
             })?;
         let default = self.plugins.load(DEFAULT_PLUGIN).expect("the embedded default plugin loads");
         let (label, plugin) = match self.store.active_plugin(&tenant.id).await? {
-            Some((version, sha, wasm)) => (format!("v{version} ({})", &sha[..12.min(sha.len())]), self.plugins.load(&wasm)),
+            Some((version, sha)) => {
+                let label = format!("v{version} ({})", &sha[..12.min(sha.len())]);
+                // The bytes are read from the store only the first time this host meets them.
+                let plugin = match self.plugins.cached(&sha) {
+                    Some(p) => Ok(p),
+                    None => {
+                        let wasm = self.store.plugin_wasm(&tenant.id, version).await?.unwrap_or_default();
+                        self.plugins.load(&wasm)
+                    }
+                };
+                (label, plugin)
+            }
             None => ("default".to_string(), Ok(default.clone())),
         };
         Ok(Router {
@@ -522,9 +533,14 @@ impl<'a> Cycle<'a> {
                 )
             }
         };
-        let supplier_name = self.address(&supplier).await?.map(|a| a.name).unwrap_or_default();
-        let summary = |a: &Attention| attention::summary(kind, &key, &supplier_name, amount.as_ref().map(|(v, c)| (*v, c.as_str())), a);
         let transition = episode::transition(open.as_ref(), needed.as_ref().map(|a| (a, &people)));
+        // The supplier's name only matters for what a person will read.
+        let supplier_name = if matches!(transition, Transition::Open | Transition::Update { .. } | Transition::Replace) {
+            self.address(&supplier).await?.map(|a| a.name).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        let summary = |a: &Attention| attention::summary(kind, &key, &supplier_name, amount.as_ref().map(|(v, c)| (*v, c.as_str())), a);
         let mut audit = Vec::new();
         let mut routing = None;
         let opening = |a: Attention, episode: i64, audit: &mut Vec<(String, Value)>| {
@@ -1036,9 +1052,4 @@ fn kind_of_row_error(e: &RowError) -> &'static str {
         "supplier contact" => "supplier_contact",
         _ => "employee",
     }
-}
-
-/// When a tenant's last poll started, for the scheduler.
-pub fn last_started(polls: &[crate::store::PollRow]) -> Option<DateTime<Utc>> {
-    polls.first().map(|p| p.started_at)
 }

@@ -10,7 +10,7 @@ use thiserror::Error;
 use tokio::sync::{Notify, watch};
 
 use crate::core::schedule::Schedule;
-use crate::poller::{PollError, PollReport, Poller, last_started};
+use crate::poller::{PollError, PollReport, Poller};
 
 #[derive(Debug, Error)]
 pub enum PollNowError {
@@ -87,7 +87,7 @@ impl Scheduler {
                             }
                         };
                         let last = match self.poller.store.polls(&t.id, 1).await {
-                            Ok(p) => last_started(&p),
+                            Ok(p) => p.first().map(|p| p.started_at),
                             Err(e) => {
                                 tracing::warn!(tenant = %t.id, error = %e, "poll history unreadable");
                                 continue;

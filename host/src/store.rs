@@ -772,11 +772,17 @@ impl Store {
         Ok(())
     }
 
-    /// The tenant's active plugin: version, content hash and bytes; None for the default.
-    pub async fn active_plugin(&self, tenant: &str) -> Result<Option<(i64, String, Vec<u8>)>> {
+    /// The tenant's active plugin: version and content hash; None for the default.
+    pub async fn active_plugin(&self, tenant: &str) -> Result<Option<(i64, String)>> {
         on_pool!(self, p => Ok(sqlx::query(
-            "SELECT p.version, p.sha256, p.wasm FROM tenants t JOIN plugins p ON p.tenant_id = t.id AND p.version = t.active_plugin WHERE t.id = $1",
-        ).bind(tenant).fetch_optional(p).await?.map(|r| (r.get(0), r.get(1), r.get(2)))))
+            "SELECT p.version, p.sha256 FROM tenants t JOIN plugins p ON p.tenant_id = t.id AND p.version = t.active_plugin WHERE t.id = $1",
+        ).bind(tenant).fetch_optional(p).await?.map(|r| (r.get(0), r.get(1)))))
+    }
+
+    /// A plugin version's bytes (read only when the runtime has not compiled it yet).
+    pub async fn plugin_wasm(&self, tenant: &str, version: i64) -> Result<Option<Vec<u8>>> {
+        on_pool!(self, p => Ok(sqlx::query("SELECT wasm FROM plugins WHERE tenant_id = $1 AND version = $2")
+            .bind(tenant).bind(version).fetch_optional(p).await?.map(|r| r.get(0))))
     }
 
     /// The tenant's plugin settings as stored (JSON text).

@@ -286,11 +286,16 @@ impl PluginRuntime {
         })
     }
 
+    /// A plugin already compiled and checked, by content hash.
+    pub fn cached(&self, sha256: &str) -> Option<Arc<LoadedPlugin>> {
+        self.loaded.lock().unwrap_or_else(|p| p.into_inner()).get(sha256).cloned()
+    }
+
     /// Compile (or take from the caches) and check a plugin. The bytes are untrusted.
     pub fn load(&self, wasm: &[u8]) -> Result<Arc<LoadedPlugin>, PluginFault> {
         let sha = sha256_hex(wasm);
-        if let Some(p) = self.loaded.lock().unwrap_or_else(|p| p.into_inner()).get(&sha) {
-            return Ok(p.clone());
+        if let Some(p) = self.cached(&sha) {
+            return Ok(p);
         }
         let wrong = |m: String| PluginFault::new(FaultKind::WrongWorld, "load", m);
         let component = self.read_cached(&sha).map(Ok).unwrap_or_else(|| {
