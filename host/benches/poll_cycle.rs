@@ -76,6 +76,10 @@ struct Figures {
 }
 
 async fn measure(sb: &Sandbox, today: chrono::NaiveDate) -> Figures {
+    // One runtime with the default plugin compiled, as in a running host: a cold compile is
+    // not part of a poll cycle.
+    let plugins = Arc::new(ml_connector::plugin::PluginRuntime::new(None).unwrap());
+    plugins.load(ml_connector::plugin::DEFAULT_PLUGIN).unwrap();
     let mut samples = Vec::new();
     for run in 0..RUNS {
         let dir = std::env::temp_dir().join(format!("mlc-bench-{}-{run}", std::process::id()));
