@@ -94,13 +94,12 @@ async fn measure(sb: &Sandbox, today: chrono::NaiveDate) -> Figures {
         for stream in ["receipts", "purchase_orders", "invoices"] {
             store.set_cursor(&tenant.id, stream, &today.to_string(), now).await.unwrap();
         }
-        let plugins = Arc::new(ml_connector::plugin::PluginRuntime::new(None).unwrap());
         let poller = Poller::new(
             store.clone(),
             keys,
             reqwest::Client::new(),
             Arc::new(ManualClock::new(now)),
-            plugins,
+            plugins.clone(),
         );
         let (t0, c0) = (Instant::now(), cpu_time());
         let report = poller.poll(&tenant.id, "bench").await.unwrap();

@@ -14,6 +14,7 @@ use tokio::sync::watch;
 
 use crate::clock::{Clock, SystemClock};
 use crate::dispatcher::Dispatcher;
+use crate::inbox::Inbox;
 use crate::plugin::PluginRuntime;
 use crate::poller::Poller;
 use crate::qad_sandbox::{QadSandbox, SandboxConfig, data};
@@ -21,6 +22,7 @@ use crate::scheduler::Scheduler;
 use crate::secrets::{Keyring, generate_master_key};
 use crate::store::Store;
 use crate::twilio_sandbox::{TwilioSandbox, TwilioSandboxConfig};
+use crate::webhooks::WebhookServer;
 
 #[derive(Debug, Parser)]
 #[command(name = "ml-connector", version, about = "Alerts people through Twilio when QAD records need them")]
@@ -109,9 +111,12 @@ pub enum Command {
         /// Seconds between polls of the example tenant.
         #[arg(long, default_value_t = 20)]
         poll_every: u64,
-        /// The public base URL Twilio calls back.
-        #[arg(long, env = "ML_CONNECTOR_PUBLIC_URL", default_value = "http://127.0.0.1:8080")]
-        public_url: String,
+        /// The public base URL Twilio calls back (default: the HTTP address).
+        #[arg(long, env = "ML_CONNECTOR_PUBLIC_URL")]
+        public_url: Option<String>,
+        /// Where the host takes Twilio's webhooks (port 0: any free port).
+        #[arg(long, env = "ML_CONNECTOR_HTTP_ADDR", default_value = "127.0.0.1:8080")]
+        http_addr: SocketAddr,
     },
     /// Production: poll every tenant on its schedule.
     Serve {
@@ -128,6 +133,9 @@ pub enum Command {
         /// How long a worker holds a job before another may take it over.
         #[arg(long, env = "ML_CONNECTOR_JOB_LEASE_SECONDS", default_value_t = 60)]
         job_lease_seconds: u64,
+        /// Twilio webhooks, health and metrics.
+        #[arg(long, env = "ML_CONNECTOR_HTTP_ADDR", default_value = "127.0.0.1:8080")]
+        http_addr: SocketAddr,
     },
     /// Plugins: check one before shipping it.
     #[command(subcommand)]
@@ -200,6 +208,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             plugin_cache,
             public_url,
             job_lease_seconds,
+            http_addr,
         } => {
             let keys = Arc::new(keys.keyring()?);
             let store = Store::connect(&db.database_url).await.context("connecting to the database")?;
@@ -211,12 +220,22 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let poller = Poller::new(store.clone(), keys.clone(), http.clone(), Arc::new(SystemClock), plugins);
             let mut dispatcher = Dispatcher::new(store.clone(), keys, http, Arc::new(SystemClock), &public_url);
             dispatcher.lease = chrono::Duration::seconds(job_lease_seconds as i64);
+            let inbox = Inbox::new(poller.clone());
+            let (bound, _http_task) = WebhookServer::new(inbox.clone(), &public_url)
+                .spawn(http_addr)
+                .await
+                .with_context(|| format!("binding the HTTP address {http_addr}"))?;
+            tracing::info!(%bound, public_url, "webhooks, health and readiness on HTTP");
             let scheduler = Scheduler::new(poller);
             let (stop_tx, stop_rx) = watch::channel(false);
             let task = tokio::spawn({
                 let s = scheduler.clone();
                 let stop = stop_rx.clone();
                 async move { s.run(stop).await }
+            });
+            let intake = tokio::spawn({
+                let stop = stop_rx.clone();
+                async move { inbox.run(stop).await }
             });
             let sender = tokio::spawn(async move { dispatcher.run(stop_rx).await });
             tracing::info!(engine = store.engine(), "ml-connector serving");
@@ -225,6 +244,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let _ = stop_tx.send(true);
             let _ = task.await;
             let _ = sender.await;
+            let _ = intake.await;
             store.close().await;
         }
         Command::Sandbox {
@@ -233,10 +253,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             qad_addr,
             poll_every,
             public_url,
+            http_addr,
         } => {
             crate::sandbox::run(crate::sandbox::SandboxOptions {
                 once,
                 public_url,
+                http_addr,
                 database_url,
                 qad_addr,
                 poll_every_seconds: poll_every,

@@ -20,7 +20,7 @@ use crate::core::dispatch::{SendOutcome, retry_delay};
 use crate::core::routing::{Channel, Message, Routed};
 use crate::core::twiml;
 use crate::secrets::Keyring;
-use crate::store::{Job, JobEnd, Store, StoreError};
+use crate::store::{Job, JobEnd, Sent, Store, StoreError};
 use crate::twilio::{Call, Sms, TwilioClient, TwilioConfig};
 
 pub const SECRET_TWILIO_API_KEY_SID: &str = "twilio.api_key_sid";
@@ -31,6 +31,15 @@ pub const SECRET_TWILIO_AUTH_TOKEN: &str = "twilio.auth_token";
 pub const MAX_ATTEMPTS: i64 = 8;
 /// Concurrent Twilio requests per tenant (Twilio answers 429 past its own limit).
 pub const PER_TENANT_CONCURRENCY: usize = 16;
+
+/// A confirmation of an answer: an SMS of its own, to the person who answered.
+#[derive(Debug, serde::Deserialize)]
+struct Confirmation {
+    to: String,
+    #[serde(default)]
+    from: String,
+    body: String,
+}
 
 #[derive(Clone)]
 pub struct Dispatcher {
@@ -128,7 +137,15 @@ impl Dispatcher {
     }
 
     async fn finish(&self, job: &Job, end: JobEnd, event: &str, detail: Value) -> Result<(), StoreError> {
-        if !self.store.finish_job(job, &end, event, &detail, self.clock.now()).await? {
+        self.finish_with(job, end, event, detail, None).await
+    }
+
+    async fn finish_sent(&self, job: &Job, detail: Value, sent: &Sent) -> Result<(), StoreError> {
+        self.finish_with(job, JobEnd::Done, "sent", detail, Some(sent)).await
+    }
+
+    async fn finish_with(&self, job: &Job, end: JobEnd, event: &str, detail: Value, sent: Option<&Sent>) -> Result<(), StoreError> {
+        if !self.store.finish_send(job, &end, event, &detail, sent, self.clock.now()).await? {
             tracing::warn!(job = %job.key, attempt = job.attempt, "fenced out: a newer attempt owns this job");
             return Ok(());
         }
@@ -142,6 +159,67 @@ impl Dispatcher {
             });
         }
         Ok(())
+    }
+
+    /// A QAD write-back: a comment on the record, or an approval decision. Transient QAD
+    /// failures are retried with back-off; a refusal (`success:false`) is recorded, not retried.
+    async fn process_qad(&self, job: &Job) -> Result<(), StoreError> {
+        let tenant = self.store.tenant(&job.tenant).await?;
+        let client = match crate::poller::qad_client(&self.store, &self.keys, &self.http, crate::qad::RetryPolicy::default(), &tenant).await
+        {
+            Ok(c) => c,
+            Err(crate::poller::PollError::Store(e)) => return Err(e),
+            Err(e) => {
+                return self
+                    .finish(job, JobEnd::Failed, "qad_write_failed", json!({"error": e.to_string()}))
+                    .await;
+            }
+        };
+        let p = &job.payload;
+        let (path, body, what) = if job.kind == "qad_comment" {
+            (
+                "/api/erp/transactionComments",
+                json!({"transactionComments": [{"domainCode": tenant.qad_domain, "referenceType": p["reference_type"], "referenceNumber": p["number"],
+                                                 "commentText": p["text"], "commentDate": p["date"]}]}),
+                "comment",
+            )
+        } else {
+            (
+                "/api/erp/purchaseOrderApprovals",
+                json!({"purchaseOrderApprovals": [{"domainCode": tenant.qad_domain, "purchaseOrderNumber": p["po"], "action": p["action"],
+                                                    "approver": p["approver"], "comment": p["comment"]}]}),
+                "decision",
+            )
+        };
+        match client.write(path, &body).await {
+            Ok(()) => {
+                let detail = json!({"what": what, "text": p["text"], "action": p["action"]});
+                self.finish(job, JobEnd::Done, "qad_written", detail).await
+            }
+            Err(e) if e.is_transient() && job.attempt < MAX_ATTEMPTS => {
+                let run_at = self.retry_at(job, None);
+                self.finish(
+                    job,
+                    JobEnd::Retry { run_at, reconcile: false },
+                    "qad_write_retrying",
+                    json!({"what": what, "error": e.to_string(), "retry_at": run_at.to_rfc3339()}),
+                )
+                .await
+            }
+            Err(e) if e.is_transient() => {
+                self.finish(job, JobEnd::Dead, "dead", json!({"what": what, "error": e.to_string()}))
+                    .await
+            }
+            Err(e) => {
+                self.finish(
+                    job,
+                    JobEnd::Failed,
+                    "qad_write_failed",
+                    json!({"what": what, "error": e.to_string()}),
+                )
+                .await
+            }
+        }
     }
 
     async fn client(&self, tenant: &str) -> Result<Option<(TwilioClient, String)>, StoreError> {
@@ -169,8 +247,23 @@ impl Dispatcher {
     }
 
     async fn process(&self, job: &Job) -> Result<(), StoreError> {
-        let routed: Routed = match serde_json::from_value(job.payload.clone()) {
-            Ok(r) => r,
+        if matches!(job.kind.as_str(), "qad_comment" | "qad_decision") {
+            return self.process_qad(job).await;
+        }
+        // A send carries the plugin's delivery and words; a confirmation only its words.
+        let parsed = match job.kind.as_str() {
+            "confirm" => serde_json::from_value::<Confirmation>(job.payload.clone()).map(|c| {
+                (
+                    Channel::Sms,
+                    c.to,
+                    Message::Sms { body: c.body },
+                    Some(c.from).filter(|f| !f.is_empty()),
+                )
+            }),
+            _ => serde_json::from_value::<Routed>(job.payload.clone()).map(|r| (r.delivery.channel, r.delivery.to.phone, r.message, None)),
+        };
+        let (channel, to, message, from_override) = match parsed {
+            Ok(p) => p,
             Err(e) => {
                 return self
                     .finish(
@@ -182,7 +275,7 @@ impl Dispatcher {
                     .await;
             }
         };
-        let Some((client, from)) = self.client(&job.tenant).await? else {
+        let Some((client, tenant_from)) = self.client(&job.tenant).await? else {
             return self
                 .finish(
                     job,
@@ -192,33 +285,52 @@ impl Dispatcher {
                 )
                 .await;
         };
-        let to = routed.delivery.to.phone.clone();
-        if routed.delivery.channel == Channel::Sms && self.store.is_suppressed(&job.tenant, &to).await? {
-            return self
-                .finish(
-                    job,
-                    JobEnd::Failed,
-                    "send_skipped",
-                    json!({"to": to, "why": "the number opted out of this tenant's SMS"}),
-                )
-                .await;
+        let from = from_override.unwrap_or(tenant_from);
+        let mut note = None;
+        if self.store.is_suppressed(&job.tenant, &to).await? {
+            let (_, call_opted_out) = self.store.answer_settings(&job.tenant).await?;
+            if channel == Channel::Sms || !call_opted_out {
+                return self
+                    .finish(
+                        job,
+                        JobEnd::Failed,
+                        "send_skipped",
+                        json!({"to": to, "channel": channel, "why": "the number opted out of this tenant's SMS"}),
+                    )
+                    .await;
+            }
+            note = Some("the number opted out of SMS; the tenant's setting lets calls through (STOP blocks messages only)");
         }
         let callback = |path: &str| format!("{}/twilio/{}/{path}?delivery={}", self.public_url, job.tenant, job.id);
         let mut audit_dup = None;
+        // A status callback that carried this job's id proves the unknown send was made.
+        if job.reconcile
+            && let Some((Some(sid), _)) = self.store.delivery(job.id).await?
+        {
+            let sent = Sent {
+                sid: sid.clone(),
+                channel,
+                to: to.clone(),
+                from: from.clone(),
+            };
+            let detail = json!({"sid": sid, "to": to, "channel": channel, "reconciled": "its status callback arrived"});
+            return self.finish_sent(job, detail, &sent).await;
+        }
         if job.reconcile {
-            match (&routed.message, routed.delivery.channel) {
+            match (&message, channel) {
                 (Message::Sms { body }, Channel::Sms) => {
                     match client.list_messages(&to, &from, job.created_at - chrono::Duration::days(1)).await {
                         Ok(found) => {
                             if let Some(m) = found.iter().find(|m| &m.body == body) {
-                                return self
-                                    .finish(
-                                        job,
-                                        JobEnd::Done,
-                                        "sent",
-                                        json!({"sid": m.sid, "to": to, "channel": "sms", "reconciled": "found in Twilio's message list"}),
-                                    )
-                                    .await;
+                                let sent = Sent {
+                                    sid: m.sid.clone(),
+                                    channel,
+                                    to: to.clone(),
+                                    from: from.clone(),
+                                };
+                                let detail =
+                                    json!({"sid": m.sid, "to": to, "channel": "sms", "reconciled": "found in Twilio's message list"});
+                                return self.finish_sent(job, detail, &sent).await;
                             }
                         }
                         Err(e) => audit_dup = Some(e),
@@ -232,12 +344,12 @@ impl Dispatcher {
                 }
             }
         }
-        let outcome = match &routed.message {
+        let outcome = match &message {
             Message::Sms { body } => {
                 client
                     .send_sms(&Sms {
                         to: to.clone(),
-                        from,
+                        from: from.clone(),
                         body: body.clone(),
                         status_callback: callback("messages/status"),
                     })
@@ -248,7 +360,7 @@ impl Dispatcher {
                 client
                     .place_call(&Call {
                         to: to.clone(),
-                        from,
+                        from: from.clone(),
                         twiml: xml,
                         status_callback: callback("calls/status"),
                     })
@@ -261,8 +373,7 @@ impl Dispatcher {
             eprintln!("fault hook: aborting between Twilio's answer and its commit ({})", job.key);
             std::process::abort();
         }
-        let channel = routed.delivery.channel;
-        let base = json!({"to": to, "channel": channel});
+        let base = json!({"to": to, "channel": channel, "note": note});
         let with = |extra: Value| {
             let mut b = base.clone();
             if let (Value::Object(m), Value::Object(e)) = (&mut b, extra) {
@@ -277,7 +388,15 @@ impl Dispatcher {
             b
         };
         match outcome {
-            SendOutcome::Accepted { sid } => self.finish(job, JobEnd::Done, "sent", with(json!({"sid": sid}))).await,
+            SendOutcome::Accepted { sid } => {
+                let sent = Sent {
+                    sid: sid.clone(),
+                    channel,
+                    to: to.clone(),
+                    from: from.clone(),
+                };
+                self.finish_sent(job, with(json!({"sid": sid})), &sent).await
+            }
             SendOutcome::Permanent { code, message, opted_out } => {
                 if opted_out {
                     self.store

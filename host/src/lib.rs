@@ -5,6 +5,7 @@ pub mod cli;
 pub mod clock;
 pub mod core;
 pub mod dispatcher;
+pub mod inbox;
 pub mod plugin;
 pub mod plugin_check;
 pub mod poller;
@@ -16,6 +17,7 @@ pub mod secrets;
 pub mod store;
 pub mod twilio;
 pub mod twilio_sandbox;
+pub mod webhooks;
 
 /// TLS through rustls on ring: installed once per process before any HTTP client is built.
 pub fn init_tls() {

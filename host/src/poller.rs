@@ -142,7 +142,7 @@ impl Poller {
     }
 
     /// The tenant's plugin (its active version, else the default) and settings.
-    async fn router(&self, tenant: &Tenant) -> Result<Router, PollError> {
+    pub(crate) async fn router(&self, tenant: &Tenant) -> Result<Router, PollError> {
         let settings: PluginSettings =
             serde_json::from_str(&self.store.plugin_settings(&tenant.id).await?).map_err(|e| StoreError::Corrupt {
                 tenant: tenant.id.clone(),
@@ -178,21 +178,7 @@ impl Poller {
     pub async fn poll(&self, tenant_id: &str, requested_by: &str) -> Result<PollReport, PollError> {
         let tenant = self.store.tenant(tenant_id).await?;
         let schedule = Schedule::parse(&tenant.schedule).map_err(|e| PollError::Schedule(tenant.id.clone(), e))?;
-        let user = self.store.secret(&self.keys, &tenant.id, SECRET_QAD_USER).await?;
-        let password = self.store.secret(&self.keys, &tenant.id, SECRET_QAD_PASSWORD).await?;
-        let user = user.ok_or_else(|| PollError::MissingCredential(tenant.id.clone(), "user name"))?;
-        let password = password.ok_or_else(|| PollError::MissingCredential(tenant.id.clone(), "password"))?;
-        let client = QadClient::new(
-            self.http.clone(),
-            QadConfig {
-                base_url: tenant.qad_base_url.clone(),
-                workspace: tenant.workspace(),
-                user: user.expose().to_string(),
-                password,
-                page_size: tenant.profile.page_size,
-                retry: self.retry.clone(),
-            },
-        );
+        let client = qad_client(&self.store, &self.keys, &self.http, self.retry.clone(), &tenant).await?;
         let started = self.clock.now();
         self.store.abandon_running_polls(&tenant.id, started).await?;
         let poll_id = self.store.start_poll(&tenant.id, requested_by, started).await?;
@@ -232,6 +218,31 @@ impl Poller {
     }
 }
 
+/// A client for the tenant's QAD, with its sealed credentials opened.
+pub async fn qad_client(
+    store: &Store,
+    keys: &Keyring,
+    http: &reqwest::Client,
+    retry: RetryPolicy,
+    tenant: &Tenant,
+) -> Result<QadClient, PollError> {
+    let user = store.secret(keys, &tenant.id, SECRET_QAD_USER).await?;
+    let password = store.secret(keys, &tenant.id, SECRET_QAD_PASSWORD).await?;
+    let user = user.ok_or_else(|| PollError::MissingCredential(tenant.id.clone(), "user name"))?;
+    let password = password.ok_or_else(|| PollError::MissingCredential(tenant.id.clone(), "password"))?;
+    Ok(QadClient::new(
+        http.clone(),
+        QadConfig {
+            base_url: tenant.qad_base_url.clone(),
+            workspace: tenant.workspace(),
+            user: user.expose().to_string(),
+            password,
+            page_size: tenant.profile.page_size,
+            retry,
+        },
+    ))
+}
+
 /// Lookups cached for one cycle only: QAD is re-read every cycle.
 #[derive(Default)]
 struct Caches {
@@ -245,19 +256,22 @@ struct Caches {
     employees: HashMap<String, Option<Employee>>,
 }
 
-struct Router {
-    plugin: Result<Arc<LoadedPlugin>, PluginFault>,
-    label: String,
-    settings: PluginSettings,
-    default: Arc<LoadedPlugin>,
+pub(crate) struct Router {
+    pub(crate) plugin: Result<Arc<LoadedPlugin>, PluginFault>,
+    pub(crate) label: String,
+    pub(crate) settings: PluginSettings,
+    pub(crate) default: Arc<LoadedPlugin>,
 }
 
 /// A fresh unguessable reference for an episode's alerts: 6 characters, no look-alikes.
 fn new_reference() -> String {
+    use crate::core::intake::{REFERENCE_ALPHABET, REFERENCE_LEN};
     use rand::Rng;
-    const ALPHABET: &[u8] = b"ABCDEFGHJKMNPQRSTUVWXYZ23456789";
+    let alphabet = REFERENCE_ALPHABET.as_bytes();
     let mut rng = rand::thread_rng();
-    (0..6).map(|_| ALPHABET[rng.gen_range(0..ALPHABET.len())] as char).collect()
+    (0..REFERENCE_LEN)
+        .map(|_| alphabet[rng.gen_range(0..alphabet.len())] as char)
+        .collect()
 }
 
 struct Cycle<'a> {
@@ -578,7 +592,7 @@ impl<'a> Cycle<'a> {
             (Transition::Open, Some(a)) => {
                 let episode = self.p.store.last_episode(&self.tenant.id, kind, &key).await? + 1;
                 let (opened, alert) = opening(a, episode, &mut audit);
-                routing = Some(self.route(&alert, &mut audit).await);
+                routing = Some((self.route(&alert, &mut audit).await, alert));
                 EpisodeChange::Open { opened }
             }
             (Transition::Update { urgency_changed }, Some(a)) => {
@@ -602,7 +616,7 @@ impl<'a> Cycle<'a> {
                 let o = open.as_ref().expect("open");
                 let cause = format!("the problem changed: {}", a.reason.describe());
                 let (opened, alert) = opening(a, o.episode + 1, &mut audit);
-                routing = Some(self.route(&alert, &mut audit).await);
+                routing = Some((self.route(&alert, &mut audit).await, alert));
                 EpisodeChange::Replace {
                     episode: o.episode,
                     cause,
@@ -616,8 +630,8 @@ impl<'a> Cycle<'a> {
         }
         // The alerts the plugin decided become jobs in the same transaction as the episode.
         let jobs = match (&routing, &change) {
-            (Some(r), EpisodeChange::Open { opened } | EpisodeChange::Replace { opened, .. }) => {
-                send_jobs(&self.tenant.id, kind, &key, opened.episode, r, self.p.clock.now())
+            (Some((r, alert)), EpisodeChange::Open { opened } | EpisodeChange::Replace { opened, .. }) => {
+                send_jobs(&self.tenant.id, alert, opened.episode, r, self.p.clock.now())
             }
             _ => Vec::new(),
         };
@@ -647,7 +661,7 @@ impl<'a> Cycle<'a> {
         }
         if let Some(episode) = applied.opened
             && let EpisodeChange::Open { opened } | EpisodeChange::Replace { opened, .. } = &change
-            && let Some(routing) = routing
+            && let Some((routing, _)) = routing
         {
             self.totals.opened += 1;
             let _ = self.p.events.send(Event::NeedsAttention {
@@ -1017,7 +1031,10 @@ impl<'a> Cycle<'a> {
 }
 
 /// One send job per routed delivery, due after its delay; the key is the alert's identity.
-fn send_jobs(tenant: &str, kind: RecordKind, key: &str, episode: i64, routing: &Routing, now: DateTime<Utc>) -> Vec<NewJob> {
+/// One send job per delivery. The payload carries the alert as the plugin saw it, so an
+/// answer to it can be read by the same plugin later.
+pub fn send_jobs(tenant: &str, alert: &AlertInput, episode: i64, routing: &Routing, now: DateTime<Utc>) -> Vec<NewJob> {
+    let (kind, key) = (alert.kind, alert.key.as_str());
     let routed = match routing {
         Routing::Routed { routed, .. } => routed,
         Routing::Fault {
@@ -1033,8 +1050,13 @@ fn send_jobs(tenant: &str, kind: RecordKind, key: &str, episode: i64, routing: &
                 key: crate::core::dispatch::send_job_id(tenant, kind, key, episode, d.channel, &d.to.phone, d.escalation_step),
                 kind: "send".into(),
                 episode,
-                payload: serde_json::to_value(r).expect("plain data serialises"),
+                payload: {
+                    let mut p = serde_json::to_value(r).expect("plain data serialises");
+                    p["alert"] = serde_json::to_value(alert).expect("plain data serialises");
+                    p
+                },
                 run_at: now + chrono::Duration::minutes(d.delay_minutes as i64),
+                escalation_step: d.escalation_step,
             }
         })
         .collect()

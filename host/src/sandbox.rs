@@ -18,21 +18,25 @@ use crate::core::profile::{MappingProfile, PersonRef, Roles};
 use crate::core::routing::{Channel, Message, Routed};
 use crate::core::schedule::ScheduleSpec;
 use crate::dispatcher::{Dispatcher, SECRET_TWILIO_API_KEY_SECRET, SECRET_TWILIO_API_KEY_SID, SECRET_TWILIO_AUTH_TOKEN};
+use crate::inbox::Inbox;
 use crate::plugin::{LAKESHORE_PLUGIN, PluginRuntime, PluginSettings, sha256_hex};
 use crate::poller::{Event, Poller, Routing, SECRET_QAD_PASSWORD, SECRET_QAD_USER};
 use crate::qad_sandbox::{QadSandbox, SandboxConfig};
 use crate::scheduler::Scheduler;
 use crate::secrets::{Keyring, SecretString, generate_master_key};
 use crate::store::{Store, Tenant, TwilioAccount};
-use crate::twilio_sandbox::{TwilioSandbox, TwilioSandboxConfig};
+use crate::twilio_sandbox::{Script, TwilioSandbox, TwilioSandboxConfig};
+use crate::webhooks::WebhookServer;
 
 pub const EXAMPLE_TENANT: &str = "lakeshore";
 pub const EXAMPLE_TIME_ZONE: &str = "America/Chicago";
 
 pub struct SandboxOptions {
     pub once: bool,
-    /// Where Twilio's callbacks are told to go.
-    pub public_url: String,
+    /// Where Twilio's callbacks are told to go (default: the HTTP address bound).
+    pub public_url: Option<String>,
+    /// Where the host takes webhooks.
+    pub http_addr: SocketAddr,
     pub database_url: Option<String>,
     pub qad_addr: SocketAddr,
     pub poll_every_seconds: u64,
@@ -217,6 +221,37 @@ pub fn event_line(e: &Event) -> String {
             );
             let extra = match event.as_str() {
                 "sent" => detail["sid"].as_str().unwrap_or("").to_string(),
+                "delivery_status" => {
+                    let status = format!("Twilio: {}", detail["status"].as_str().unwrap_or("?"));
+                    return format!("{status:<24} {how} about {kind} {record_key}");
+                }
+                "answer" => {
+                    let said = match detail["answer"]["type"].as_str() {
+                        Some("keypress") => format!("pressed {}", detail["answer"]["value"].as_str().unwrap_or("?")),
+                        _ => format!("replied {:?}", detail["answer"]["value"].as_str().unwrap_or("")),
+                    };
+                    let mut line = format!(
+                        "answer                   {} {said} about {kind} {record_key}: {}",
+                        detail["name"].as_str().unwrap_or("?"),
+                        detail["action"].as_str().unwrap_or("?")
+                    );
+                    if let Some(c) = detail["confirmation"].as_str().filter(|c| !c.is_empty()) {
+                        line.push_str(&format!("\n    ← {c}"));
+                    }
+                    return line;
+                }
+                "qad_written" => {
+                    return match detail["what"].as_str() {
+                        Some("decision") => format!(
+                            "QAD decision             {kind} {record_key}: {}",
+                            detail["action"].as_str().unwrap_or("?")
+                        ),
+                        _ => format!(
+                            "QAD comment              {kind} {record_key}: {}",
+                            detail["text"].as_str().unwrap_or("")
+                        ),
+                    };
+                }
                 _ => detail["error"].as_str().or(detail["why"].as_str()).unwrap_or("").to_string(),
             };
             format!("{:<24} {how} about {kind} {record_key} {extra}", event.replace('_', " "))
@@ -292,34 +327,95 @@ pub async fn run(opts: SandboxOptions) -> anyhow::Result<()> {
     println!("  plugin        the example customer plugin (plugins/lakeshore), version {version}\n");
     let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?;
     let poller = Poller::new(store.clone(), keys, http.clone(), clock, runtime);
+    let inbox = Inbox::new(poller.clone());
+    let listener = tokio::net::TcpListener::bind(opts.http_addr).await?;
+    let public_url = opts.public_url.clone().unwrap_or(format!("http://{}", listener.local_addr()?));
+    let _http_task = WebhookServer::new(inbox.clone(), &public_url).serve(listener);
+    // The sandbox's numbers send replies to the tenant's inbound path; its people answer:
+    // an approver approves with the alert's code, the others acknowledge, and every call is
+    // answered with 1 (approve). Confirmations ask nothing and get no answer.
+    twilio.set_sms_url(&format!("{public_url}/twilio/{}/messages/inbound", tenant.id));
+    let answer = |when: &str, reply: Option<&str>, digits: Option<&str>| Script {
+        to: None,
+        when_body_contains: Some(when.into()),
+        reply: reply.map(String::from),
+        digits: digits.map(String::from),
+    };
+    twilio.set_scripts(vec![
+        answer("APPROVE ", Some("APPROVE {code}"), None),
+        answer("SEEN ", Some("seen {code}, on it"), None),
+        answer("<Gather", None, Some("1")),
+    ]);
+    // The example customer lets approvals by keypress act in QAD.
+    store.set_answer_settings(&tenant.id, true, true).await?;
+    println!("  webhooks      {public_url}/twilio/{}/…\n", tenant.id);
     let printer = tokio::spawn(print_events(poller.events.subscribe()));
-    let mut dispatcher = Dispatcher::new(
-        store.clone(),
-        poller.keys.clone(),
-        http.clone(),
-        poller.clock.clone(),
-        &opts.public_url,
-    );
+    let mut dispatcher = Dispatcher::new(store.clone(), poller.keys.clone(), http.clone(), poller.clock.clone(), &public_url);
     dispatcher.events = Some(poller.events.clone());
     let scheduler = Scheduler::new(poller.clone());
     let first = scheduler.poll_now(EXAMPLE_TENANT, "sandbox").await?;
     if opts.once {
-        // Every alert due now goes out (escalations stay scheduled for later).
-        while dispatcher.run_once().await? > 0 {}
+        // Run until every alert due now reached a final state: delivered and answered, or
+        // failed for a recorded reason (escalations stay scheduled for later).
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+        loop {
+            let sent = dispatcher.run_once().await?;
+            let read = inbox.run_once().await?;
+            if sent + read == 0 {
+                let busy = store.work_in_flight(EXAMPLE_TENANT, poller.clock.now()).await?;
+                let unfinished = store
+                    .delivery_statuses(EXAMPLE_TENANT)
+                    .await?
+                    .iter()
+                    .filter(|(ch, st, _)| {
+                        let ch = Channel::parse(ch).unwrap_or(Channel::Sms);
+                        !st.as_deref().is_some_and(|st| crate::core::intake::is_final(ch, st))
+                    })
+                    .count();
+                if busy == 0 && unfinished == 0 && twilio.idle() {
+                    break;
+                }
+                if tokio::time::Instant::now() > deadline {
+                    anyhow::bail!(
+                        "alerts still under way after 120 s: {busy} jobs or webhooks, {unfinished} deliveries without a final status"
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
         tokio::time::sleep(Duration::from_millis(50)).await;
         printer.abort();
         let open = store.attention(EXAMPLE_TENANT, Some("open")).await?;
-        let jobs = store.job_counts(EXAMPLE_TENANT).await?;
-        let n = |s: &str| jobs.get(s).copied().unwrap_or(0);
+        let jobs = store.job_counts_by_kind(EXAMPLE_TENANT).await?;
+        let n = |k: &str, s: &str| jobs.get(&(k.to_string(), s.to_string())).copied().unwrap_or(0);
+        let deliveries = store.delivery_statuses(EXAMPLE_TENANT).await?;
+        let status = |w: &[&str]| {
+            deliveries
+                .iter()
+                .filter(|(_, s, _)| s.as_deref().is_some_and(|s| w.contains(&s)))
+                .count()
+        };
         let st = twilio.stats();
+        let answers = store
+            .webhooks(EXAMPLE_TENANT)
+            .await?
+            .iter()
+            .filter(|e| e.outcome.as_ref().is_some_and(|o| o["result"] == "answered"))
+            .count();
         println!(
-            "\nsummary: {} records need a person; {} alerts sent ({} SMS, {} calls), {} failed for a recorded reason, {} escalations scheduled; {} malformed rows recorded in the audit trail",
+            "\nsummary: {} records need a person; {} alerts sent ({} SMS, {} calls), {} failed for a recorded reason, {} escalations scheduled; \
+             {} delivered or completed, {} answered, {} confirmations sent, {} QAD comments and {} decisions written; {} malformed rows recorded in the audit trail",
             open.len(),
-            n("done"),
-            st.messages_created,
+            n("send", "done"),
+            st.messages_created - n("confirm", "done") as u64,
             st.calls_created,
-            n("failed") + n("dead"),
-            n("queued"),
+            n("send", "failed") + n("send", "dead"),
+            n("send", "queued"),
+            status(&["delivered", "completed", "read"]),
+            answers,
+            n("confirm", "done"),
+            n("qad_comment", "done"),
+            n("qad_decision", "done"),
             first.totals.row_errors
         );
         store.close().await;
@@ -340,6 +436,10 @@ pub async fn run(opts: SandboxOptions) -> anyhow::Result<()> {
         let s = scheduler.clone();
         let stop = stop_rx.clone();
         async move { s.run(stop).await }
+    });
+    let intake_task = tokio::spawn({
+        let stop = stop_rx.clone();
+        async move { inbox.run(stop).await }
     });
     let dispatch_task = tokio::spawn(async move { dispatcher.run(stop_rx).await });
     tokio::spawn(async move {
@@ -366,6 +466,7 @@ pub async fn run(opts: SandboxOptions) -> anyhow::Result<()> {
     let _ = stop_tx.send(true);
     let _ = loop_task.await;
     let _ = dispatch_task.await;
+    let _ = intake_task.await;
     printer.abort();
     store.close().await;
     Ok(())

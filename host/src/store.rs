@@ -19,6 +19,7 @@ use crate::core::episode::OpenEpisode;
 use crate::core::model::RecordKind;
 use crate::core::people::People;
 use crate::core::profile::MappingProfile;
+use crate::core::routing::Channel;
 use crate::core::schedule::ScheduleSpec;
 use crate::secrets::{Keyring, Sealed, SecretError, SecretString};
 
@@ -202,6 +203,8 @@ pub struct NewJob {
     pub episode: i64,
     pub payload: Value,
     pub run_at: DateTime<Utc>,
+    /// 0 for a first alert; n > 0 for an escalation, which a reply cancels.
+    pub escalation_step: u8,
 }
 
 /// A claimed job. `attempt` is the fencing token every later change must carry.
@@ -237,6 +240,15 @@ pub enum JobEnd {
         run_at: DateTime<Utc>,
         reconcile: bool,
     },
+}
+
+/// A send Twilio accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sent {
+    pub sid: String,
+    pub channel: Channel,
+    pub to: String,
+    pub from: String,
 }
 
 /// The tenant's Twilio account (its secrets are sealed apart).
@@ -665,11 +677,11 @@ impl Store {
             }
             for j in &change.jobs {
                 let added = sqlx::query(
-                    "INSERT INTO jobs (job_key, tenant_id, kind, record_kind, record_key, episode, payload, state, run_at, created_at, updated_at)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, 'queued', $8, $9, $9) ON CONFLICT (job_key) DO NOTHING",
+                    "INSERT INTO jobs (job_key, tenant_id, kind, record_kind, record_key, episode, payload, state, run_at, created_at, updated_at, escalation_step)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, 'queued', $8, $9, $9, $10) ON CONFLICT (job_key) DO NOTHING",
                 )
                 .bind(&j.key).bind(tenant).bind(&j.kind).bind(kind).bind(key).bind(j.episode).bind(j.payload.to_string())
-                .bind(millis(j.run_at)).bind(at).execute(&mut *tx).await?.rows_affected();
+                .bind(millis(j.run_at)).bind(at).bind(j.escalation_step as i64).execute(&mut *tx).await?.rows_affected();
                 if added == 1 {
                     sqlx::query("INSERT INTO audit (tenant_id, kind, record_key, episode, at, event, detail) VALUES ($1, $2, $3, $4, $5, 'queued', $6)")
                         .bind(tenant).bind(kind).bind(key).bind(j.episode).bind(at)
@@ -837,6 +849,20 @@ impl Store {
     /// End an attempt and append its audit entry, atomically; false when a newer attempt
     /// took the job over (this worker is fenced out and must not act on it).
     pub async fn finish_job(&self, job: &Job, end: &JobEnd, event: &str, detail: &Value, now: DateTime<Utc>) -> Result<bool> {
+        self.finish_send(job, end, event, detail, None, now).await
+    }
+
+    /// [`Store::finish_job`] for a send Twilio accepted: its delivery (sid, numbers) is
+    /// recorded in the same transaction, so a status callback can always find it.
+    pub async fn finish_send(
+        &self,
+        job: &Job,
+        end: &JobEnd,
+        event: &str,
+        detail: &Value,
+        sent: Option<&Sent>,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
         let at = millis(now);
         let (state, run_at, reconcile) = match end {
             JobEnd::Done => ("done", None, false),
@@ -861,6 +887,13 @@ impl Store {
                 sqlx::query("INSERT INTO audit (tenant_id, kind, record_key, episode, at, event, detail) VALUES ($1, $2, $3, $4, $5, $6, $7)")
                     .bind(&job.tenant).bind(&job.record_kind).bind(&job.record_key).bind(job.episode).bind(at).bind(event).bind(d.to_string())
                     .execute(&mut *tx).await?;
+                if let Some(s) = sent {
+                    sqlx::query("INSERT INTO deliveries (job_id, tenant_id, sid, channel, to_phone, from_phone, sent_at, updated_at)
+                                 VALUES ($1, $2, $3, $4, $5, $6, $7, $7)
+                                 ON CONFLICT (job_id) DO UPDATE SET sid = excluded.sid, sent_at = excluded.sent_at")
+                        .bind(job.id).bind(&job.tenant).bind(&s.sid).bind(s.channel.as_str()).bind(&s.to).bind(&s.from).bind(at)
+                        .execute(&mut *tx).await?;
+                }
             }
             n == 1
         });
@@ -943,3 +976,6 @@ fn tenant_from(id: String, name: String, url: String, domain: String, entity: St
         qad_entity: entity,
     })
 }
+
+mod intake;
+pub use intake::*;

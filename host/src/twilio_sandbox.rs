@@ -39,6 +39,8 @@ pub struct TwilioSandboxConfig {
     pub api_key_secret: String,
     /// Numbers this account owns (valid `From`). `+15005550006` is Twilio's magic valid one.
     pub numbers: Vec<String>,
+    /// The messaging webhook configured on those numbers: where people's SMS replies go.
+    pub sms_url: Option<String>,
 }
 
 impl Default for TwilioSandboxConfig {
@@ -49,6 +51,7 @@ impl Default for TwilioSandboxConfig {
             api_key_sid: "SK0123456789abcdef0123456789abcdef".into(),
             api_key_secret: "sandbox-api-key-secret".into(),
             numbers: vec!["+15005550006".into(), "+13125550100".into()],
+            sms_url: None,
         }
     }
 }
@@ -69,6 +72,29 @@ pub struct TwilioFaults {
     pub reverse_callbacks: bool,
 }
 
+/// How a person the sandbox "reached" answers: an SMS reply once the alert is delivered, or a
+/// keypress during the call. `{code}` in a reply stands for the last word of the alert that
+/// has the shape of a reference, as a person would copy it.
+#[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[serde(default)]
+pub struct Script {
+    /// Whom this applies to (E.164); everyone when absent. The first matching script wins.
+    pub to: Option<String>,
+    /// Only messages whose body contains this (a person answers what asks for an answer).
+    pub when_body_contains: Option<String>,
+    pub reply: Option<String>,
+    pub digits: Option<String>,
+}
+
+/// What a call said back after a keypress (the TwiML answer to the gather request).
+#[derive(Debug, Clone, Serialize)]
+pub struct Spoken {
+    pub call_sid: String,
+    pub digits: String,
+    pub status: u16,
+    pub twiml: String,
+}
+
 #[derive(Debug, Default, Clone, Serialize)]
 pub struct TwilioStats {
     pub requests: u64,
@@ -78,6 +104,8 @@ pub struct TwilioStats {
     pub throttled: u64,
     pub failed: u64,
     pub callbacks_sent: u64,
+    pub replies_sent: u64,
+    pub keypresses_sent: u64,
 }
 
 /// A request as it arrived, for checking against the OpenAPI file by an independent validator.
@@ -109,6 +137,8 @@ struct Inner {
     messages: Vec<Created>,
     calls: Vec<Created>,
     requests: Vec<RawRequest>,
+    scripts: Vec<Script>,
+    spoken: Vec<Spoken>,
     rng: StdRng,
     next: u64,
 }
@@ -116,6 +146,8 @@ struct Inner {
 #[derive(Clone)]
 pub struct TwilioSandbox {
     inner: Arc<Mutex<Inner>>,
+    /// Callbacks and answers still being played.
+    playing: Arc<std::sync::atomic::AtomicUsize>,
     http: reqwest::Client,
 }
 
@@ -157,11 +189,19 @@ impl TwilioSandbox {
                 messages: Vec::new(),
                 calls: Vec::new(),
                 requests: Vec::new(),
+                scripts: Vec::new(),
+                spoken: Vec::new(),
                 rng: StdRng::seed_from_u64(7),
                 next: 0,
             })),
             http: reqwest::Client::new(),
+            playing: Arc::default(),
         }
+    }
+
+    /// Whether every callback and scripted answer has been played.
+    pub fn idle(&self) -> bool {
+        self.playing.load(std::sync::atomic::Ordering::SeqCst) == 0
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -198,6 +238,18 @@ impl TwilioSandbox {
     pub fn set_faults(&self, f: TwilioFaults) {
         self.lock().faults = f;
     }
+    /// How the people reached answer, from now on.
+    pub fn set_scripts(&self, scripts: Vec<Script>) {
+        self.lock().scripts = scripts;
+    }
+    /// Point the numbers' messaging webhook at `url` (the host's inbound path).
+    pub fn set_sms_url(&self, url: &str) {
+        self.lock().cfg.sms_url = Some(url.to_string());
+    }
+    /// What calls said back after keypresses.
+    pub fn spoken(&self) -> Vec<Spoken> {
+        self.lock().spoken.clone()
+    }
 
     pub fn router(&self) -> Router {
         Router::new()
@@ -213,6 +265,17 @@ impl TwilioSandbox {
             .route(
                 "/_sandbox/messages",
                 get(|State(s): State<TwilioSandbox>| async move { Json(json!({"messages": s.messages(), "calls": s.calls()})) }),
+            )
+            .route(
+                "/_sandbox/scripts",
+                post(|State(s): State<TwilioSandbox>, Json(v): Json<Vec<Script>>| async move {
+                    s.set_scripts(v.clone());
+                    Json(v)
+                }),
+            )
+            .route(
+                "/_sandbox/spoken",
+                get(|State(s): State<TwilioSandbox>| async move { Json(s.spoken()) }),
             )
             .route(
                 "/_sandbox/faults",
@@ -298,44 +361,136 @@ impl TwilioSandbox {
         format!("{prefix}{n:016x}{r:016x}")
     }
 
-    /// Play Twilio: post signed status callbacks for a created resource.
-    fn play_callbacks(&self, url: Option<String>, statuses: Vec<Vec<(String, String)>>) {
-        let Some(url) = url else { return };
-        let (token, dup, reverse) = {
+    /// POST signed form parameters to a webhook the way Twilio does: the signature over
+    /// the URL and parameters with the account's Auth Token, an idempotency token kept across
+    /// a duplicate. The response's status and body.
+    async fn post_signed(&self, url: &str, params: &[(String, String)], idempotency: &str) -> Option<(u16, String)> {
+        let token = self.lock().cfg.auth_token.clone();
+        let sig = signature::sign(&token, url, params);
+        let resp = self
+            .http
+            .post(url)
+            .header("x-twilio-signature", sig)
+            .header("i-twilio-idempotency-token", idempotency)
+            .form(params)
+            .timeout(Duration::from_secs(15))
+            .send()
+            .await
+            .ok()?;
+        let status = resp.status().as_u16();
+        Some((status, resp.text().await.unwrap_or_default()))
+    }
+
+    /// Play Twilio: post signed status callbacks for a created resource, sometimes twice,
+    /// in reverse order when told; then the person answers as scripted.
+    fn play_callbacks(&self, created: Created, res: Resource, statuses: Vec<Vec<(String, String)>>) {
+        let (dup, reverse) = {
             let s = self.lock();
-            (
-                s.cfg.auth_token.clone(),
-                s.faults.duplicate_callbacks_share,
-                s.faults.reverse_callbacks,
-            )
+            (s.faults.duplicate_callbacks_share, s.faults.reverse_callbacks)
         };
         let sb = self.clone();
+        self.playing.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         tokio::spawn(async move {
             let mut order = statuses;
             if reverse {
                 order.reverse();
             }
-            for params in order {
-                let twice = sb.lock().rng.r#gen::<f64>() < dup;
-                let idempotency = uuid::Uuid::new_v4().to_string();
-                for _ in 0..if twice { 2 } else { 1 } {
-                    let sig = signature::sign(&token, &url, &params);
-                    let sent = sb
-                        .http
-                        .post(&url)
-                        .header("x-twilio-signature", sig)
-                        .header("i-twilio-idempotency-token", &idempotency)
-                        .form(&params)
-                        .timeout(Duration::from_secs(15))
-                        .send()
-                        .await;
-                    if sent.is_ok() {
-                        sb.lock().stats.callbacks_sent += 1;
+            if let Some(url) = created.status_callback.clone() {
+                for params in order {
+                    let twice = sb.lock().rng.r#gen::<f64>() < dup;
+                    let idempotency = uuid::Uuid::new_v4().to_string();
+                    for _ in 0..if twice { 2 } else { 1 } {
+                        if sb.post_signed(&url, &params, &idempotency).await.is_some() {
+                            sb.lock().stats.callbacks_sent += 1;
+                        }
                     }
                 }
             }
+            sb.answer_as_person(&created, res).await;
+            sb.playing.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
         });
     }
+
+    /// The person reached answers as a script says: an SMS reply to the account's messaging
+    /// webhook, or a keypress posted to the call's `<Gather action>`.
+    async fn answer_as_person(&self, c: &Created, res: Resource) {
+        let (script, account, sms_url) = {
+            let s = self.lock();
+            let script = s
+                .scripts
+                .iter()
+                .find(|sc| {
+                    sc.to.as_deref().is_none_or(|t| t == c.to) && sc.when_body_contains.as_deref().is_none_or(|w| c.body.contains(w))
+                })
+                .cloned();
+            (script, s.cfg.account_sid.clone(), s.cfg.sms_url.clone())
+        };
+        let Some(script) = script else { return };
+        let p = |k: &str, v: &str| (k.to_string(), v.to_string());
+        match (res, script.reply, script.digits, sms_url) {
+            (Resource::Message, Some(reply), _, Some(url)) => {
+                let code = crate::core::intake::reference_candidates(&c.body).pop().unwrap_or_default();
+                let body = reply.replace("{code}", &code);
+                let sid = self.new_sid("SM");
+                let params = vec![
+                    p("AccountSid", &account),
+                    p("ApiVersion", "2010-04-01"),
+                    p("Body", &body),
+                    p("From", &c.to),
+                    p("MessageSid", &sid),
+                    p("NumMedia", "0"),
+                    p("SmsMessageSid", &sid),
+                    p("SmsSid", &sid),
+                    p("SmsStatus", "received"),
+                    p("To", &c.from),
+                ];
+                if self.post_signed(&url, &params, &uuid::Uuid::new_v4().to_string()).await.is_some() {
+                    self.lock().stats.replies_sent += 1;
+                }
+            }
+            (Resource::Call, _, Some(digits), _) => {
+                let Some(action) = gather_action(&c.body) else { return };
+                let params = vec![
+                    p("AccountSid", &account),
+                    p("ApiVersion", "2010-04-01"),
+                    p("CallSid", &c.sid),
+                    p("CallStatus", "in-progress"),
+                    p("Digits", &digits),
+                    p("Direction", "outbound-api"),
+                    p("FinishedOnKey", ""),
+                    p("From", &c.from),
+                    p("To", &c.to),
+                ];
+                if let Some((status, twiml)) = self.post_signed(&action, &params, &uuid::Uuid::new_v4().to_string()).await {
+                    let mut s = self.lock();
+                    s.stats.keypresses_sent += 1;
+                    s.spoken.push(Spoken {
+                        call_sid: c.sid.clone(),
+                        digits,
+                        status,
+                        twiml,
+                    });
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The `action` URL of the `<Gather>` in a call's TwiML, unescaped.
+fn gather_action(twiml: &str) -> Option<String> {
+    let start = twiml.find("<Gather")?;
+    let rest = &twiml[start..];
+    let a = rest.find("action=\"")? + "action=\"".len();
+    let end = rest[a..].find('"')?;
+    Some(
+        rest[a..a + end]
+            .replace("&quot;", "\"")
+            .replace("&apos;", "'")
+            .replace("&lt;", "<")
+            .replace("&gt;", ">")
+            .replace("&amp;", "&"),
+    )
 }
 
 fn form_of(headers: &HeaderMap, body: &[u8]) -> Result<Vec<(String, String)>, Response> {
@@ -510,7 +665,7 @@ fn record(sb: &TwilioSandbox, res: Resource, to: &str, from: &str, body: &str, c
             })
             .collect(),
     };
-    sb.play_callbacks(c.status_callback.clone(), statuses);
+    sb.play_callbacks(c.clone(), res, statuses);
     c
 }
 

@@ -69,23 +69,37 @@ fn serve_without_a_master_key_says_what_is_missing() {
 fn sandbox_once_runs_a_full_poll_cycle_and_summarises() {
     let dir = TempDir::new("cli");
     let url = format!("sqlite://{}", dir.0.join("demo.db").display());
-    let (ok, out, err) = run(&["sandbox", "--once", "--database-url", &url], &[("ML_CONNECTOR_LOG", "error")]);
+    let (ok, out, err) = run(
+        &["sandbox", "--once", "--database-url", &url, "--http-addr", "127.0.0.1:0"],
+        &[("ML_CONNECTOR_LOG", "error")],
+    );
     assert!(ok, "{out}\n{err}");
-    let needs = out.lines().filter(|l| l.starts_with("needs attention")).count();
+    let count = |prefix: &str| out.lines().filter(|l| l.starts_with(prefix)).count();
+    let needs = count("needs attention");
     assert!(needs > 30, "{out}");
-    let sent = out.lines().filter(|l| l.starts_with("sent ")).count();
+    // Every alert and every confirmation went out, was delivered, and every answer the
+    // scripted people gave was recorded and written back to QAD.
+    let (sent, delivered, answers) = (
+        count("sent "),
+        count("Twilio: delivered ") + count("Twilio: completed "),
+        count("answer "),
+    );
+    assert!(sent > needs && delivered == sent, "{sent} sent, {delivered} delivered\n{out}");
+    assert!(answers > 40, "{out}");
+    let summary = out.lines().find(|l| l.starts_with("summary: ")).expect("a summary");
     assert!(
-        sent >= needs,
-        "every record's alerts went out: {sent} sent for {needs} records\n{out}"
+        summary.starts_with(&format!("summary: {needs} records need a person; ")),
+        "{summary}"
     );
     assert!(
-        out.contains(&format!("summary: {needs} records need a person; {sent} alerts sent (")),
-        "{out}"
+        summary.contains(&format!("{delivered} delivered or completed, {answers} answered")),
+        "{summary}"
     );
     assert!(
-        out.contains("0 failed for a recorded reason") && out.contains("2 malformed rows recorded in the audit trail"),
-        "{out}"
+        summary.contains("0 failed for a recorded reason") && summary.contains("2 malformed rows recorded in the audit trail"),
+        "{summary}"
     );
+    assert!(count("QAD comment") > sent && count("QAD decision") == 7, "{out}");
     assert!(out.contains("malformed row            supplier invoice SI-79901"), "{out}");
     assert!(
         out.contains("✗ phone \"(515) 55-01\" for supplier S-1009 is not a valid number for US"),
@@ -113,6 +127,7 @@ async fn serve_polls_the_tenants_in_its_database_and_stops_cleanly_on_sigterm() 
         .arg("serve")
         .env("ML_CONNECTOR_DATABASE_URL", &url)
         .env("ML_CONNECTOR_MASTER_KEY", &key)
+        .env("ML_CONNECTOR_HTTP_ADDR", "127.0.0.1:0")
         .env("ML_CONNECTOR_LOG", "warn")
         .kill_on_drop(true)
         .spawn()

@@ -78,6 +78,7 @@ async fn enqueueing_twice_is_a_no_op_and_a_late_worker_is_fenced_out() {
             episode: 1,
             payload: json!({}),
             run_at: morning(),
+            escalation_step: 0,
         };
         for _ in 0..2 {
             let change = RecordChange {
@@ -238,6 +239,7 @@ async fn an_opted_out_number_is_suppressed_and_never_texted_again() {
                 episode: 1,
                 payload: routed(step),
                 run_at: morning(),
+                escalation_step: step,
             }],
         };
         h.db.store.apply(&h.tenant.id, &change, morning()).await.unwrap();
@@ -327,6 +329,7 @@ async fn killing_the_host_between_a_post_and_its_commit_never_doubles_an_alert()
             .env("ML_CONNECTOR_MASTER_KEY", &key)
             .env("ML_CONNECTOR_LOG", "error")
             .env("ML_CONNECTOR_JOB_LEASE_SECONDS", "1")
+            .env("ML_CONNECTOR_HTTP_ADDR", "127.0.0.1:0")
             .env("ML_CONNECTOR_FAULT_ABORT_AFTER_SEND", "7")
             .kill_on_drop(true)
             .spawn()
@@ -365,8 +368,13 @@ async fn killing_the_host_between_a_post_and_its_commit_never_doubles_an_alert()
     assert!(doubled.is_empty(), "alerts created twice at Twilio: {doubled:?}");
     let done = jobs.iter().filter(|(_, st, _)| st == "done").count();
     let unknown = jobs.iter().filter(|(_, st, _)| st == "unknown").count();
-    // Each alert: exactly one accepted POST (done), or one whose outcome stays visibly unknown.
-    assert_eq!(created.len(), done + unknown, "jobs: {jobs:?}");
+    // Each alert: exactly one accepted POST (done), or a visibly unknown outcome, which
+    // covers a call killed either side of its POST (created once, or not at all).
+    assert!(
+        done <= created.len() && created.len() <= done + unknown,
+        "{} created for {done} done and {unknown} unknown: {jobs:?}",
+        created.len()
+    );
     let mut reconciled = 0;
     for a in store.attention(&tenant.id, None).await.unwrap() {
         let trail = store.audit_trail(&tenant.id, &a.kind, &a.record_key).await.unwrap();

@@ -8,3 +8,4 @@ mod plugins;
 mod poll;
 mod store;
 mod twilio;
+mod webhooks;

@@ -161,6 +161,13 @@ impl Qad {
         )
     }
 
+    /// GET from the sandbox's control surface (`path` under `/_sandbox/`).
+    pub async fn control_get(&self, path: &str) -> serde_json::Value {
+        let resp = reqwest::get(format!("{}/_sandbox/{path}", self.control)).await.unwrap();
+        assert!(resp.status().is_success(), "control {path}: {}", resp.status());
+        resp.json().await.unwrap()
+    }
+
     /// POST to the sandbox's control surface.
     pub async fn control(&self, path: &str, body: serde_json::Value) -> serde_json::Value {
         let resp = reqwest::Client::new()

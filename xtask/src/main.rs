@@ -73,7 +73,8 @@ fn test(extra: &[String]) -> Result<()> {
     // The plugin kit is its own (wasm) workspace; its plain unit tests run natively.
     run(cargo().args(["test", "--quiet", "--manifest-path", "plugins/Cargo.toml", "-p", "plugin-kit"]))?;
     // The end-to-end tests run the real binary: build it first, then everything in one run.
-    run(cargo().args(["build", "-p", "ml-connector", "--bin", "ml-connector"]))?;
+    // `--workspace` so features unify as in the test run below: nothing is built twice.
+    run(cargo().args(["build", "--workspace", "--bins"]))?;
     let path = format!("{}:{}", venv.join("bin").display(), std::env::var("PATH").unwrap_or_default());
     match std::env::var("ML_CONNECTOR_TEST_DATABASE_URL") {
         Ok(url) => eprintln!("xtask: PostgreSQL suite on too ({})", url.split('@').next_back().unwrap_or("")),

@@ -4,6 +4,7 @@
 pub mod attention;
 pub mod dispatch;
 pub mod episode;
+pub mod intake;
 pub mod model;
 pub mod people;
 pub mod phone;

@@ -25,6 +25,22 @@ pub enum Channel {
     Voice,
 }
 
+impl Channel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Channel::Sms => "sms",
+            Channel::Voice => "voice",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "sms" => Some(Channel::Sms),
+            "voice" => Some(Channel::Voice),
+            _ => None,
+        }
+    }
+}
+
 /// One episode of a record needing attention, as a plugin sees it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AlertInput {

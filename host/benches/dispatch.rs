@@ -1,0 +1,232 @@
+//! Dispatch: alerts per second from "this record needs a person" to "accepted by Twilio",
+//! with every step a production alert takes: the tenant's plugin routes and renders it (the
+//! default plugin, compiled beforehand as in a running host), the job is committed with its
+//! audit entry, a dispatcher claims it under a lease, POSTs it form-encoded to a Twilio
+//! stand-in in its own process (the release `ml-connector twilio-sandbox`, which answers at
+//! once), and commits the answer with its delivery and audit entry. Durable: SQLite in WAL
+//! mode, so every commit survives SIGKILL of the host (see ARCHITECTURE.md).
+//!
+//!     cargo bench -p ml-connector --bench dispatch
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ml_connector::clock::SystemClock;
+use ml_connector::core::attention::Urgency;
+use ml_connector::core::model::RecordKind;
+use ml_connector::core::people::{Recipient, Role};
+use ml_connector::core::routing::{AlertInput, PluginContext};
+use ml_connector::dispatcher::{Dispatcher, SECRET_TWILIO_API_KEY_SECRET, SECRET_TWILIO_API_KEY_SID};
+use ml_connector::plugin::{DEFAULT_PLUGIN, Limits, PluginRuntime};
+use ml_connector::poller::{Routing, send_jobs};
+use ml_connector::qad_sandbox::SandboxConfig;
+use ml_connector::sandbox::{example_tenant, provision_example};
+use ml_connector::secrets::{Keyring, SecretString, generate_master_key};
+use ml_connector::store::{EpisodeChange, RecordChange, Store, TwilioAccount};
+use ml_connector::twilio_sandbox::TwilioSandboxConfig;
+
+const ALERTS: usize = 20_000;
+/// Two tenants at the per-tenant cap of 16 requests in flight: 32, the peer's concurrency.
+const TENANTS: usize = 2;
+
+struct StandIn(Child);
+
+impl Drop for StandIn {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn main() {
+    ml_connector::init_tls();
+    tokio::runtime::Runtime::new().unwrap().block_on(run());
+}
+
+async fn run() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ml-connector"))
+        .args(["twilio-sandbox", "--addr", "127.0.0.1:0"])
+        .env("ML_CONNECTOR_LOG", "error")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("the ml-connector binary is built for benches");
+    let mut line = String::new();
+    BufReader::new(child.stdout.as_mut().unwrap()).read_line(&mut line).unwrap();
+    let twilio = line.split_whitespace().find(|w| w.starts_with("http://")).unwrap().to_string();
+    let _stand_in = StandIn(child);
+
+    let dir = std::env::temp_dir().join(format!("ml-connector-dispatch-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let store = Store::connect(&format!("sqlite://{}", dir.join("bench.db").display()))
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    let keys = Arc::new(Keyring::new(&generate_master_key(), &[]).unwrap());
+    let now = chrono::Utc::now();
+    let cfg = SandboxConfig::new(now.date_naive());
+    let account = TwilioSandboxConfig::default();
+    let mut tenants = Vec::new();
+    for i in 0..TENANTS {
+        let mut t = example_tenant("http://127.0.0.1:9/clouderp", &cfg, 3600);
+        t.id = format!("t{i}");
+        provision_example(&store, &keys, &t, &cfg, now).await.unwrap();
+        store
+            .set_twilio_account(
+                &t.id,
+                &TwilioAccount {
+                    account_sid: account.account_sid.clone(),
+                    from: "+13125550100".into(),
+                    base_url: twilio.clone(),
+                },
+            )
+            .await
+            .unwrap();
+        for (f, v) in [
+            (SECRET_TWILIO_API_KEY_SID, &account.api_key_sid),
+            (SECRET_TWILIO_API_KEY_SECRET, &account.api_key_secret),
+        ] {
+            store.set_secret(&keys, &t.id, f, &SecretString::new(v.clone()), now).await.unwrap();
+        }
+        tenants.push(t.id);
+    }
+    let plugins = Arc::new(PluginRuntime::new(None).unwrap());
+    let plugin = plugins.load(DEFAULT_PLUGIN).unwrap();
+    // Status callbacks go to a closed port: this measures sending, not the webhook side.
+    let http = reqwest::Client::new();
+    let dispatcher = Dispatcher::new(store.clone(), keys.clone(), http, Arc::new(SystemClock), "http://127.0.0.1:9");
+
+    let started = Instant::now();
+    // Producers: one per tenant, as a poll cycle decides records one after another.
+    let mut producers = Vec::new();
+    for (ti, tenant) in tenants.iter().enumerate() {
+        let (store, plugins, plugin, tenant) = (store.clone(), plugins.clone(), plugin.clone(), tenant.clone());
+        producers.push(tokio::spawn(async move {
+            let mut due = 0usize;
+            let mut route_time = Duration::ZERO;
+            for n in 0..ALERTS / TENANTS {
+                let key = format!("SI-{ti}{n:07}");
+                let alert = AlertInput {
+                    kind: RecordKind::SupplierInvoice,
+                    key: key.clone(),
+                    episode: 1,
+                    supplier_code: "S-1001".into(),
+                    supplier_name: "Windy City Machining".into(),
+                    amount: Some("12500.00".into()),
+                    currency: Some("USD".into()),
+                    due_date: Some("2026-12-20".into()),
+                    reason_code: "price_variance".into(),
+                    reason: "price 10.40 invoiced against 9.80 ordered on line 1".into(),
+                    urgency: Urgency::Low,
+                    people: vec![Recipient {
+                        role: Role::ApClerk,
+                        name: "Grace Liu".into(),
+                        source: "profile".into(),
+                        phone: format!("+1312{:07}", n % 10_000_000),
+                    }],
+                    reference: "K7QM2X".into(),
+                };
+                let t0 = Instant::now();
+                let ctx = PluginContext::at(&tenant, "{}", chrono::Utc::now(), chrono_tz::America::Chicago);
+                let out = plugins.route_and_render(&plugin, Limits::default(), &ctx, &alert).await.unwrap();
+                route_time += t0.elapsed();
+                let routing = Routing::Routed {
+                    plugin: "default".into(),
+                    routed: out.routed,
+                };
+                let jobs = send_jobs(&tenant, &alert, 1, &routing, chrono::Utc::now());
+                due += jobs.iter().filter(|j| j.escalation_step == 0).count();
+                let change = RecordChange {
+                    kind: RecordKind::SupplierInvoice,
+                    record_key: key,
+                    seen: None,
+                    episode: EpisodeChange::None,
+                    audit: vec![("routed".into(), serde_json::json!({"plugin": "default"}))],
+                    jobs,
+                };
+                store.apply(&tenant, &change, chrono::Utc::now()).await.unwrap();
+            }
+            (due, route_time)
+        }));
+    }
+    // Workers: two dispatch loops in the process, like two worker threads of one host.
+    let mut workers = Vec::new();
+    let finished = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for w in 0..2 {
+        let mut d = dispatcher.clone();
+        d.worker = format!("bench-{w}");
+        d.batch = 128;
+        let finished = finished.clone();
+        workers.push(tokio::spawn(async move {
+            while !finished.load(std::sync::atomic::Ordering::SeqCst) {
+                if d.run_once().await.unwrap() == 0 {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            }
+        }));
+    }
+    let mut due = 0;
+    let mut route_time = Duration::ZERO;
+    for p in producers {
+        let (d, r) = p.await.unwrap();
+        due += d;
+        route_time += r;
+    }
+    let enqueued = started.elapsed();
+    loop {
+        let mut done = 0;
+        for t in &tenants {
+            done += store.job_counts(t).await.unwrap().get("done").copied().unwrap_or(0);
+        }
+        if done as usize >= due {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let elapsed = started.elapsed();
+    finished.store(true, std::sync::atomic::Ordering::SeqCst);
+    for w in workers {
+        w.await.unwrap();
+    }
+    let mut failed = 0;
+    for t in &tenants {
+        let c = store.job_counts(t).await.unwrap();
+        failed += c
+            .iter()
+            .filter(|(s, _)| !["done", "queued"].contains(&s.as_str()))
+            .map(|(_, n)| n)
+            .sum::<i64>();
+    }
+    let stats: serde_json::Value = reqwest::get(format!("{twilio}/_sandbox/stats"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    println!(
+        "dispatch on {} ({TENANTS} tenants × 16 requests in flight, Twilio stand-in in its own process)",
+        store.engine()
+    );
+    println!(
+        "  {due} alerts routed, rendered, queued and accepted in {:.2} s: {:.0} alerts/s",
+        elapsed.as_secs_f64(),
+        due as f64 / elapsed.as_secs_f64()
+    );
+    println!(
+        "  of which plugin route + render {:.1} µs per alert; all queued after {:.2} s",
+        route_time.as_secs_f64() * 1e6 / due as f64,
+        enqueued.as_secs_f64()
+    );
+    println!(
+        "  the stand-in created {} messages and {} calls; {failed} jobs not done",
+        stats["messages_created"], stats["calls_created"]
+    );
+    assert_eq!(
+        stats["messages_created"].as_u64().unwrap() + stats["calls_created"].as_u64().unwrap(),
+        due as u64,
+        "each alert sent once"
+    );
+    store.close().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
