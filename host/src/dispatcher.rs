@@ -59,7 +59,13 @@ pub struct Dispatcher {
     /// Where delivery events go (the poller's channel, so one listener sees everything).
     pub events: Option<tokio::sync::broadcast::Sender<crate::poller::Event>>,
     slots: Arc<Mutex<HashMap<String, Arc<Semaphore>>>>,
+    clients: Arc<Mutex<ClientCache>>,
 }
+
+type ClientCache = HashMap<String, (std::time::Instant, Option<(TwilioClient, String)>)>;
+
+/// How long a tenant's opened Twilio credentials are reused.
+const CLIENT_TTL: Duration = Duration::from_secs(10);
 
 impl Dispatcher {
     pub fn new(store: Store, keys: Arc<Keyring>, http: reqwest::Client, clock: Arc<dyn Clock>, public_url: &str) -> Self {
@@ -79,6 +85,7 @@ impl Dispatcher {
             sends: Arc::default(),
             events: None,
             slots: Arc::default(),
+            clients: Arc::default(),
         }
     }
 
@@ -222,6 +229,22 @@ impl Dispatcher {
         }
     }
 
+    /// The tenant's Twilio client, its credentials opened at most every few seconds rather
+    /// than for every job (a rotated key applies within `CLIENT_TTL`).
+    async fn cached_client(&self, tenant: &str) -> Result<Option<(TwilioClient, String)>, StoreError> {
+        if let Some((at, c)) = self.clients.lock().unwrap_or_else(|p| p.into_inner()).get(tenant)
+            && at.elapsed() < CLIENT_TTL
+        {
+            return Ok(c.clone());
+        }
+        let c = self.client(tenant).await?;
+        self.clients
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(tenant.to_string(), (std::time::Instant::now(), c.clone()));
+        Ok(c)
+    }
+
     async fn client(&self, tenant: &str) -> Result<Option<(TwilioClient, String)>, StoreError> {
         let account = self.store.twilio_account(tenant).await?;
         let sid = self.store.secret(&self.keys, tenant, SECRET_TWILIO_API_KEY_SID).await?;
@@ -275,7 +298,7 @@ impl Dispatcher {
                     .await;
             }
         };
-        let Some((client, tenant_from)) = self.client(&job.tenant).await? else {
+        let Some((client, tenant_from)) = self.cached_client(&job.tenant).await? else {
             return self
                 .finish(
                     job,

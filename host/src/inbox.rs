@@ -207,19 +207,9 @@ impl Inbox {
     /// audit trail shows it under the sender's number.
     async fn unmatched(&self, e: &WebhookEvent, why: &str) -> Result<Value, StoreError> {
         let from = param(&e.params, "From").unwrap_or("unknown");
-        self.poller
-            .store
-            .append_audit(
-                &e.tenant,
-                &[crate::store::NewAudit {
-                    kind: "phone".into(),
-                    record_key: from.into(),
-                    event: format!("unmatched_{}", e.kind),
-                    detail: json!({"why": why, "event_id": e.id, "params": e.params.iter().filter(|(k, _)| k != "AccountSid").collect::<Vec<_>>()}),
-                }],
-                self.poller.clock.now(),
-            )
-            .await?;
+        let params: Vec<_> = e.params.iter().filter(|(k, _)| k != "AccountSid").collect();
+        let detail = json!({"why": why, "event_id": e.id, "params": params});
+        self.phone_audit(e, from, &format!("unmatched_{}", e.kind), detail).await?;
         tracing::info!(tenant = %e.tenant, event_id = e.id, why, "webhook matches no alert; kept");
         Ok(json!({"result": "unmatched", "why": why}))
     }

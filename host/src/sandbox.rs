@@ -184,6 +184,23 @@ fn urgency_tag(u: Urgency) -> &'static str {
     }
 }
 
+/// How the example's people answer: an approver approves with the alert's code, the others
+/// acknowledge with it, every call is answered with 1 (approve); confirmations ask nothing
+/// and get no answer.
+pub fn example_answers() -> Vec<Script> {
+    let answer = |when: &str, reply: Option<&str>, digits: Option<&str>| Script {
+        to: None,
+        when_body_contains: Some(when.into()),
+        reply: reply.map(String::from),
+        digits: digits.map(String::from),
+    };
+    vec![
+        answer("APPROVE ", Some("APPROVE {code}"), None),
+        answer("SEEN ", Some("seen {code}, on it"), None),
+        answer("<Gather", None, Some("1")),
+    ]
+}
+
 /// The readable line for one event (several lines when people are unreachable).
 pub fn event_line(e: &Event) -> String {
     match e {
@@ -331,21 +348,9 @@ pub async fn run(opts: SandboxOptions) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(opts.http_addr).await?;
     let public_url = opts.public_url.clone().unwrap_or(format!("http://{}", listener.local_addr()?));
     let _http_task = WebhookServer::new(inbox.clone(), &public_url).serve(listener);
-    // The sandbox's numbers send replies to the tenant's inbound path; its people answer:
-    // an approver approves with the alert's code, the others acknowledge, and every call is
-    // answered with 1 (approve). Confirmations ask nothing and get no answer.
+    // The sandbox's numbers send replies to the tenant's inbound path; its people answer.
     twilio.set_sms_url(&format!("{public_url}/twilio/{}/messages/inbound", tenant.id));
-    let answer = |when: &str, reply: Option<&str>, digits: Option<&str>| Script {
-        to: None,
-        when_body_contains: Some(when.into()),
-        reply: reply.map(String::from),
-        digits: digits.map(String::from),
-    };
-    twilio.set_scripts(vec![
-        answer("APPROVE ", Some("APPROVE {code}"), None),
-        answer("SEEN ", Some("seen {code}, on it"), None),
-        answer("<Gather", None, Some("1")),
-    ]);
+    twilio.set_scripts(example_answers());
     // The example customer lets approvals by keypress act in QAD.
     store.set_answer_settings(&tenant.id, true, true).await?;
     println!("  webhooks      {public_url}/twilio/{}/…\n", tenant.id);

@@ -76,6 +76,9 @@ enum Backend {
 #[derive(Clone)]
 pub struct Store {
     backend: Backend,
+    /// SQLite's transactions run on this one connection: writers of this process queue for
+    /// it instead of in SQLite's busy handler (which sleeps in steps of milliseconds).
+    sqlite_writer: Option<SqlitePool>,
 }
 
 /// Run `$body` with `$pool` bound to the concrete pool; the body is compiled once per engine.
@@ -94,6 +97,7 @@ macro_rules! in_tx {
     ($store:expr, $tx:ident => $body:expr) => {
         match &$store.backend {
             Backend::Sqlite(pool) => {
+                let pool = $store.sqlite_writer.as_ref().unwrap_or(pool);
                 let mut $tx = pool.begin_with("BEGIN IMMEDIATE").await?;
                 let out = $body;
                 $tx.commit().await?;
@@ -341,8 +345,13 @@ impl Store {
                 .synchronous(SqliteSynchronous::Normal)
                 .busy_timeout(Duration::from_secs(10))
                 .foreign_keys(true);
-            let pool = SqlitePoolOptions::new().max_connections(8).connect_with(opts).await?;
+            let pool = SqlitePoolOptions::new().max_connections(8).connect_with(opts.clone()).await?;
+            // Transactions go through one connection: SQLite has one writer anyway, and a
+            // connection that alone writes keeps its page cache (another connection's commit
+            // would make it re-read every page it touches).
+            let writer = SqlitePoolOptions::new().max_connections(1).connect_with(opts).await?;
             Ok(Store {
+                sqlite_writer: Some(writer),
                 backend: Backend::Sqlite(pool),
             })
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
@@ -357,6 +366,7 @@ impl Store {
                 .connect(url)
                 .await?;
             Ok(Store {
+                sqlite_writer: None,
                 backend: Backend::Postgres(pool),
             })
         } else {
@@ -385,6 +395,9 @@ impl Store {
     }
 
     pub async fn close(&self) {
+        if let Some(w) = &self.sqlite_writer {
+            w.close().await;
+        }
         on_pool!(self, p => p.close().await)
     }
 

@@ -54,6 +54,7 @@ pub struct ListedMessage {
     pub status: String,
 }
 
+#[derive(Clone)]
 pub struct TwilioClient {
     http: reqwest::Client,
     cfg: TwilioConfig,

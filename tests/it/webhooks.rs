@@ -14,7 +14,7 @@ use ml_connector::dispatcher::{Dispatcher, SECRET_TWILIO_API_KEY_SECRET, SECRET_
 use ml_connector::inbox::Inbox;
 use ml_connector::secrets::SecretString;
 use ml_connector::store::{EpisodeChange, NewJob, RecordChange, TwilioAccount};
-use ml_connector::twilio_sandbox::{Script, TwilioFaults, TwilioSandbox, TwilioSandboxConfig};
+use ml_connector::twilio_sandbox::{TwilioFaults, TwilioSandbox, TwilioSandboxConfig};
 use ml_connector::webhooks::{IntakeCounters, WebhookServer};
 use ml_connector_tests::{Harness, engines, harness, morning, plugins};
 use serde_json::{Value, json};
@@ -40,27 +40,10 @@ async fn start(engine: &str, callbacks_to_host: bool) -> Loop {
         .unwrap();
     let sb = TwilioSandbox::new(TwilioSandboxConfig::default());
     let (base, _task) = sb.clone().spawn("127.0.0.1:0".parse().unwrap()).await.unwrap();
-    let c = sb.config();
     let s = &h.db.store;
-    s.set_twilio_account(
-        &h.tenant.id,
-        &TwilioAccount {
-            account_sid: c.account_sid.clone(),
-            from: "+13125550100".into(),
-            base_url: base,
-        },
-    )
-    .await
-    .unwrap();
-    for (f, v) in [
-        (SECRET_TWILIO_API_KEY_SID, &c.api_key_sid),
-        (SECRET_TWILIO_API_KEY_SECRET, &c.api_key_secret),
-        (SECRET_TWILIO_AUTH_TOKEN, &c.auth_token),
-    ] {
-        s.set_secret(&h.keys, &h.tenant.id, f, &SecretString::new(v.clone()), morning())
-            .await
-            .unwrap();
-    }
+    ml_connector::sandbox::connect_twilio(s, &h.keys, &h.tenant.id, &sb.config(), &base, morning())
+        .await
+        .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let inbox = Inbox::new(h.poller.clone());
@@ -139,17 +122,7 @@ fn p(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
 }
 
 fn answering(sb: &TwilioSandbox) {
-    let answer = |when: &str, reply: Option<&str>, digits: Option<&str>| Script {
-        to: None,
-        when_body_contains: Some(when.into()),
-        reply: reply.map(String::from),
-        digits: digits.map(String::from),
-    };
-    sb.set_scripts(vec![
-        answer("APPROVE ", Some("APPROVE {code}"), None),
-        answer("SEEN ", Some("seen {code}, on it"), None),
-        answer("<Gather", None, Some("1")),
-    ]);
+    sb.set_scripts(ml_connector::sandbox::example_answers());
 }
 
 async fn events_of(l: &Loop, kind: &str, key: &str) -> Vec<(String, Value)> {

@@ -106,21 +106,30 @@ impl Store {
     /// or idempotency token as one already queued, in this batch or before). Committed
     /// before any of their requests is answered 2xx.
     pub async fn queue_webhooks(&self, batch: &[NewWebhook], now: DateTime<Utc>) -> Result<Vec<Option<i64>>> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
         let at = millis(now);
-        let ids = in_tx!(self, tx => {
-            let mut ids = Vec::with_capacity(batch.len());
-            for w in batch {
-                let params = serde_json::to_string(&w.params).expect("pairs serialise");
-                ids.push(sqlx::query(
-                    "INSERT INTO webhook_events (tenant_id, kind, dedup_key, idempotency_token, delivery_id, params, state, received_at)
-                     VALUES ($1, $2, $3, $4, $5, $6, 'queued', $7) ON CONFLICT DO NOTHING RETURNING id",
-                )
-                .bind(&w.tenant).bind(w.kind.as_str()).bind(&w.dedup_key).bind(&w.idempotency_token).bind(w.delivery_id).bind(params).bind(at)
-                .fetch_optional(&mut *tx).await?.map(|r| r.get::<i64, _>(0)));
-            }
-            ids
+        let params: Vec<String> = batch
+            .iter()
+            .map(|w| serde_json::to_string(&w.params).expect("pairs serialise"))
+            .collect();
+        // One statement for the batch: a duplicate (of a stored row, or of an earlier row of
+        // this batch) is skipped and returns nothing.
+        let inserted: Vec<(String, String, i64)> = on_pool!(self, p => {
+            let mut q = sqlx::QueryBuilder::new(
+                "INSERT INTO webhook_events (tenant_id, kind, dedup_key, idempotency_token, delivery_id, params, state, received_at) ",
+            );
+            q.push_values(batch.iter().zip(&params), |mut row, (w, params)| {
+                row.push_bind(&w.tenant).push_bind(w.kind.as_str()).push_bind(&w.dedup_key).push_bind(&w.idempotency_token)
+                    .push_bind(w.delivery_id).push_bind(params).push_bind("queued").push_bind(at);
+            });
+            q.push(" ON CONFLICT DO NOTHING RETURNING tenant_id, dedup_key, id");
+            q.build().fetch_all(p).await?.into_iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect()
         });
-        Ok(ids)
+        let mut ids: std::collections::HashMap<(String, String), i64> = inserted.into_iter().map(|(t, k, id)| ((t, k), id)).collect();
+        // The first request of a key gets its id; a repeat within the batch is a duplicate.
+        Ok(batch.iter().map(|w| ids.remove(&(w.tenant.clone(), w.dedup_key.clone()))).collect())
     }
 
     /// The event a duplicate repeats: by dedup key, else by idempotency token.
