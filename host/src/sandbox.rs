@@ -345,7 +345,12 @@ pub async fn run(opts: SandboxOptions) -> anyhow::Result<()> {
     let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?;
     let poller = Poller::new(store.clone(), keys, http.clone(), clock, runtime);
     let inbox = Inbox::new(poller.clone());
-    let listener = tokio::net::TcpListener::bind(opts.http_addr).await?;
+    let listener = tokio::net::TcpListener::bind(opts.http_addr).await.map_err(|e| {
+        anyhow::anyhow!(
+            "cannot take webhooks on {}: {e} (choose another address with --http-addr, e.g. 127.0.0.1:0 for any free port)",
+            opts.http_addr
+        )
+    })?;
     let public_url = opts.public_url.clone().unwrap_or(format!("http://{}", listener.local_addr()?));
     let _http_task = WebhookServer::new(inbox.clone(), &public_url).serve(listener);
     // The sandbox's numbers send replies to the tenant's inbound path; its people answer.
