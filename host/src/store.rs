@@ -113,6 +113,27 @@ macro_rules! in_tx {
     };
 }
 
+/// Inside transaction `$tx`, enqueue one record's jobs: a job key seen before is a no-op (the
+/// alert's identity), a new job is audited as queued on the record.
+macro_rules! insert_jobs {
+    ($tx:ident, $tenant:expr, $kind:expr, $key:expr, $jobs:expr, $at:expr) => {
+        for j in $jobs {
+            let added = sqlx::query(
+                "INSERT INTO jobs (job_key, tenant_id, kind, record_kind, record_key, episode, payload, state, run_at, created_at, updated_at, escalation_step)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, 'queued', $8, $9, $9, $10) ON CONFLICT (job_key) DO NOTHING",
+            )
+            .bind(&j.key).bind($tenant).bind(&j.kind).bind($kind).bind($key).bind(j.episode).bind(j.payload.to_string())
+            .bind(millis(j.run_at)).bind($at).bind(j.escalation_step as i64).execute(&mut *$tx).await?.rows_affected();
+            if added == 1 {
+                sqlx::query("INSERT INTO audit (tenant_id, kind, record_key, episode, at, event, detail) VALUES ($1, $2, $3, $4, $5, 'queued', $6)")
+                    .bind($tenant).bind($kind).bind($key).bind(j.episode).bind($at)
+                    .bind(serde_json::json!({"job": j.key, "due": j.run_at.to_rfc3339()}).to_string())
+                    .execute(&mut *$tx).await?;
+            }
+        }
+    };
+}
+
 pub fn millis(t: DateTime<Utc>) -> i64 {
     t.timestamp_millis()
 }
@@ -688,20 +709,7 @@ impl Store {
                         .execute(&mut *tx).await?;
                 }
             }
-            for j in &change.jobs {
-                let added = sqlx::query(
-                    "INSERT INTO jobs (job_key, tenant_id, kind, record_kind, record_key, episode, payload, state, run_at, created_at, updated_at, escalation_step)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, 'queued', $8, $9, $9, $10) ON CONFLICT (job_key) DO NOTHING",
-                )
-                .bind(&j.key).bind(tenant).bind(&j.kind).bind(kind).bind(key).bind(j.episode).bind(j.payload.to_string())
-                .bind(millis(j.run_at)).bind(at).bind(j.escalation_step as i64).execute(&mut *tx).await?.rows_affected();
-                if added == 1 {
-                    sqlx::query("INSERT INTO audit (tenant_id, kind, record_key, episode, at, event, detail) VALUES ($1, $2, $3, $4, $5, 'queued', $6)")
-                        .bind(tenant).bind(kind).bind(key).bind(j.episode).bind(at)
-                        .bind(serde_json::json!({"job": j.key, "due": j.run_at.to_rfc3339()}).to_string())
-                        .execute(&mut *tx).await?;
-                }
-            }
+            insert_jobs!(tx, tenant, kind, key, &change.jobs, at);
             applied
         });
         Ok(applied)

@@ -305,19 +305,7 @@ impl Store {
                     .bind(tenant).bind(&a.record_kind).bind(&a.record_key).bind(a.episode).bind(at)
                     .bind(json!({"jobs": cancelled, "why": "answered"}).to_string()).execute(&mut *tx).await?;
             }
-            for j in &a.jobs {
-                let added = sqlx::query(
-                    "INSERT INTO jobs (job_key, tenant_id, kind, record_kind, record_key, episode, payload, state, run_at, created_at, updated_at, escalation_step)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, 'queued', $8, $9, $9, $10) ON CONFLICT (job_key) DO NOTHING",
-                )
-                .bind(&j.key).bind(tenant).bind(&j.kind).bind(&a.record_kind).bind(&a.record_key).bind(j.episode).bind(j.payload.to_string())
-                .bind(millis(j.run_at)).bind(at).bind(j.escalation_step as i64).execute(&mut *tx).await?.rows_affected();
-                if added == 1 {
-                    sqlx::query("INSERT INTO audit (tenant_id, kind, record_key, episode, at, event, detail) VALUES ($1, $2, $3, $4, $5, 'queued', $6)")
-                        .bind(tenant).bind(&a.record_kind).bind(&a.record_key).bind(j.episode).bind(at)
-                        .bind(json!({"job": j.key, "due": j.run_at.to_rfc3339()}).to_string()).execute(&mut *tx).await?;
-                }
-            }
+            insert_jobs!(tx, tenant, &a.record_kind, &a.record_key, &a.jobs, at);
             cancelled
         });
         Ok(cancelled)
@@ -327,19 +315,7 @@ impl Store {
     pub async fn enqueue(&self, tenant: &str, record_kind: &str, record_key: &str, jobs: &[NewJob], now: DateTime<Utc>) -> Result<()> {
         let at = millis(now);
         in_tx!(self, tx => {
-            for j in jobs {
-                let added = sqlx::query(
-                    "INSERT INTO jobs (job_key, tenant_id, kind, record_kind, record_key, episode, payload, state, run_at, created_at, updated_at, escalation_step)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, 'queued', $8, $9, $9, $10) ON CONFLICT (job_key) DO NOTHING",
-                )
-                .bind(&j.key).bind(tenant).bind(&j.kind).bind(record_kind).bind(record_key).bind(j.episode).bind(j.payload.to_string())
-                .bind(millis(j.run_at)).bind(at).bind(j.escalation_step as i64).execute(&mut *tx).await?.rows_affected();
-                if added == 1 {
-                    sqlx::query("INSERT INTO audit (tenant_id, kind, record_key, episode, at, event, detail) VALUES ($1, $2, $3, $4, $5, 'queued', $6)")
-                        .bind(tenant).bind(record_kind).bind(record_key).bind(j.episode).bind(at)
-                        .bind(json!({"job": j.key, "due": j.run_at.to_rfc3339()}).to_string()).execute(&mut *tx).await?;
-                }
-            }
+            insert_jobs!(tx, tenant, record_kind, record_key, jobs, at);
         });
         Ok(())
     }
