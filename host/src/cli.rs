@@ -14,6 +14,7 @@ use tokio::sync::watch;
 
 use crate::clock::{Clock, SystemClock};
 use crate::dispatcher::Dispatcher;
+use crate::grpc::{Control, EventFeed};
 use crate::inbox::Inbox;
 use crate::plugin::PluginRuntime;
 use crate::poller::Poller;
@@ -83,6 +84,46 @@ impl KeyArgs {
     }
 }
 
+#[derive(Debug, Clone, clap::Args)]
+pub struct GrpcArgs {
+    /// The gRPC control plane's address.
+    #[arg(long, env = "ML_CONNECTOR_GRPC_ADDR", default_value = "127.0.0.1:50051")]
+    pub grpc_addr: SocketAddr,
+    /// The bearer token every gRPC call but health must carry.
+    #[arg(long, env = "ML_CONNECTOR_ADMIN_TOKEN", hide_env_values = true, hide = true)]
+    pub admin_token: Option<String>,
+    /// Serve gRPC over TLS with this PEM certificate chain…
+    #[arg(long, env = "ML_CONNECTOR_GRPC_TLS_CERT", requires = "grpc_tls_key")]
+    pub grpc_tls_cert: Option<PathBuf>,
+    /// …and this PEM private key.
+    #[arg(long, env = "ML_CONNECTOR_GRPC_TLS_KEY", requires = "grpc_tls_cert")]
+    pub grpc_tls_key: Option<PathBuf>,
+    /// How many live events a `Watch` consumer may fall behind before it is told it lagged.
+    #[arg(long, env = "ML_CONNECTOR_WATCH_BUFFER", default_value_t = 1024)]
+    pub watch_buffer: usize,
+}
+
+impl GrpcArgs {
+    pub fn options(&self) -> anyhow::Result<crate::grpc::GrpcOptions> {
+        let tls = match (&self.grpc_tls_cert, &self.grpc_tls_key) {
+            (Some(c), Some(k)) => Some((
+                std::fs::read(c).with_context(|| format!("reading ML_CONNECTOR_GRPC_TLS_CERT {}", c.display()))?,
+                std::fs::read(k).with_context(|| format!("reading ML_CONNECTOR_GRPC_TLS_KEY {}", k.display()))?,
+            )),
+            _ => None,
+        };
+        Ok(crate::grpc::GrpcOptions {
+            addr: self.grpc_addr,
+            admin_token: self
+                .admin_token
+                .clone()
+                .filter(|t| !t.is_empty())
+                .map(crate::secrets::SecretString::new),
+            tls,
+        })
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum PluginCommand {
     /// Load a plugin, check it against the WIT world, run it on the sample records and print
@@ -117,6 +158,9 @@ pub enum Command {
         /// Where the host takes Twilio's webhooks (port 0: any free port).
         #[arg(long, env = "ML_CONNECTOR_HTTP_ADDR", default_value = "127.0.0.1:8080")]
         http_addr: SocketAddr,
+        /// The gRPC control plane (while the demo runs; not with --once).
+        #[arg(long, env = "ML_CONNECTOR_GRPC_ADDR", default_value = "127.0.0.1:50051")]
+        grpc_addr: SocketAddr,
     },
     /// Production: poll every tenant on its schedule.
     Serve {
@@ -136,6 +180,8 @@ pub enum Command {
         /// Twilio webhooks, health and metrics.
         #[arg(long, env = "ML_CONNECTOR_HTTP_ADDR", default_value = "127.0.0.1:8080")]
         http_addr: SocketAddr,
+        #[command(flatten)]
+        grpc: GrpcArgs,
     },
     /// Plugins: check one before shipping it.
     #[command(subcommand)]
@@ -209,10 +255,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             public_url,
             job_lease_seconds,
             http_addr,
+            grpc,
         } => {
             let keys = Arc::new(keys.keyring()?);
+            let grpc_opts = grpc.options()?;
+            if grpc_opts.admin_token.is_none() {
+                tracing::warn!("ML_CONNECTOR_ADMIN_TOKEN is not set: every gRPC call but health will be refused");
+            }
             let store = Store::connect(&db.database_url).await.context("connecting to the database")?;
-            store.migrate().await.context("applying migrations")?;
             let http = reqwest::Client::builder().timeout(Duration::from_secs(60)).build()?;
             let plugins = Arc::new(PluginRuntime::new(Some(
                 plugin_cache.unwrap_or_else(crate::plugin::default_cache_dir),
@@ -221,13 +271,30 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let mut dispatcher = Dispatcher::new(store.clone(), keys, http, Arc::new(SystemClock), &public_url);
             dispatcher.lease = chrono::Duration::seconds(job_lease_seconds as i64);
             let inbox = Inbox::new(poller.clone());
+            let scheduler = Scheduler::new(poller.clone());
+            let (stop_tx, stop_rx) = watch::channel(false);
+            // gRPC answers health (NOT_SERVING) while the migrations run.
+            let feed = EventFeed::new(store.clone(), grpc.watch_buffer);
+            let control = Control::new(poller, scheduler.clone(), feed.clone());
+            let grpc_addr = grpc_opts.addr;
+            let (grpc_bound, health, grpc_task) = crate::grpc::spawn(control, grpc_opts, stop_rx.clone())
+                .await
+                .with_context(|| format!("binding the gRPC address {grpc_addr}"))?;
+            tracing::info!(%grpc_bound, "gRPC control plane");
+            store.migrate().await.context("applying migrations")?;
             let (bound, _http_task) = WebhookServer::new(inbox.clone(), &public_url)
                 .spawn(http_addr)
                 .await
                 .with_context(|| format!("binding the HTTP address {http_addr}"))?;
             tracing::info!(%bound, public_url, "webhooks, health and readiness on HTTP");
-            let scheduler = Scheduler::new(poller);
-            let (stop_tx, stop_rx) = watch::channel(false);
+            let health_task = tokio::spawn({
+                let (store, stop) = (store.clone(), stop_rx.clone());
+                async move { health.ready(store, stop).await }
+            });
+            let feed_task = tokio::spawn({
+                let stop = stop_rx.clone();
+                async move { feed.pump(stop).await }
+            });
             let task = tokio::spawn({
                 let s = scheduler.clone();
                 let stop = stop_rx.clone();
@@ -245,6 +312,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let _ = task.await;
             let _ = sender.await;
             let _ = intake.await;
+            let _ = feed_task.await;
+            let _ = health_task.await;
+            let _ = grpc_task.await;
             store.close().await;
         }
         Command::Sandbox {
@@ -254,11 +324,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             poll_every,
             public_url,
             http_addr,
+            grpc_addr,
         } => {
             crate::sandbox::run(crate::sandbox::SandboxOptions {
                 once,
                 public_url,
                 http_addr,
+                grpc_addr,
                 database_url,
                 qad_addr,
                 poll_every_seconds: poll_every,

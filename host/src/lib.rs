@@ -5,6 +5,7 @@ pub mod cli;
 pub mod clock;
 pub mod core;
 pub mod dispatcher;
+pub mod grpc;
 pub mod inbox;
 pub mod plugin;
 pub mod plugin_check;

@@ -697,7 +697,11 @@ impl<'a> Cycle<'a> {
         };
         let fault = match outcome {
             Ok(o) => {
-                audit.push(("routed".into(), json!({"plugin": r.label, "deliveries": o.routed, "logs": o.logs})));
+                // The input is kept so a dry-run can replay exactly what the plugin saw.
+                audit.push((
+                    "routed".into(),
+                    json!({"plugin": r.label, "input": alert, "deliveries": o.routed, "logs": o.logs}),
+                ));
                 return Routing::Routed {
                     plugin: r.label.clone(),
                     routed: o.routed,
@@ -708,7 +712,7 @@ impl<'a> Cycle<'a> {
         tracing::warn!(tenant = %self.tenant.id, record = %alert.key, plugin = %r.label, error = %fault, "plugin fault");
         audit.push((
             "plugin_fault".into(),
-            json!({"plugin": r.label, "kind": fault.kind, "call": fault.call, "error": fault.message}),
+            json!({"plugin": r.label, "input": alert, "kind": fault.kind, "call": fault.call, "error": fault.message}),
         ));
         let fallback = if r.settings.fallback_to_default {
             match self

@@ -18,6 +18,7 @@ use crate::core::profile::{MappingProfile, PersonRef, Roles};
 use crate::core::routing::{Channel, Message, Routed};
 use crate::core::schedule::ScheduleSpec;
 use crate::dispatcher::{Dispatcher, SECRET_TWILIO_API_KEY_SECRET, SECRET_TWILIO_API_KEY_SID, SECRET_TWILIO_AUTH_TOKEN};
+use crate::grpc::{Control, EventFeed, GrpcOptions};
 use crate::inbox::Inbox;
 use crate::plugin::{LAKESHORE_PLUGIN, PluginRuntime, PluginSettings, sha256_hex};
 use crate::poller::{Event, Poller, Routing, SECRET_QAD_PASSWORD, SECRET_QAD_USER};
@@ -37,6 +38,8 @@ pub struct SandboxOptions {
     pub public_url: Option<String>,
     /// Where the host takes webhooks.
     pub http_addr: SocketAddr,
+    /// The gRPC control plane, while the demo runs live.
+    pub grpc_addr: SocketAddr,
     pub database_url: Option<String>,
     pub qad_addr: SocketAddr,
     pub poll_every_seconds: u64,
@@ -442,6 +445,7 @@ pub async fn run(opts: SandboxOptions) -> anyhow::Result<()> {
         .map(|(h, _)| h.to_string())
         .unwrap_or(qad_base.clone());
     let (stop_tx, stop_rx) = watch::channel(false);
+    let stop_rx_grpc = stop_rx.clone();
     let loop_task = tokio::spawn({
         let s = scheduler.clone();
         let stop = stop_rx.clone();
@@ -452,6 +456,7 @@ pub async fn run(opts: SandboxOptions) -> anyhow::Result<()> {
         async move { inbox.run(stop).await }
     });
     let dispatch_task = tokio::spawn(async move { dispatcher.run(stop_rx).await });
+    let grpc_task = serve_grpc(&poller, &scheduler, opts.grpc_addr, stop_rx_grpc).await?;
     tokio::spawn(async move {
         tokio::time::sleep(Duration::from_secs(5)).await;
         if let Some((voucher, po)) = story.missing_receipt.first().and_then(|v| story.invoice_po.get_key_value(v)) {
@@ -477,7 +482,37 @@ pub async fn run(opts: SandboxOptions) -> anyhow::Result<()> {
     let _ = loop_task.await;
     let _ = dispatch_task.await;
     let _ = intake_task.await;
+    let _ = grpc_task.await;
     printer.abort();
     store.close().await;
     Ok(())
+}
+
+/// The control plane for grpcurl while the demo runs, with the event feed behind `Watch`.
+/// The admin token is `ML_CONNECTOR_ADMIN_TOKEN`, else `sandbox` (said on screen).
+async fn serve_grpc(
+    poller: &Poller,
+    scheduler: &Scheduler,
+    addr: SocketAddr,
+    stop: watch::Receiver<bool>,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let token = std::env::var("ML_CONNECTOR_ADMIN_TOKEN").ok().filter(|t| !t.is_empty());
+    let shown = if token.is_some() { "$ML_CONNECTOR_ADMIN_TOKEN" } else { "sandbox" };
+    let feed = EventFeed::new(poller.store.clone(), 1024);
+    let control = Control::new(poller.clone(), scheduler.clone(), feed.clone());
+    let opts = GrpcOptions {
+        addr,
+        admin_token: Some(SecretString::new(token.unwrap_or_else(|| "sandbox".into()))),
+        tls: None,
+    };
+    let (bound, health, server) = crate::grpc::spawn(control, opts, stop.clone())
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot serve gRPC on {addr}: {e} (choose another address with --grpc-addr)"))?;
+    println!("  gRPC          {bound}  e.g. grpcurl -plaintext -H \"authorization: Bearer {shown}\" {bound} list\n");
+    let store = poller.store.clone();
+    Ok(tokio::spawn(async move {
+        let pump = feed.pump(stop.clone());
+        let ready = health.ready(store, stop);
+        let _ = tokio::join!(pump, ready, server);
+    }))
 }

@@ -1,11 +1,11 @@
 //! Runs each tenant's polls on its schedule: one poll per tenant at a time, a way to poll
 //! now, and nothing lost across restarts (the next time is derived from the poll history).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration as StdDuration;
 
-use chrono::Duration;
+use chrono::{DateTime, Duration, Utc};
 use thiserror::Error;
 use tokio::sync::{Notify, watch};
 
@@ -24,8 +24,14 @@ pub enum PollNowError {
 pub struct Scheduler {
     poller: Poller,
     running: Arc<Mutex<HashSet<String>>>,
+    /// Tenants whose poll could not even start (no credentials, say): not tried again before
+    /// this time, or until their settings change, instead of at once in a loop.
+    held_back: Arc<Mutex<HashMap<String, DateTime<Utc>>>>,
     wake: Arc<Notify>,
 }
+
+/// How long a tenant whose poll cannot start waits before the next try.
+const HOLD_BACK: Duration = Duration::seconds(60);
 
 /// Removes the tenant from the running set however the poll ends.
 struct RunningGuard {
@@ -46,6 +52,7 @@ impl Scheduler {
         Scheduler {
             poller,
             running: Arc::default(),
+            held_back: Arc::default(),
             wake: Arc::new(Notify::new()),
         }
     }
@@ -67,6 +74,7 @@ impl Scheduler {
 
     /// Wake the loop: a tenant or its schedule changed.
     pub fn reschedule(&self) {
+        self.held_back.lock().unwrap_or_else(|p| p.into_inner()).clear();
         self.wake.notify_one();
     }
 
@@ -100,12 +108,17 @@ impl Scheduler {
                                 continue;
                             }
                         };
+                        let held = self.held_back.lock().unwrap_or_else(|p| p.into_inner()).get(&t.id).copied();
+                        let due = held.map_or(due, |h| due.max(h));
                         if due <= now {
                             if let Some(guard) = self.claim(&t.id) {
                                 let poller = self.poller.clone();
+                                let held_back = self.held_back.clone();
                                 tasks.spawn(async move {
                                     if let Err(e) = poller.poll(&guard.tenant, "schedule").await {
-                                        tracing::warn!(tenant = %guard.tenant, error = %e, "scheduled poll could not run");
+                                        tracing::warn!(tenant = %guard.tenant, error = %e, "scheduled poll could not run; next try in 60 s");
+                                        let until = poller.clock.now() + HOLD_BACK;
+                                        held_back.lock().unwrap_or_else(|p| p.into_inner()).insert(guard.tenant.clone(), until);
                                     }
                                     drop(guard);
                                 });

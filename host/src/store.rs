@@ -998,5 +998,7 @@ fn tenant_from(id: String, name: String, url: String, domain: String, entity: St
     })
 }
 
+mod admin;
 mod intake;
+pub use admin::*;
 pub use intake::*;

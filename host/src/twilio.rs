@@ -181,4 +181,46 @@ impl TwilioClient {
             })
             .unwrap_or_default())
     }
+
+    /// One page of one message from the account's list: proves the API key opens this
+    /// account (a read a standard key may make, changing nothing).
+    pub async fn check_api_key(&self) -> Result<String, String> {
+        let resp = self
+            .http
+            .get(self.url("Messages.json"))
+            .basic_auth(&self.cfg.api_key_sid, Some(self.cfg.api_key_secret.expose()))
+            .query(&[("PageSize", "1")])
+            .send()
+            .await
+            .map_err(|e| format!("no answer from Twilio at {}: {e}", self.cfg.base_url))?;
+        answered(resp, "listed one page of the account's messages with the API key").await
+    }
+
+    /// Fetch the account authenticated by its SID and Auth Token: proves the token Twilio
+    /// signs webhooks with is the account's current one.
+    pub async fn check_auth_token(&self, auth_token: &SecretString) -> Result<String, String> {
+        let url = format!("{}/2010-04-01/Accounts/{}.json", self.cfg.base_url, self.cfg.account_sid);
+        let resp = self
+            .http
+            .get(url)
+            .basic_auth(&self.cfg.account_sid, Some(auth_token.expose()))
+            .send()
+            .await
+            .map_err(|e| format!("no answer from Twilio at {}: {e}", self.cfg.base_url))?;
+        answered(resp, "fetched the account with its SID and Auth Token").await
+    }
+}
+
+/// A check's answer: `done` on 2xx, else Twilio's status, code and message.
+async fn answered(resp: reqwest::Response, done: &str) -> Result<String, String> {
+    let status = resp.status();
+    if status.is_success() {
+        return Ok(done.to_string());
+    }
+    let v: Value = resp.json().await.unwrap_or(Value::Null);
+    Err(format!(
+        "Twilio answered {status} (code {}): {}",
+        v["code"].as_u64().map(|c| c.to_string()).unwrap_or_else(|| "none".into()),
+        v["message"].as_str().unwrap_or("no message")
+    ))
 }

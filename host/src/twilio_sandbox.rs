@@ -258,6 +258,7 @@ impl TwilioSandbox {
                 post(create_message).get(list_messages),
             )
             .route("/2010-04-01/Accounts/{account}/Calls.json", post(create_call))
+            .route("/2010-04-01/Accounts/{account_json}", get(fetch_account))
             .route(
                 "/_sandbox/stats",
                 get(|State(s): State<TwilioSandbox>| async move { Json(s.stats()) }),
@@ -739,12 +740,46 @@ async fn list_messages(
         return r;
     }
     let params: HashMap<String, String> = serde_urlencoded::from_str(q.as_deref().unwrap_or("")).unwrap_or_default();
+    let page_size = params
+        .get("PageSize")
+        .and_then(|p| p.parse::<usize>().ok())
+        .unwrap_or(50)
+        .clamp(1, 1000);
     let s = sb.lock();
     let ms: Vec<Value> = s
         .messages
         .iter()
         .filter(|m| params.get("To").is_none_or(|t| t == &m.to) && params.get("From").is_none_or(|f| f == &m.from))
+        .take(page_size)
         .map(|m| json!({"sid": m.sid, "to": m.to, "from": m.from, "body": m.body, "status": "sent", "date_created": m.date_created}))
         .collect();
     Json(json!({"messages": ms, "page": 0, "page_size": ms.len(), "next_page_uri": null})).into_response()
+}
+
+/// `GET /2010-04-01/Accounts/{Sid}.json`. Like Twilio, a standard API key may not read the
+/// account resource: only the account SID with its Auth Token opens it.
+async fn fetch_account(State(sb): State<TwilioSandbox>, Path(account_json): Path<String>, headers: HeaderMap) -> Response {
+    sb.keep("GET", format!("/2010-04-01/Accounts/{account_json}"), None, &headers, &[]);
+    let Some(account) = account_json.strip_suffix(".json") else {
+        return error(StatusCode::NOT_FOUND, 20404, "The requested resource was not found");
+    };
+    if let Err(r) = sb.admit(account, &headers) {
+        return r;
+    }
+    let s = sb.lock();
+    let expected = format!("{}:{}", s.cfg.account_sid, s.cfg.auth_token);
+    let by_token = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Basic "))
+        .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+        .is_some_and(|c| c == expected.as_bytes());
+    if !by_token {
+        return error(StatusCode::UNAUTHORIZED, 20003, "Authenticate");
+    }
+    Json(json!({
+        "sid": s.cfg.account_sid, "friendly_name": "ml-connector sandbox", "status": "active", "type": "Full",
+        "uri": format!("/2010-04-01/Accounts/{}.json", s.cfg.account_sid),
+    }))
+    .into_response()
 }

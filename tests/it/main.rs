@@ -4,6 +4,7 @@ mod cli;
 mod client;
 mod conformance;
 mod dispatch;
+mod grpc;
 mod plugins;
 mod poll;
 mod store;

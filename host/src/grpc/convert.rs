@@ -1,0 +1,395 @@
+//! Between protobuf messages and the host's own types. Input is validated here, field by
+//! field, so a refused request names the field and changes nothing.
+
+use std::collections::BTreeMap;
+
+use chrono::NaiveTime;
+use tonic::Status;
+
+use super::pb;
+use super::{invalid, opt_time, time};
+use crate::core::phone;
+use crate::core::profile::MappingProfile;
+use crate::core::schedule::{ActiveHours, Schedule, ScheduleSpec};
+use crate::plugin::PluginSettings;
+use crate::store::{AuditEntry, DeliveryRow, EpisodeRow, JobRow, Tenant, TenantSettings, TwilioAccount};
+use crate::twilio::DEFAULT_BASE_URL;
+
+/// Tenant ids appear in webhook paths and logs: keep them plain.
+pub fn check_tenant_id(field: &str, id: &str) -> Result<(), Status> {
+    let ok = !id.is_empty()
+        && id.len() <= 63
+        && id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !id.starts_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(field, format!("{id:?} must be 1–63 lower-case letters, digits or dashes")))
+    }
+}
+
+fn check_url(field: &str, raw: &str) -> Result<String, Status> {
+    let u = url::Url::parse(raw).map_err(|e| invalid(field, format!("{raw:?} is not a URL ({e})")))?;
+    if !matches!(u.scheme(), "http" | "https") || u.host_str().is_none() {
+        return Err(invalid(field, format!("{raw:?} must be an http(s) URL with a host")));
+    }
+    Ok(raw.trim_end_matches('/').to_string())
+}
+
+fn check_phone(field: &str, raw: &str) -> Result<String, Status> {
+    if !raw.trim().starts_with('+') {
+        return Err(invalid(field, format!("phone {raw:?} must be in E.164 form, e.g. +13125550100")));
+    }
+    phone::normalise(raw, "US", &BTreeMap::new())
+        .map(|e| e.number)
+        .map_err(|e| invalid(field, e))
+}
+
+fn check_time(field: &str, raw: &str) -> Result<NaiveTime, Status> {
+    NaiveTime::parse_from_str(raw, "%H:%M").map_err(|_| invalid(field, format!("{raw:?} is not a local time HH:MM")))
+}
+
+pub fn schedule_spec(field: &str, s: Option<&pb::Schedule>) -> Result<ScheduleSpec, Status> {
+    let s = s.ok_or_else(|| invalid(field, "is required"))?;
+    let active_hours = match (s.active_from.as_str(), s.active_until.as_str()) {
+        ("", "") => None,
+        (from, until) => Some(ActiveHours {
+            start: check_time(&format!("{field}.active_from"), from)?,
+            end: check_time(&format!("{field}.active_until"), until)?,
+        }),
+    };
+    let spec = ScheduleSpec {
+        every_seconds: (s.every_seconds > 0).then_some(s.every_seconds),
+        cron: (!s.cron.is_empty()).then(|| s.cron.clone()),
+        active_hours,
+        time_zone: if s.time_zone.is_empty() {
+            "UTC".into()
+        } else {
+            s.time_zone.clone()
+        },
+    };
+    Schedule::parse(&spec).map_err(|e| invalid(field, e))?;
+    Ok(spec)
+}
+
+fn schedule_out(s: &ScheduleSpec) -> pb::Schedule {
+    let hm = |t: NaiveTime| t.format("%H:%M").to_string();
+    pb::Schedule {
+        every_seconds: s.every_seconds.unwrap_or(0),
+        cron: s.cron.clone().unwrap_or_default(),
+        time_zone: s.time_zone.clone(),
+        active_from: s.active_hours.as_ref().map(|a| hm(a.start)).unwrap_or_default(),
+        active_until: s.active_hours.as_ref().map(|a| hm(a.end)).unwrap_or_default(),
+    }
+}
+
+pub fn qad(field: &str, q: Option<&pb::QadSettings>) -> Result<(String, String, String), Status> {
+    let q = q.ok_or_else(|| invalid(field, "is required (base_url, domain, entity)"))?;
+    let url = check_url(&format!("{field}.base_url"), &q.base_url)?;
+    for (name, v) in [("domain", &q.domain), ("entity", &q.entity)] {
+        if v.trim().is_empty() {
+            return Err(invalid(&format!("{field}.{name}"), "is required"));
+        }
+    }
+    Ok((url, q.domain.trim().to_string(), q.entity.trim().to_string()))
+}
+
+pub fn twilio(field: &str, t: Option<&pb::TwilioSettings>) -> Result<TwilioAccount, Status> {
+    let Some(t) = t else {
+        return Ok(TwilioAccount {
+            account_sid: String::new(),
+            from: String::new(),
+            base_url: DEFAULT_BASE_URL.into(),
+        });
+    };
+    let sid = t.account_sid.trim();
+    let well_formed = sid.len() == 34 && sid.starts_with("AC") && sid[2..].bytes().all(|b| b.is_ascii_hexdigit());
+    if !sid.is_empty() && !well_formed {
+        return Err(invalid(
+            &format!("{field}.account_sid"),
+            format!("{sid:?} is not a Twilio account SID (AC and 32 hex digits)"),
+        ));
+    }
+    let from = match t.from_number.trim() {
+        "" => String::new(),
+        n => check_phone(&format!("{field}.from_number"), n)?,
+    };
+    let base_url = match t.base_url.trim() {
+        "" => DEFAULT_BASE_URL.to_string(),
+        u => check_url(&format!("{field}.base_url"), u)?,
+    };
+    Ok(TwilioAccount {
+        account_sid: sid.to_string(),
+        from,
+        base_url,
+    })
+}
+
+pub fn profile(field: &str, raw: &str) -> Result<MappingProfile, Status> {
+    if raw.trim().is_empty() {
+        return Ok(MappingProfile::default());
+    }
+    serde_json::from_str(raw).map_err(|e| invalid(field, format!("is not a mapping profile: {e}")))
+}
+
+pub fn plugin_settings(field: &str, raw: &str) -> Result<String, Status> {
+    if raw.trim().is_empty() {
+        return Ok("{}".into());
+    }
+    let s: PluginSettings = serde_json::from_str(raw).map_err(|e| invalid(field, format!("is not plugin settings: {e}")))?;
+    if s.limits.fuel == 0 || s.limits.memory_bytes == 0 || s.limits.memory_bytes > crate::plugin::MAX_MEMORY_BYTES {
+        return Err(invalid(
+            field,
+            format!(
+                "limits must give some fuel and between 1 byte and {} MiB of memory",
+                crate::plugin::MAX_MEMORY_BYTES >> 20
+            ),
+        ));
+    }
+    Ok(serde_json::to_string(&s).expect("plain data serialises"))
+}
+
+/// A whole tenant from a create request.
+pub fn new_tenant(t: &pb::Tenant, now: chrono::DateTime<chrono::Utc>) -> Result<TenantSettings, Status> {
+    check_tenant_id("tenant.id", &t.id)?;
+    if t.name.trim().is_empty() {
+        return Err(invalid("tenant.name", "is required"));
+    }
+    let (qad_base_url, qad_domain, qad_entity) = qad("tenant.qad", t.qad.as_ref())?;
+    Ok(TenantSettings {
+        tenant: Tenant {
+            id: t.id.clone(),
+            name: t.name.trim().to_string(),
+            qad_base_url,
+            qad_domain,
+            qad_entity,
+            schedule: schedule_spec("tenant.schedule", t.schedule.as_ref())?,
+            profile: profile("tenant.profile_json", &t.profile_json)?,
+        },
+        twilio: twilio("tenant.twilio", t.twilio.as_ref())?,
+        execute_decisions: t.execute_decisions,
+        call_opted_out: t.call_opted_out,
+        active_plugin: None,
+        plugin_settings: plugin_settings("tenant.plugin_settings_json", &t.plugin_settings_json)?,
+        created_at: now,
+        updated_at: now,
+    })
+}
+
+/// Apply the fields an update names (all settable ones when the mask is empty).
+pub fn apply_update(current: &mut TenantSettings, t: &pb::Tenant, mask: &[String]) -> Result<(), Status> {
+    const FIELDS: [&str; 8] = [
+        "name",
+        "qad",
+        "twilio",
+        "schedule",
+        "execute_decisions",
+        "call_opted_out",
+        "profile_json",
+        "plugin_settings_json",
+    ];
+    let mask: Vec<&str> = if mask.is_empty() {
+        FIELDS.to_vec()
+    } else {
+        mask.iter().map(String::as_str).collect()
+    };
+    for f in mask {
+        match f {
+            "name" if t.name.trim().is_empty() => return Err(invalid("tenant.name", "is required")),
+            "name" => current.tenant.name = t.name.trim().to_string(),
+            "qad" => {
+                (current.tenant.qad_base_url, current.tenant.qad_domain, current.tenant.qad_entity) = qad("tenant.qad", t.qad.as_ref())?
+            }
+            "twilio" => current.twilio = twilio("tenant.twilio", t.twilio.as_ref())?,
+            "schedule" => current.tenant.schedule = schedule_spec("tenant.schedule", t.schedule.as_ref())?,
+            "execute_decisions" => current.execute_decisions = t.execute_decisions,
+            "call_opted_out" => current.call_opted_out = t.call_opted_out,
+            "profile_json" => current.tenant.profile = profile("tenant.profile_json", &t.profile_json)?,
+            "plugin_settings_json" => current.plugin_settings = plugin_settings("tenant.plugin_settings_json", &t.plugin_settings_json)?,
+            other => {
+                return Err(invalid(
+                    "update_mask",
+                    format!("{other:?} is not a settable field (one of {})", FIELDS.join(", ")),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+pub fn tenant_out(s: &TenantSettings, credentials: &[(String, chrono::DateTime<chrono::Utc>)]) -> pb::Tenant {
+    let t = &s.tenant;
+    pb::Tenant {
+        id: t.id.clone(),
+        name: t.name.clone(),
+        qad: Some(pb::QadSettings {
+            base_url: t.qad_base_url.clone(),
+            domain: t.qad_domain.clone(),
+            entity: t.qad_entity.clone(),
+        }),
+        twilio: Some(pb::TwilioSettings {
+            account_sid: s.twilio.account_sid.clone(),
+            from_number: s.twilio.from.clone(),
+            base_url: s.twilio.base_url.clone(),
+        }),
+        schedule: Some(schedule_out(&t.schedule)),
+        credentials: credentials
+            .iter()
+            .map(|(field, at)| pb::CredentialState {
+                field: field.clone(),
+                set_at: time(*at),
+            })
+            .collect(),
+        execute_decisions: s.execute_decisions,
+        call_opted_out: s.call_opted_out,
+        active_plugin_version: s.active_plugin.unwrap_or(0),
+        profile_json: serde_json::to_string(&t.profile).expect("plain data serialises"),
+        plugin_settings_json: s.plugin_settings.clone(),
+        created_at: time(s.created_at),
+        updated_at: time(s.updated_at),
+    }
+}
+
+pub fn episode_out(e: &EpisodeRow) -> pb::AttentionRecord {
+    pb::AttentionRecord {
+        tenant_id: e.tenant.clone(),
+        kind: e.kind.clone(),
+        record_key: e.record_key.clone(),
+        episode: e.episode,
+        state: e.state.clone(),
+        reason_code: e.reason_code.clone(),
+        summary: e.summary.clone(),
+        urgency: e.urgency.clone(),
+        due_date: e.due_date.clone().unwrap_or_default(),
+        resolution: e.resolution.clone().unwrap_or_default(),
+        reference: e.reference.clone(),
+        opened_at: time(e.opened_at),
+        resolved_at: opt_time(e.resolved_at),
+    }
+}
+
+fn delivery_out(d: &DeliveryRow) -> pb::Delivery {
+    pb::Delivery {
+        sid: d.sid.clone().unwrap_or_default(),
+        channel: d.channel.clone(),
+        to_phone: d.to.clone(),
+        from_phone: d.from.clone(),
+        status: d.status.clone().unwrap_or_default(),
+        error_code: d.error_code.clone().unwrap_or_default(),
+        sent_at: time(d.sent_at),
+        answered_at: opt_time(d.answered_at),
+    }
+}
+
+pub fn job_out(j: &JobRow) -> pb::Alert {
+    pb::Alert {
+        id: j.id,
+        job_key: j.key.clone(),
+        tenant_id: j.tenant.clone(),
+        kind: j.kind.clone(),
+        record_kind: j.record_kind.clone(),
+        record_key: j.record_key.clone(),
+        episode: j.episode,
+        state: j.state.clone(),
+        attempt: j.attempt,
+        outcome_json: j.outcome.clone().unwrap_or_default(),
+        run_at: time(j.run_at),
+        created_at: time(j.created_at),
+        updated_at: time(j.updated_at),
+        delivery: j.delivery.as_ref().map(delivery_out),
+    }
+}
+
+pub fn audit_out(tenant: &str, a: &AuditEntry) -> pb::AuditEvent {
+    pb::AuditEvent {
+        id: a.id,
+        tenant_id: tenant.to_string(),
+        record_kind: a.kind.clone(),
+        record_key: a.record_key.clone(),
+        episode: a.episode.unwrap_or(0),
+        at: time(a.at),
+        event: a.event.clone(),
+        detail_json: a.detail.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tenant() -> pb::Tenant {
+        pb::Tenant {
+            id: "acme".into(),
+            name: "Acme".into(),
+            qad: Some(pb::QadSettings {
+                base_url: "https://qad.example.com/qad-central".into(),
+                domain: "10USA".into(),
+                entity: "10USA".into(),
+            }),
+            schedule: Some(pb::Schedule {
+                every_seconds: 300,
+                time_zone: "America/Chicago".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// Each bad input is refused naming its field; the good one passes.
+    #[test]
+    fn tenant_input_is_refused_naming_the_field() {
+        let now = chrono::Utc::now();
+        assert!(new_tenant(&tenant(), now).is_ok());
+        type Edit = fn(&mut pb::Tenant);
+        let cases: [(&str, Edit); 11] = [
+            ("tenant.id", |t| t.id = "Acme Corp".into()),
+            ("tenant.id", |t| t.id = String::new()),
+            ("tenant.name", |t| t.name = " ".into()),
+            ("tenant.qad.base_url", |t| {
+                t.qad.as_mut().unwrap().base_url = "qad.example.com".into()
+            }),
+            ("tenant.qad.domain", |t| t.qad.as_mut().unwrap().domain = String::new()),
+            ("tenant.schedule", |t| t.schedule.as_mut().unwrap().cron = "every tuesday".into()),
+            ("tenant.schedule", |t| {
+                t.schedule.as_mut().unwrap().time_zone = "Mars/Olympus".into()
+            }),
+            ("tenant.schedule.active_from", |t| {
+                t.schedule.as_mut().unwrap().active_from = "25:00".into()
+            }),
+            ("tenant.twilio.from_number", |t| {
+                t.twilio = Some(pb::TwilioSettings {
+                    from_number: "(312) 55-01".into(),
+                    ..Default::default()
+                })
+            }),
+            ("tenant.twilio.account_sid", |t| {
+                t.twilio = Some(pb::TwilioSettings {
+                    account_sid: "AC123".into(),
+                    ..Default::default()
+                })
+            }),
+            ("tenant.profile_json", |t| t.profile_json = r#"{"no_such_field": 1}"#.into()),
+        ];
+        for (field, edit) in cases {
+            let mut t = tenant();
+            edit(&mut t);
+            let err = new_tenant(&t, now).expect_err(field);
+            assert_eq!(err.code(), tonic::Code::InvalidArgument, "{field}");
+            assert!(err.message().starts_with(&format!("{field}: ")), "{field}: {}", err.message());
+        }
+    }
+
+    #[test]
+    fn update_mask_changes_only_what_it_names() {
+        let now = chrono::Utc::now();
+        let mut current = new_tenant(&tenant(), now).unwrap();
+        let mut change = tenant();
+        change.name = "Acme Renamed".into();
+        change.qad.as_mut().unwrap().domain = "20CAN".into();
+        apply_update(&mut current, &change, &["name".into()]).unwrap();
+        assert_eq!(current.tenant.name, "Acme Renamed");
+        assert_eq!(current.tenant.qad_domain, "10USA");
+        let err = apply_update(&mut current, &change, &["secrets".into()]).unwrap_err();
+        assert!(err.message().starts_with("update_mask: "), "{}", err.message());
+    }
+}

@@ -1,0 +1,253 @@
+//! The gRPC adapter: the control plane of the contract (`mlconnector.v1`: Tenants, Plugins,
+//! Alerts, Polls), with health and reflection always on. Every call but health carries
+//! `authorization: Bearer <admin token>`, compared in constant time. Services translate
+//! between protobuf and the store, the scheduler and the plugin runtime; they hold no state
+//! of their own but the event feed.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Identity, Server, ServerTlsConfig};
+use tonic::{Request, Status};
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+use crate::plugin::PluginRuntime;
+use crate::poller::Poller;
+use crate::scheduler::Scheduler;
+use crate::secrets::{Keyring, SecretString};
+use crate::store::{Store, StoreError};
+
+mod alerts;
+mod convert;
+mod feed;
+mod plugins;
+mod polls;
+mod tenants;
+
+pub use feed::EventFeed;
+
+/// The generated protobuf types, servers and clients of `proto/mlconnector/v1`.
+pub mod pb {
+    tonic::include_proto!("mlconnector.v1");
+    /// Every file of the package with its imports and comments, for reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/mlconnector_descriptor.bin"));
+}
+
+/// The services' names as health reports them.
+pub const SERVICES: [&str; 4] = [
+    "mlconnector.v1.Tenants",
+    "mlconnector.v1.Plugins",
+    "mlconnector.v1.Alerts",
+    "mlconnector.v1.Polls",
+];
+
+/// Plugins are uploaded whole; the default 4 MiB message limit is too small for some.
+const MAX_MESSAGE_BYTES: usize = 64 << 20;
+
+/// What every service reaches: the host's parts, shared.
+#[derive(Clone)]
+pub struct Control {
+    pub store: Store,
+    pub keys: Arc<Keyring>,
+    pub poller: Poller,
+    pub scheduler: Scheduler,
+    pub feed: EventFeed,
+}
+
+impl Control {
+    pub fn new(poller: Poller, scheduler: Scheduler, feed: EventFeed) -> Self {
+        Control {
+            store: poller.store.clone(),
+            keys: poller.keys.clone(),
+            poller,
+            scheduler,
+            feed,
+        }
+    }
+    fn now(&self) -> DateTime<Utc> {
+        self.poller.clock.now()
+    }
+    fn plugins(&self) -> &PluginRuntime {
+        &self.poller.plugins
+    }
+}
+
+/// How the gRPC server is set up.
+pub struct GrpcOptions {
+    pub addr: SocketAddr,
+    /// None: every call but health is refused, saying the token is not configured.
+    pub admin_token: Option<SecretString>,
+    /// PEM certificate chain and key: serve TLS instead of plaintext.
+    pub tls: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+/// Bearer-token check for every service but health. Both sides are hashed first so the
+/// comparison takes the same time whatever the presented token's length.
+#[derive(Clone)]
+pub struct AdminAuth {
+    expected: Option<[u8; 32]>,
+}
+
+impl AdminAuth {
+    pub fn new(token: Option<&SecretString>) -> Self {
+        AdminAuth {
+            expected: token
+                .filter(|t| !t.expose().is_empty())
+                .map(|t| Sha256::digest(t.expose().as_bytes()).into()),
+        }
+    }
+}
+
+impl Interceptor for AdminAuth {
+    fn call(&mut self, req: Request<()>) -> Result<Request<()>, Status> {
+        let Some(expected) = &self.expected else {
+            return Err(Status::unauthenticated(
+                "this host has no admin token: set ML_CONNECTOR_ADMIN_TOKEN and restart it",
+            ));
+        };
+        let presented = req
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or_else(|| Status::unauthenticated("missing `authorization: Bearer <admin token>` metadata"))?;
+        let digest: [u8; 32] = Sha256::digest(presented.trim().as_bytes()).into();
+        if bool::from(digest.ct_eq(expected)) {
+            Ok(req)
+        } else {
+            Err(Status::unauthenticated("the admin token is not the one this host was given"))
+        }
+    }
+}
+
+/// A store error as a status a person can act on.
+pub(crate) fn store_status(e: StoreError) -> Status {
+    match e {
+        StoreError::NoSuchTenant(t) => Status::not_found(format!("tenant {t:?} does not exist")),
+        StoreError::TenantExists(t) => Status::already_exists(format!("tenant {t:?} already exists")),
+        StoreError::Db(e) => {
+            tracing::warn!(error = %e, "gRPC call failed on the database");
+            Status::unavailable(format!("the database did not answer: {e}"))
+        }
+        e @ StoreError::Corrupt { .. } => Status::failed_precondition(e.to_string()),
+        e => Status::internal(e.to_string()),
+    }
+}
+
+pub(crate) fn invalid(field: &str, problem: impl std::fmt::Display) -> Status {
+    Status::invalid_argument(format!("{field}: {problem}"))
+}
+
+pub(crate) fn time(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+pub(crate) fn opt_time(t: Option<DateTime<Utc>>) -> String {
+    t.map(time).unwrap_or_default()
+}
+
+/// Health: every service NOT_SERVING until `ready` is called, then following the database.
+#[derive(Clone)]
+pub struct Health {
+    reporter: HealthReporter,
+}
+
+impl Health {
+    async fn set(&self, status: ServingStatus) {
+        self.reporter.set_service_status("", status).await;
+        for s in SERVICES {
+            self.reporter.set_service_status(s, status).await;
+        }
+    }
+
+    /// Migrations are applied: serve, and keep following whether the database answers.
+    pub async fn ready(&self, store: Store, mut stop: watch::Receiver<bool>) {
+        self.set(ServingStatus::Serving).await;
+        let mut serving = true;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                _ = stop.changed() => {
+                    self.set(ServingStatus::NotServing).await;
+                    return;
+                }
+            }
+            let up = tokio::time::timeout(Duration::from_secs(5), store.ping())
+                .await
+                .is_ok_and(|r| r.is_ok());
+            if up != serving {
+                tracing::warn!(database_reachable = up, "gRPC health follows the database");
+                self.set(if up { ServingStatus::Serving } else { ServingStatus::NotServing }).await;
+                serving = up;
+            }
+        }
+    }
+}
+
+/// Bind the gRPC address and serve until `stop`; health says NOT_SERVING until
+/// [`Health::ready`]. Returns the bound address.
+pub async fn spawn(
+    control: Control,
+    opts: GrpcOptions,
+    mut stop: watch::Receiver<bool>,
+) -> std::io::Result<(SocketAddr, Health, tokio::task::JoinHandle<Result<(), tonic::transport::Error>>)> {
+    let listener = tokio::net::TcpListener::bind(opts.addr).await?;
+    let bound = listener.local_addr()?;
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    let health = Health { reporter };
+    health.set(ServingStatus::NotServing).await;
+    let auth = AdminAuth::new(opts.admin_token.as_ref());
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .expect("the descriptor set built into this binary is valid");
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .expect("the descriptor set built into this binary is valid");
+    let mut builder = Server::builder();
+    if let Some((cert, key)) = &opts.tls {
+        builder = builder
+            .tls_config(ServerTlsConfig::new().identity(Identity::from_pem(cert, key)))
+            .map_err(std::io::Error::other)?;
+    }
+    let router = builder
+        .add_service(health_service)
+        .add_service(InterceptedService::new(reflection_v1, auth.clone()))
+        .add_service(InterceptedService::new(reflection_v1alpha, auth.clone()))
+        .add_service(InterceptedService::new(
+            pb::tenants_server::TenantsServer::new(tenants::TenantsService(control.clone())),
+            auth.clone(),
+        ))
+        .add_service(InterceptedService::new(
+            pb::plugins_server::PluginsServer::new(plugins::PluginsService(control.clone())).max_decoding_message_size(MAX_MESSAGE_BYTES),
+            auth.clone(),
+        ))
+        .add_service(InterceptedService::new(
+            pb::alerts_server::AlertsServer::new(alerts::AlertsService(control.clone())),
+            auth.clone(),
+        ))
+        .add_service(InterceptedService::new(
+            pb::polls_server::PollsServer::new(polls::PollsService(control)),
+            auth,
+        ));
+    let task = tokio::spawn(async move {
+        router
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })
+            .await
+    });
+    Ok((bound, health, task))
+}

@@ -1,0 +1,727 @@
+//! The gRPC control plane as an operator drives it: grpcurl itself against the real `serve`
+//! process, from an empty database to a working tenant against the sandboxes; a Rust client
+//! for the one thing grpcurl cannot do (read slowly).
+
+use std::io::BufReader;
+use std::process::Stdio;
+use std::time::Duration;
+
+use base64::Engine as _;
+use ml_connector::grpc::pb;
+use ml_connector::plugin::LAKESHORE_PLUGIN;
+use ml_connector::secrets::generate_master_key;
+use ml_connector::store::{NewAudit, Store};
+use ml_connector::twilio_sandbox::{TwilioSandbox, TwilioSandboxConfig};
+use ml_connector_tests::{Qad, binary, engines, fresh_db};
+use serde_json::{Value, json};
+
+const TOKEN: &str = "test-admin-token-0123456789";
+
+/// A port free a moment ago: `serve` must be told its gRPC address to be reached by grpcurl.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+struct Host {
+    child: tokio::process::Child,
+    addr: String,
+}
+
+/// `ml-connector serve` on `url`, waited for until gRPC health says SERVING.
+async fn serve(url: &str, key: &str, env: &[(&str, &str)]) -> Host {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let child = tokio::process::Command::new(binary())
+        .arg("serve")
+        .env("ML_CONNECTOR_DATABASE_URL", url)
+        .env("ML_CONNECTOR_MASTER_KEY", key)
+        .env("ML_CONNECTOR_ADMIN_TOKEN", TOKEN)
+        .env("ML_CONNECTOR_GRPC_ADDR", &addr)
+        .env("ML_CONNECTOR_HTTP_ADDR", "127.0.0.1:0")
+        .env("ML_CONNECTOR_LOG", "warn")
+        .envs(env.iter().copied())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let host = Host { child, addr };
+    for _ in 0..300 {
+        // Health needs no token: only reflection (to find the method) is given one.
+        let (ok, out, _) = grpcurl(
+            &host.addr,
+            &["-reflect-header", &format!("authorization: Bearer {TOKEN}")],
+            "grpc.health.v1.Health/Check",
+            None,
+        )
+        .await;
+        if ok && out.contains("\"SERVING\"") {
+            return host;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("serve never reported SERVING on {}", host.addr);
+}
+
+/// Run grpcurl; (success, stdout, stderr).
+async fn grpcurl(addr: &str, flags: &[&str], method: &str, data: Option<&Value>) -> (bool, String, String) {
+    let mut cmd = tokio::process::Command::new("grpcurl");
+    cmd.arg("-plaintext").args(flags);
+    if data.is_some() {
+        cmd.args(["-d", "@"]);
+    }
+    cmd.arg(addr);
+    if !method.is_empty() {
+        cmd.args(method.split(' '));
+    }
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("grpcurl on PATH (cargo xtask test installs it)");
+    if let Some(d) = data {
+        use tokio::io::AsyncWriteExt;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(d.to_string().as_bytes()).await.unwrap();
+    }
+    drop(child.stdin.take());
+    let out = child.wait_with_output().await.unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Every answer the tests received, to search for secrets afterwards.
+#[derive(Default)]
+struct Transcript(String);
+
+impl Transcript {
+    async fn call(&mut self, addr: &str, method: &str, data: Value) -> Value {
+        let (ok, out, err) = grpcurl(addr, &["-H", &format!("authorization: Bearer {TOKEN}")], method, Some(&data)).await;
+        self.0.push_str(&out);
+        self.0.push_str(&err);
+        assert!(ok, "{method} {data}: {err}");
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{method} answered {out:?}: {e}"))
+    }
+
+    /// A call that must fail: its grpcurl error text (code and message).
+    async fn refused(&mut self, addr: &str, method: &str, data: Value) -> String {
+        let (ok, out, err) = grpcurl(addr, &["-H", &format!("authorization: Bearer {TOKEN}")], method, Some(&data)).await;
+        self.0.push_str(&out);
+        self.0.push_str(&err);
+        assert!(!ok, "{method} {data} should have been refused: {out}");
+        err
+    }
+}
+
+/// protojson writes int64 as a string and leaves zero values out.
+fn int(v: &Value) -> i64 {
+    match v {
+        Value::String(s) => s.parse().unwrap(),
+        Value::Number(n) => n.as_i64().unwrap(),
+        Value::Null => 0,
+        other => panic!("not an integer: {other}"),
+    }
+}
+
+fn list<'a>(v: &'a Value, field: &str) -> &'a [Value] {
+    v[field].as_array().map(Vec::as_slice).unwrap_or(&[])
+}
+
+/// Read grpcurl's stream of JSON messages from a Watch until `enough` says so.
+fn watch_until(addr: &str, request: Value, enough: impl Fn(&[Value]) -> bool + Send + 'static) -> std::thread::JoinHandle<Vec<Value>> {
+    let mut child = std::process::Command::new("grpcurl")
+        .args([
+            "-plaintext",
+            "-H",
+            &format!("authorization: Bearer {TOKEN}"),
+            "-d",
+            &request.to_string(),
+            addr,
+        ])
+        .arg("mlconnector.v1.Alerts/Watch")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        for msg in serde_json::Deserializer::from_reader(BufReader::new(stdout)).into_iter::<Value>() {
+            seen.push(msg.expect("grpcurl prints JSON messages"));
+            if enough(&seen) {
+                break;
+            }
+        }
+        // The consumer goes away mid-stream, as a crashed service would.
+        let _ = child.kill();
+        let _ = child.wait();
+        seen
+    })
+}
+
+async fn joined(h: std::thread::JoinHandle<Vec<Value>>) -> Vec<Value> {
+    tokio::time::timeout(Duration::from_secs(60), tokio::task::spawn_blocking(move || h.join().unwrap()))
+        .await
+        .expect("the watch delivered what was expected")
+        .unwrap()
+}
+
+fn event_ids(msgs: &[Value]) -> Vec<i64> {
+    msgs.iter()
+        .filter(|m| m["event"].is_object())
+        .map(|m| int(&m["event"]["id"]))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpcurl_takes_an_operator_from_an_empty_database_to_a_working_tenant() {
+    for engine in engines() {
+        operator_session(engine).await;
+    }
+}
+
+async fn operator_session(engine: &str) {
+    let qad = Qad::start().await;
+    let twilio = TwilioSandbox::new(TwilioSandboxConfig::default());
+    let (twilio_base, _t) = twilio.clone().spawn("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let tw = twilio.config();
+    let db = fresh_db(engine).await;
+    let key = generate_master_key();
+    let mut host = serve(&db.url, &key, &[]).await;
+    let addr = host.addr.clone();
+    let mut t = Transcript::default();
+
+    // Without the token nothing but health answers; with it, reflection lists every service.
+    let (ok, _, err) = grpcurl(&addr, &[], "list", None).await;
+    assert!(!ok && err.contains("Unauthenticated"), "{err}");
+    let (ok, _, err) = grpcurl(&addr, &["-H", "authorization: Bearer wrong"], "list", None).await;
+    assert!(!ok && err.contains("Unauthenticated"), "{err}");
+    let (ok, out, err) = grpcurl(&addr, &["-H", &format!("authorization: Bearer {TOKEN}")], "list", None).await;
+    assert!(ok, "{err}");
+    for s in [
+        "grpc.health.v1.Health",
+        "mlconnector.v1.Alerts",
+        "mlconnector.v1.Plugins",
+        "mlconnector.v1.Polls",
+        "mlconnector.v1.Tenants",
+    ] {
+        assert!(out.lines().any(|l| l == s), "{s} listed: {out}");
+    }
+    let (ok, out, _) = grpcurl(
+        &addr,
+        &["-H", &format!("authorization: Bearer {TOKEN}")],
+        "describe mlconnector.v1.Tenant",
+        None,
+    )
+    .await;
+    assert!(
+        ok && out.contains("Which credentials are set and when; never their values."),
+        "{out}"
+    );
+
+    // The tenant, refused field by field first.
+    let (domain, entity) = qad.config.workspace.split_once('_').unwrap();
+    let mut tenant = json!({
+        "id": "acme", "name": "Acme Castings",
+        "qad": {"base_url": qad.base, "domain": domain, "entity": entity},
+        "twilio": {"account_sid": tw.account_sid, "from_number": "(312) 55-01", "base_url": twilio_base},
+        "schedule": {"every_seconds": 86400, "time_zone": "America/Chicago"},
+        "execute_decisions": false, "call_opted_out": true,
+    });
+    let err = t
+        .refused(&addr, "mlconnector.v1.Tenants/CreateTenant", json!({"tenant": tenant}))
+        .await;
+    assert!(
+        err.contains("InvalidArgument") && err.contains("tenant.twilio.from_number"),
+        "{err}"
+    );
+    tenant["twilio"]["from_number"] = json!("+13125550100");
+    tenant["schedule"]["cron"] = json!("every tuesday");
+    let err = t
+        .refused(&addr, "mlconnector.v1.Tenants/CreateTenant", json!({"tenant": tenant}))
+        .await;
+    assert!(err.contains("InvalidArgument") && err.contains("tenant.schedule"), "{err}");
+    tenant["schedule"]["cron"] = json!("");
+    let created = t
+        .call(&addr, "mlconnector.v1.Tenants/CreateTenant", json!({"tenant": tenant}))
+        .await;
+    assert_eq!(created["id"], "acme");
+    let err = t
+        .refused(&addr, "mlconnector.v1.Tenants/CreateTenant", json!({"tenant": tenant}))
+        .await;
+    assert!(err.contains("AlreadyExists"), "{err}");
+
+    // Twilio first: alerts can go out from the first poll on.
+    let wrong_token = "not-the-auth-token-fedcba98765432";
+    t.call(
+        &addr,
+        "mlconnector.v1.Tenants/SetTwilioCredentials",
+        json!({"tenant_id": "acme", "api_key_sid": tw.api_key_sid, "api_key_secret": tw.api_key_secret, "auth_token": wrong_token}),
+    )
+    .await;
+    // Update only what the mask names; schedule checked as on create.
+    let renamed = t
+        .call(
+            &addr,
+            "mlconnector.v1.Tenants/UpdateTenant",
+            json!({"tenant": {"id": "acme", "name": "Acme Castings Inc."}, "update_mask": ["name"]}),
+        )
+        .await;
+    assert_eq!(renamed["name"], "Acme Castings Inc.");
+    assert_eq!(renamed["qad"]["domain"], domain);
+    let err = t
+        .refused(
+            &addr,
+            "mlconnector.v1.Tenants/SetSchedule",
+            json!({"tenant_id": "acme", "schedule": {"every_seconds": 60, "time_zone": "Mars/Olympus"}}),
+        )
+        .await;
+    assert!(err.contains("InvalidArgument") && err.contains("schedule"), "{err}");
+    let listed = t.call(&addr, "mlconnector.v1.Tenants/ListTenants", json!({})).await;
+    assert_eq!(list(&listed, "tenants").len(), 1);
+
+    // Plugins: garbage refused naming the field; the example plugin uploaded and activated.
+    let err = t
+        .refused(
+            &addr,
+            "mlconnector.v1.Plugins/UploadPlugin",
+            json!({"tenant_id": "acme", "wasm": base64::engine::general_purpose::STANDARD.encode(b"\0asm not really")}),
+        )
+        .await;
+    assert!(err.contains("InvalidArgument") && err.contains("wasm:"), "{err}");
+    let wasm = base64::engine::general_purpose::STANDARD.encode(LAKESHORE_PLUGIN);
+    let v1 = t
+        .call(
+            &addr,
+            "mlconnector.v1.Plugins/UploadPlugin",
+            json!({"tenant_id": "acme", "wasm": wasm}),
+        )
+        .await;
+    assert_eq!(int(&v1["version"]), 1);
+    assert!(v1["world"].as_str().unwrap().starts_with("ml-connector:plugin@"), "{v1}");
+    let activated = t
+        .call(
+            &addr,
+            "mlconnector.v1.Plugins/ActivatePlugin",
+            json!({"tenant_id": "acme", "version": 1}),
+        )
+        .await;
+    assert_eq!(int(&activated["previousVersion"]), 0);
+    let versions = t
+        .call(&addr, "mlconnector.v1.Plugins/ListPluginVersions", json!({"tenant_id": "acme"}))
+        .await;
+    let active: Vec<i64> = list(&versions, "versions")
+        .iter()
+        .filter(|v| v["active"] == true)
+        .map(|v| int(&v["version"]))
+        .collect();
+    assert_eq!(active, [1]);
+    t.call(
+        &addr,
+        "mlconnector.v1.Tenants/UpdateTenant",
+        json!({"tenant": {"id": "acme", "plugin_settings_json": "{\"config\": {\"call_over\": \"25000\"}, \"fallback_to_default\": true}"}, "update_mask": ["plugin_settings_json"]}),
+    )
+    .await;
+
+    // Watch from the beginning while the tenant is polled: its events arrive in id order.
+    let first_watch = watch_until(&addr, json!({"tenant_id": "acme"}), |seen| {
+        seen.iter().any(|m| m["event"]["event"] == "routed") && seen.len() >= 40
+    });
+    let after = t
+        .call(
+            &addr,
+            "mlconnector.v1.Tenants/SetQadCredentials",
+            json!({"tenant_id": "acme", "username": qad.config.user, "password": qad.config.password}),
+        )
+        .await;
+    assert_eq!(list(&after, "credentials").len(), 5);
+    // Setting the QAD credentials lets the scheduler poll the tenant at once (it was held
+    // back for want of them). The connection test names what fails.
+    let test = t
+        .call(&addr, "mlconnector.v1.Tenants/TestConnection", json!({"tenant_id": "acme"}))
+        .await;
+    let check = |name: &str| list(&test, "checks").iter().find(|c| c["name"] == name).cloned().unwrap();
+    assert_eq!(test["ok"], Value::Null, "a failed check makes the whole test fail: {test}");
+    assert_eq!(check("qad.login")["ok"], true, "{test}");
+    assert_eq!(check("twilio.api_key")["ok"], true, "{test}");
+    assert!(check("twilio.auth_token")["ok"].is_null(), "{test}");
+    assert!(
+        check("twilio.auth_token")["detail"].as_str().unwrap().contains("20003"),
+        "the failure says what Twilio said: {test}"
+    );
+    t.call(
+        &addr,
+        "mlconnector.v1.Tenants/SetTwilioCredentials",
+        json!({"tenant_id": "acme", "auth_token": tw.auth_token}),
+    )
+    .await;
+    let test = t
+        .call(&addr, "mlconnector.v1.Tenants/TestConnection", json!({"tenant_id": "acme"}))
+        .await;
+    assert_eq!(test["ok"], true, "{test}");
+    let got = t.call(&addr, "mlconnector.v1.Tenants/GetTenant", json!({"id": "acme"})).await;
+    let fields: Vec<&str> = list(&got, "credentials").iter().map(|c| c["field"].as_str().unwrap()).collect();
+    assert_eq!(
+        fields,
+        [
+            "qad.password",
+            "qad.username",
+            "twilio.api_key_secret",
+            "twilio.api_key_sid",
+            "twilio.auth_token"
+        ]
+    );
+    assert!(list(&got, "credentials").iter().all(|c| c["setAt"].is_string()));
+
+    let mut scheduled = Value::Null;
+    for _ in 0..600 {
+        let history = t.call(&addr, "mlconnector.v1.Polls/ListPolls", json!({"tenant_id": "acme"})).await;
+        if let Some(p) = list(&history, "polls").iter().find(|p| p["finishedAt"].is_string()) {
+            scheduled = p.clone();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(scheduled["outcome"], "ok", "{scheduled}");
+    assert_eq!(scheduled["requestedBy"], "schedule");
+    assert!(int(&scheduled["opened"]) > 10, "{scheduled}");
+    let poll = t.call(&addr, "mlconnector.v1.Polls/PollNow", json!({"tenant_id": "acme"})).await;
+    assert_eq!(poll["outcome"], "ok", "{poll}");
+    assert_eq!(poll["requestedBy"], "grpc");
+    let err = t
+        .refused(&addr, "mlconnector.v1.Polls/PollNow", json!({"tenant_id": "nobody"}))
+        .await;
+    assert!(err.contains("NotFound"), "{err}");
+    let history = t.call(&addr, "mlconnector.v1.Polls/ListPolls", json!({"tenant_id": "acme"})).await;
+    assert_eq!(int(&list(&history, "polls")[0]["id"]), int(&poll["id"]));
+    let cursors = t
+        .call(&addr, "mlconnector.v1.Polls/ListCursors", json!({"tenant_id": "acme"}))
+        .await;
+    assert!(!list(&cursors, "cursors").is_empty(), "{cursors}");
+    let first = joined(first_watch).await;
+    let ids = event_ids(&first);
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "ordered ids: {ids:?}");
+    assert!(first.iter().all(|m| m["event"]["tenantId"] == "acme"));
+
+    // A consumer that went away resumes after the last id it saw: nothing skipped, nothing repeated.
+    let resume_after = ids[19];
+    let expected_next = ids[20];
+    let second = joined(watch_until(&addr, json!({"tenant_id": "acme", "after_id": resume_after}), |seen| {
+        !seen.is_empty()
+    }))
+    .await;
+    assert_eq!(event_ids(&second), [expected_next]);
+    assert_eq!(second[0], first[20], "the same event, byte for byte");
+
+    // Records, alerts, a record's history, paging.
+    let open = t
+        .call(
+            &addr,
+            "mlconnector.v1.Alerts/ListRecords",
+            json!({"tenant_id": "acme", "state": "open", "page": {"page_size": 5}}),
+        )
+        .await;
+    assert_eq!(list(&open, "records").len(), 5);
+    let next = open["nextPageToken"].as_str().unwrap().to_string();
+    let page2 = t
+        .call(
+            &addr,
+            "mlconnector.v1.Alerts/ListRecords",
+            json!({"tenant_id": "acme", "state": "open", "page": {"page_size": 5, "page_token": next}}),
+        )
+        .await;
+    let keys = |v: &Value| -> Vec<String> {
+        list(v, "records")
+            .iter()
+            .map(|r| format!("{}/{}", r["kind"], r["recordKey"]))
+            .collect()
+    };
+    assert!(keys(&page2).iter().all(|k| !keys(&open).contains(k)), "pages do not overlap");
+    let sent = t
+        .call(
+            &addr,
+            "mlconnector.v1.Alerts/ListAlerts",
+            json!({"tenant_id": "acme", "kind": "send", "state": "done", "page": {"page_size": 1000}}),
+        )
+        .await;
+    // An SMS alert, killed below by hand as running out of attempts would leave it.
+    let escalation = list(&sent, "alerts")
+        .iter()
+        .find(|a| a["delivery"]["channel"] == "sms")
+        .cloned()
+        .unwrap_or_else(|| panic!("an SMS was sent: {sent}"));
+    let (kind, record) = (
+        escalation["recordKind"].as_str().unwrap().to_string(),
+        escalation["recordKey"].as_str().unwrap().to_string(),
+    );
+    let detail = t
+        .call(
+            &addr,
+            "mlconnector.v1.Alerts/GetRecord",
+            json!({"tenant_id": "acme", "kind": kind, "record_key": record}),
+        )
+        .await;
+    let events: Vec<&str> = list(&detail, "audit").iter().map(|e| e["event"].as_str().unwrap()).collect();
+    assert!(events.contains(&"routed") && events.contains(&"queued"), "{events:?}");
+    assert!(!list(&detail, "episodes").is_empty() && !detail["dataJson"].as_str().unwrap().is_empty());
+
+    // Dry-run: the active plugin on what it was given for this record, and the default on the samples.
+    let dry = t
+        .call(
+            &addr,
+            "mlconnector.v1.Plugins/DryRun",
+            json!({"tenant_id": "acme", "version": -1, "record_kind": kind, "record_key": record}),
+        )
+        .await;
+    let result = &list(&dry, "results")[0];
+    assert!(result["fault"].is_null(), "{dry}");
+    let deliveries = list(result, "deliveries");
+    assert!(!deliveries.is_empty(), "{dry}");
+    assert!(deliveries.iter().all(|d| !d["body"].as_str().unwrap().is_empty()));
+    let samples = t
+        .call(
+            &addr,
+            "mlconnector.v1.Plugins/DryRun",
+            json!({"tenant_id": "acme", "version": 0, "samples": true}),
+        )
+        .await;
+    assert!(list(&samples, "results").len() >= 3, "{samples}");
+
+    // Replay of a dead job: acts once, however often it is asked.
+    let job_id = int(&escalation["id"]);
+    let messages_before = twilio.stats().messages_created;
+    db.store
+        .execute_raw(&format!(
+            "UPDATE jobs SET state = 'dead', outcome = '{{\"error\": \"out of attempts (test)\"}}' WHERE id = {job_id}"
+        ))
+        .await
+        .unwrap();
+    let replay = json!({"tenant_id": "acme", "alert_id": job_id});
+    let once = t.call(&addr, "mlconnector.v1.Alerts/Replay", replay.clone()).await;
+    assert_eq!(once["replayed"], true, "{once}");
+    let twice = t.call(&addr, "mlconnector.v1.Alerts/Replay", replay.clone()).await;
+    assert!(twice["replayed"].is_null(), "the second replay changes nothing: {twice}");
+    let mut state = String::new();
+    for _ in 0..400 {
+        let a = t
+            .call(
+                &addr,
+                "mlconnector.v1.Alerts/ListAlerts",
+                json!({"tenant_id": "acme", "kind": "send", "page": {"page_size": 1000}}),
+            )
+            .await;
+        state = list(&a, "alerts")
+            .iter()
+            .find(|x| int(&x["id"]) == job_id)
+            .map(|x| x["state"].as_str().unwrap().to_string())
+            .unwrap();
+        if state == "done" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(state, "done");
+    t.call(&addr, "mlconnector.v1.Alerts/Replay", replay).await;
+    assert_eq!(
+        twilio.stats().messages_created,
+        messages_before + 1,
+        "the replayed SMS was sent once"
+    );
+    let err = t
+        .refused(
+            &addr,
+            "mlconnector.v1.Alerts/Replay",
+            json!({"tenant_id": "acme", "alert_id": 999999}),
+        )
+        .await;
+    assert!(err.contains("NotFound"), "{err}");
+
+    // Deleting the tenant keeps its records' trail readable.
+    let mut unfinished = 0;
+    for state in ["queued", "running"] {
+        let a = t
+            .call(
+                &addr,
+                "mlconnector.v1.Alerts/ListAlerts",
+                json!({"tenant_id": "acme", "state": state, "page": {"page_size": 1000}}),
+            )
+            .await;
+        unfinished += list(&a, "alerts").len() as i64;
+    }
+    let deleted = t.call(&addr, "mlconnector.v1.Tenants/DeleteTenant", json!({"id": "acme"})).await;
+    assert_eq!(
+        int(&deleted["jobsCancelled"]),
+        unfinished,
+        "work still queued is cancelled: {deleted}"
+    );
+    let err = t.refused(&addr, "mlconnector.v1.Tenants/GetTenant", json!({"id": "acme"})).await;
+    assert!(err.contains("NotFound"), "{err}");
+    let kept = t
+        .call(
+            &addr,
+            "mlconnector.v1.Alerts/GetRecord",
+            json!({"tenant_id": "acme", "kind": kind, "record_key": record}),
+        )
+        .await;
+    let kept_events: Vec<&str> = list(&kept, "audit").iter().map(|e| e["event"].as_str().unwrap()).collect();
+    assert!(kept_events.starts_with(&events), "nothing lost: {kept_events:?}");
+    assert!(kept_events[events.len()..].contains(&"replayed"), "{kept_events:?}");
+
+    // No secret in any answer, and none in the database file.
+    let secrets = [
+        qad.config.password.as_str(),
+        tw.api_key_secret.as_str(),
+        tw.auth_token.as_str(),
+        wrong_token,
+    ];
+    for s in secrets {
+        if let Some(at) = t.0.find(s) {
+            panic!("a gRPC answer held a secret: …{}…", &t.0[at.saturating_sub(300)..at]);
+        }
+    }
+    let pid = host.child.id().unwrap().to_string();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let status = tokio::time::timeout(Duration::from_secs(15), host.child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success());
+    if let Some(path) = db.sqlite_path() {
+        db.store.checkpoint().await.unwrap();
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes.extend(std::fs::read(path.with_extension("db-wal")).unwrap_or_default());
+        for s in secrets {
+            assert!(
+                !bytes.windows(s.len()).any(|w| w == s.as_bytes()),
+                "the database file holds a secret in the clear"
+            );
+        }
+    }
+}
+
+/// A consumer that stops reading is told it lagged, with the id to resume after; resuming
+/// there gets every event after it exactly once. The host never waits for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_watcher_is_told_it_lagged_and_resumes_without_a_gap() {
+    let db = fresh_db("sqlite").await;
+    let key = generate_master_key();
+    let host = serve(&db.url, &key, &[("ML_CONNECTOR_WATCH_BUFFER", "8")]).await;
+    let endpoint = format!("http://{}", host.addr);
+    let store: Store = db.store.clone();
+    let start = store.last_event_id().await.unwrap();
+    let connect = || async {
+        let channel = tonic::transport::Endpoint::from_shared(endpoint.clone())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        pb::alerts_client::AlertsClient::with_interceptor(channel, |mut req: tonic::Request<()>| {
+            req.metadata_mut()
+                .insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
+            Ok(req)
+        })
+    };
+    let mut slow_client = connect().await;
+    let mut slow = slow_client
+        .watch(pb::WatchRequest {
+            after_id: start,
+            tenant_id: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    // A brisk consumer proves when the host has published everything.
+    let mut brisk_client = connect().await;
+    let mut brisk = brisk_client
+        .watch(pb::WatchRequest {
+            after_id: start,
+            tenant_id: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    // 24 MB of events: more than HTTP/2 flow control and every buffer hold for the slow one.
+    let total = 3000;
+    let padding = "x".repeat(8000);
+    for chunk in 0..30 {
+        let entries: Vec<NewAudit> = (0..100)
+            .map(|i| NewAudit {
+                kind: "test".into(),
+                record_key: format!("R-{}", chunk * 100 + i),
+                event: "flood".into(),
+                detail: json!({"n": chunk * 100 + i, "padding": padding}),
+            })
+            .collect();
+        store.append_audit("flood", &entries, chrono::Utc::now()).await.unwrap();
+    }
+    let last = store.last_event_id().await.unwrap();
+    let mut brisk_seen = 0;
+    loop {
+        let m = tokio::time::timeout(Duration::from_secs(60), brisk.message())
+            .await
+            .unwrap()
+            .unwrap();
+        match m.expect("the stream goes on").message.unwrap() {
+            pb::watch_message::Message::Event(e) => {
+                brisk_seen += 1;
+                if e.id == last {
+                    break;
+                }
+            }
+            // Even a brisk reader may be told it lagged in a burst; it resumes as documented.
+            pb::watch_message::Message::Lagged(l) => {
+                brisk = brisk_client
+                    .watch(pb::WatchRequest {
+                        after_id: l.resume_after_id,
+                        tenant_id: String::new(),
+                    })
+                    .await
+                    .unwrap()
+                    .into_inner();
+            }
+        }
+    }
+    assert_eq!(brisk_seen, total);
+
+    // Now the slow one reads: some events, then the lag notice naming the last it got.
+    let mut got = Vec::new();
+    let resume = loop {
+        let m = tokio::time::timeout(Duration::from_secs(60), slow.message())
+            .await
+            .unwrap()
+            .unwrap()
+            .expect("the stream ends with a lag notice, not silently");
+        match m.message.unwrap() {
+            pb::watch_message::Message::Event(e) => got.push(e.id),
+            pb::watch_message::Message::Lagged(l) => break l.resume_after_id,
+        }
+    };
+    assert!(got.len() < total, "it lagged before the end ({} of {total})", got.len());
+    assert_eq!(resume, *got.last().unwrap_or(&start), "resume after the last event received");
+    assert!(slow.message().await.unwrap().is_none(), "the stream ends after the notice");
+    let mut again = slow_client
+        .watch(pb::WatchRequest {
+            after_id: resume,
+            tenant_id: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    while got.last() != Some(&last) {
+        match tokio::time::timeout(Duration::from_secs(60), again.message())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap()
+            .message
+            .unwrap()
+        {
+            pb::watch_message::Message::Event(e) => got.push(e.id),
+            pb::watch_message::Message::Lagged(l) => panic!("catching up from the database never lags ({})", l.resume_after_id),
+        }
+    }
+    let expected: Vec<i64> = (start + 1..=last).collect();
+    assert_eq!(got, expected, "every event once, in order");
+    drop(host);
+}
