@@ -725,3 +725,64 @@ async fn a_slow_watcher_is_told_it_lagged_and_resumes_without_a_gap() {
     assert_eq!(got, expected, "every event once, in order");
     drop(host);
 }
+
+/// With a certificate and key, gRPC is served over TLS only: grpcurl trusting the
+/// certificate lists the services; plaintext gets nowhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_serves_tls_from_a_certificate_and_key() {
+    let dir = ml_connector_tests::TempDir::new("tls");
+    let (cert, key_file) = (dir.0.join("cert.pem"), dir.0.join("key.pem"));
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+        ])
+        .args(["-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost", "-keyout"])
+        .arg(&key_file)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl makes a test certificate");
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let db = fresh_db("sqlite").await;
+    let addr = format!("127.0.0.1:{}", free_port());
+    let _child = tokio::process::Command::new(binary())
+        .arg("serve")
+        .env("ML_CONNECTOR_DATABASE_URL", &db.url)
+        .env("ML_CONNECTOR_MASTER_KEY", generate_master_key())
+        .env("ML_CONNECTOR_ADMIN_TOKEN", TOKEN)
+        .env("ML_CONNECTOR_GRPC_ADDR", &addr)
+        .env("ML_CONNECTOR_HTTP_ADDR", "127.0.0.1:0")
+        .env("ML_CONNECTOR_GRPC_TLS_CERT", &cert)
+        .env("ML_CONNECTOR_GRPC_TLS_KEY", &key_file)
+        .env("ML_CONNECTOR_LOG", "warn")
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let auth = format!("authorization: Bearer {TOKEN}");
+    let mut listed = String::new();
+    for _ in 0..300 {
+        let out = tokio::process::Command::new("grpcurl")
+            .arg("-cacert")
+            .arg(&cert)
+            .args(["-H", &auth, &addr, "list"])
+            .output()
+            .await
+            .unwrap();
+        if out.status.success() {
+            listed = String::from_utf8_lossy(&out.stdout).into_owned();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(listed.contains("mlconnector.v1.Tenants"), "listed over TLS: {listed:?}");
+    let (ok, _, _) = grpcurl(&addr, &["-H", &auth], "list", None).await;
+    assert!(!ok, "plaintext is refused when TLS is configured");
+}
