@@ -177,6 +177,9 @@ pub enum Command {
         /// How long a worker holds a job before another may take it over.
         #[arg(long, env = "ML_CONNECTOR_JOB_LEASE_SECONDS", default_value_t = 60)]
         job_lease_seconds: u64,
+        /// How long a host holds a tenant's poll without renewing before another takes it over.
+        #[arg(long, env = "ML_CONNECTOR_POLL_LEASE_SECONDS", default_value_t = 60)]
+        poll_lease_seconds: u64,
         /// Twilio webhooks, health and metrics.
         #[arg(long, env = "ML_CONNECTOR_HTTP_ADDR", default_value = "127.0.0.1:8080")]
         http_addr: SocketAddr,
@@ -254,6 +257,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             plugin_cache,
             public_url,
             job_lease_seconds,
+            poll_lease_seconds,
             http_addr,
             grpc,
         } => {
@@ -270,8 +274,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let poller = Poller::new(store.clone(), keys.clone(), http.clone(), Arc::new(SystemClock), plugins);
             let mut dispatcher = Dispatcher::new(store.clone(), keys, http, Arc::new(SystemClock), &public_url);
             dispatcher.lease = chrono::Duration::seconds(job_lease_seconds as i64);
-            let inbox = Inbox::new(poller.clone());
-            let scheduler = Scheduler::new(poller.clone());
+            let mut inbox = Inbox::new(poller.clone());
+            // A webhook held by a host that died is taken over on the same terms as a job.
+            inbox.lease = chrono::Duration::seconds(job_lease_seconds as i64);
+            let mut scheduler = Scheduler::new(poller.clone());
+            scheduler.poll_lease = chrono::Duration::seconds(poll_lease_seconds.max(1) as i64);
             let (stop_tx, stop_rx) = watch::channel(false);
             // gRPC answers health (NOT_SERVING) while the migrations run.
             let feed = EventFeed::new(store.clone(), grpc.watch_buffer);
@@ -287,6 +294,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("binding the HTTP address {http_addr}"))?;
             tracing::info!(%bound, public_url, "webhooks, health and readiness on HTTP");
+            // PostgreSQL: other hosts' new jobs and webhooks wake this one at once.
+            let listener = store.listen_for_work().await.context("listening for work on PostgreSQL")?;
+            let wake_task = listener.map(|l| tokio::spawn(wake_on_work(l, dispatcher.wake.clone(), inbox.wake.clone(), feed.clone())));
             let health_task = tokio::spawn({
                 let (store, stop) = (store.clone(), stop_rx.clone());
                 async move { health.ready(store, stop).await }
@@ -315,6 +325,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let _ = feed_task.await;
             let _ = health_task.await;
             let _ = grpc_task.await;
+            if let Some(t) = wake_task {
+                t.abort();
+            }
             store.close().await;
         }
         Command::Sandbox {
@@ -379,4 +392,30 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Wake the workers when another host announces new work; polling stays the fallback (a
+/// notification lost while reconnecting only delays work).
+async fn wake_on_work(
+    mut listener: sqlx::postgres::PgListener,
+    jobs: Arc<tokio::sync::Notify>,
+    webhooks: Arc<tokio::sync::Notify>,
+    feed: EventFeed,
+) {
+    loop {
+        match listener.recv().await {
+            Ok(n) => {
+                match n.channel() {
+                    crate::store::JOBS_CHANNEL => jobs.notify_one(),
+                    crate::store::WEBHOOKS_CHANNEL => webhooks.notify_one(),
+                    _ => {}
+                }
+                feed.nudge();
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "LISTEN connection lost; polling until it is back");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
 }

@@ -60,6 +60,8 @@ pub struct Dispatcher {
     pub events: Option<tokio::sync::broadcast::Sender<crate::poller::Event>>,
     slots: Arc<Mutex<HashMap<String, Arc<Semaphore>>>>,
     clients: Arc<Mutex<ClientCache>>,
+    /// Rung when new jobs may be due (another host announced some), so work starts at once.
+    pub wake: Arc<tokio::sync::Notify>,
 }
 
 type ClientCache = HashMap<String, (std::time::Instant, Option<(TwilioClient, String)>)>;
@@ -86,6 +88,7 @@ impl Dispatcher {
             events: None,
             slots: Arc::default(),
             clients: Arc::default(),
+            wake: Arc::default(),
         }
     }
 
@@ -105,6 +108,7 @@ impl Dispatcher {
             .claim_jobs(&self.worker, self.clock.now(), self.lease, self.batch)
             .await?;
         let n = jobs.len();
+        let jobs_claimed: Vec<(i64, i64)> = jobs.iter().map(|j| (j.id, j.attempt)).collect();
         let mut tasks = tokio::task::JoinSet::new();
         for job in jobs {
             let d = self.clone();
@@ -116,7 +120,26 @@ impl Dispatcher {
                 }
             });
         }
-        while tasks.join_next().await.is_some() {}
+        // Keep the batch's leases alive while it works (a slow Twilio must not hand a job to
+        // another worker mid-send); fenced, so jobs already finished or taken over are untouched.
+        let claimed: Vec<(i64, i64)> = jobs_claimed;
+        let heartbeat = async {
+            let every = (self.lease / 3)
+                .to_std()
+                .unwrap_or(Duration::from_secs(1))
+                .max(Duration::from_millis(100));
+            loop {
+                tokio::time::sleep(every).await;
+                let until = self.clock.now() + self.lease;
+                if let Err(e) = self.store.renew_job_leases(&self.worker, &claimed, until).await {
+                    tracing::warn!(error = %e, "cannot renew job leases; trying again");
+                }
+            }
+        };
+        tokio::select! {
+            _ = async { while tasks.join_next().await.is_some() {} } => {}
+            _ = heartbeat => {}
+        }
         Ok(n)
     }
 
@@ -137,6 +160,7 @@ impl Dispatcher {
             if idle {
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                    _ = self.wake.notified() => {}
                     _ = shutdown.changed() => {}
                 }
             }

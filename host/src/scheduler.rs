@@ -1,5 +1,7 @@
 //! Runs each tenant's polls on its schedule: one poll per tenant at a time, a way to poll
 //! now, and nothing lost across restarts (the next time is derived from the poll history).
+//! Across hosts sharing one database, a poll runs under the tenant's lease in the store,
+//! renewed while it runs; a host that stops renewing is taken over when the lease expires.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -16,6 +18,8 @@ use crate::poller::{PollError, PollReport, Poller};
 pub enum PollNowError {
     #[error("tenant {0} is being polled right now; its result will be in the poll history")]
     AlreadyRunning(String),
+    #[error("tenant {0} is being polled by another host ({1}); its result will be in the poll history")]
+    HeldElsewhere(String, String),
     #[error(transparent)]
     Poll(#[from] PollError),
 }
@@ -28,6 +32,10 @@ pub struct Scheduler {
     /// this time, or until their settings change, instead of at once in a loop.
     held_back: Arc<Mutex<HashMap<String, DateTime<Utc>>>>,
     wake: Arc<Notify>,
+    /// This host, as the holder of poll leases.
+    pub host: String,
+    /// How long a poll lease lasts without renewal (renewed every third of it).
+    pub poll_lease: Duration,
 }
 
 /// How long a tenant whose poll cannot start waits before the next try.
@@ -54,6 +62,8 @@ impl Scheduler {
             running: Arc::default(),
             held_back: Arc::default(),
             wake: Arc::new(Notify::new()),
+            host: format!("{}-{}", std::process::id(), uuid::Uuid::new_v4().simple()),
+            poll_lease: Duration::seconds(60),
         }
     }
 
@@ -66,10 +76,78 @@ impl Scheduler {
         })
     }
 
-    /// Poll a tenant now, unless a poll of it is already under way.
+    /// Poll a tenant now, unless a poll of it is already under way (here or on another host).
     pub async fn poll_now(&self, tenant: &str, requested_by: &str) -> Result<PollReport, PollNowError> {
         let _guard = self.claim(tenant).ok_or_else(|| PollNowError::AlreadyRunning(tenant.to_string()))?;
-        Ok(self.poller.poll(tenant, requested_by).await?)
+        self.leased(&self.poller, tenant, requested_by, None).await
+    }
+
+    /// Run one poll under the tenant's lease. `due_by`: for a scheduled poll, its schedule,
+    /// re-checked once the lease is held (another host may just have polled). A poll whose
+    /// lease was lost (this host stalled past it) is dropped: the new holder polls.
+    async fn leased(
+        &self,
+        poller: &Poller,
+        tenant: &str,
+        requested_by: &str,
+        due_by: Option<&Schedule>,
+    ) -> Result<PollReport, PollNowError> {
+        let store = &poller.store;
+        let now = poller.clock.now();
+        if !store
+            .acquire_poll_lease(tenant, &self.host, now, now + self.poll_lease)
+            .await
+            .map_err(PollError::from)?
+        {
+            let holder = store
+                .poll_lease(tenant)
+                .await
+                .map_err(PollError::from)?
+                .map(|(h, _)| h)
+                .unwrap_or_default();
+            return Err(PollNowError::HeldElsewhere(tenant.to_string(), holder));
+        }
+        if let Some(schedule) = due_by {
+            let last = store.polls(tenant, 1).await.map_err(PollError::from)?.first().map(|p| p.started_at);
+            if schedule.next_poll(last, now).is_ok_and(|due| due > now) {
+                store.release_poll_lease(tenant, &self.host).await.map_err(PollError::from)?;
+                return Err(PollNowError::AlreadyRunning(tenant.to_string()));
+            }
+        }
+        let poll = poller.poll(tenant, requested_by);
+        tokio::pin!(poll);
+        let every = (self.poll_lease / 3)
+            .to_std()
+            .unwrap_or(StdDuration::from_secs(1))
+            .max(StdDuration::from_millis(100));
+        let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        let outcome = loop {
+            tokio::select! {
+                r = &mut poll => break Some(r),
+                _ = heartbeat.tick() => {
+                    let now = poller.clock.now();
+                    match store.acquire_poll_lease(tenant, &self.host, now, now + self.poll_lease).await {
+                        Ok(true) => {}
+                        Ok(false) => break None,
+                        Err(e) => tracing::warn!(tenant, error = %e, "cannot renew the poll lease; trying again"),
+                    }
+                }
+            }
+        };
+        let _ = store.release_poll_lease(tenant, &self.host).await;
+        match outcome {
+            Some(r) => Ok(r?),
+            None => {
+                tracing::warn!(tenant, "poll lease lost to another host mid-poll; this poll is dropped");
+                let holder = store
+                    .poll_lease(tenant)
+                    .await
+                    .map_err(PollError::from)?
+                    .map(|(h, _)| h)
+                    .unwrap_or_default();
+                Err(PollNowError::HeldElsewhere(tenant.to_string(), holder))
+            }
+        }
     }
 
     /// Wake the loop: a tenant or its schedule changed.
@@ -112,13 +190,22 @@ impl Scheduler {
                         let due = held.map_or(due, |h| due.max(h));
                         if due <= now {
                             if let Some(guard) = self.claim(&t.id) {
-                                let poller = self.poller.clone();
-                                let held_back = self.held_back.clone();
+                                let this = self.clone();
                                 tasks.spawn(async move {
-                                    if let Err(e) = poller.poll(&guard.tenant, "schedule").await {
-                                        tracing::warn!(tenant = %guard.tenant, error = %e, "scheduled poll could not run; next try in 60 s");
-                                        let until = poller.clock.now() + HOLD_BACK;
-                                        held_back.lock().unwrap_or_else(|p| p.into_inner()).insert(guard.tenant.clone(), until);
+                                    match this.leased(&this.poller, &guard.tenant, "schedule", Some(&schedule)).await {
+                                        Ok(_) => {}
+                                        // Another host just polled it: its history says when next.
+                                        Err(PollNowError::AlreadyRunning(_)) => {}
+                                        // Another host holds it: look again a few times per lease.
+                                        Err(PollNowError::HeldElsewhere(..)) => {
+                                            let until = this.poller.clock.now() + this.poll_lease / 3;
+                                            this.held_back.lock().unwrap_or_else(|p| p.into_inner()).insert(guard.tenant.clone(), until);
+                                        }
+                                        Err(e) => {
+                                            tracing::warn!(tenant = %guard.tenant, error = %e, "scheduled poll could not run; next try in 60 s");
+                                            let until = this.poller.clock.now() + HOLD_BACK;
+                                            this.held_back.lock().unwrap_or_else(|p| p.into_inner()).insert(guard.tenant.clone(), until);
+                                        }
                                     }
                                     drop(guard);
                                 });

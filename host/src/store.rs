@@ -999,6 +999,8 @@ fn tenant_from(id: String, name: String, url: String, domain: String, entity: St
 }
 
 mod admin;
+mod hosts;
 mod intake;
 pub use admin::*;
+pub use hosts::*;
 pub use intake::*;

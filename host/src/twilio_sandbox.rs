@@ -70,6 +70,8 @@ pub struct TwilioFaults {
     /// Status callbacks: share sent twice, and whether they arrive in reverse order.
     pub duplicate_callbacks_share: f64,
     pub reverse_callbacks: bool,
+    /// Milliseconds each create request takes to answer (Twilio's own latency).
+    pub latency_ms: u64,
 }
 
 /// How a person the sandbox "reached" answers: an SMS reply once the alert is delivered, or a
@@ -139,6 +141,9 @@ struct Inner {
     requests: Vec<RawRequest>,
     scripts: Vec<Script>,
     spoken: Vec<Spoken>,
+    /// Each status callback's idempotency token (a duplicate shares its original's), and
+    /// whether the host ever answered it 2xx: what the host owes to have stored.
+    callbacks: std::collections::BTreeMap<String, bool>,
     rng: StdRng,
     next: u64,
 }
@@ -191,6 +196,7 @@ impl TwilioSandbox {
                 requests: Vec::new(),
                 scripts: Vec::new(),
                 spoken: Vec::new(),
+                callbacks: Default::default(),
                 rng: StdRng::seed_from_u64(7),
                 next: 0,
             })),
@@ -210,6 +216,16 @@ impl TwilioSandbox {
 
     pub fn config(&self) -> TwilioSandboxConfig {
         self.lock().cfg.clone()
+    }
+    async fn latency(&self) {
+        let ms = self.lock().faults.latency_ms;
+        if ms > 0 {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        }
+    }
+    /// Every status callback played, by idempotency token: whether the host answered it 2xx.
+    pub fn callbacks(&self) -> std::collections::BTreeMap<String, bool> {
+        self.lock().callbacks.clone()
     }
     pub fn stats(&self) -> TwilioStats {
         self.lock().stats.clone()
@@ -400,9 +416,14 @@ impl TwilioSandbox {
                 for params in order {
                     let twice = sb.lock().rng.r#gen::<f64>() < dup;
                     let idempotency = uuid::Uuid::new_v4().to_string();
+                    sb.lock().callbacks.entry(idempotency.clone()).or_insert(false);
                     for _ in 0..if twice { 2 } else { 1 } {
-                        if sb.post_signed(&url, &params, &idempotency).await.is_some() {
-                            sb.lock().stats.callbacks_sent += 1;
+                        if let Some((status, _)) = sb.post_signed(&url, &params, &idempotency).await {
+                            let mut s = sb.lock();
+                            s.stats.callbacks_sent += 1;
+                            if (200..300).contains(&status) {
+                                s.callbacks.insert(idempotency.clone(), true);
+                            }
                         }
                     }
                 }
@@ -520,6 +541,7 @@ async fn create_message(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
+    sb.latency().await;
     sb.keep(
         "POST",
         format!("/2010-04-01/Accounts/{account}/Messages.json"),
@@ -676,6 +698,7 @@ async fn create_call(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
+    sb.latency().await;
     sb.keep("POST", format!("/2010-04-01/Accounts/{account}/Calls.json"), None, &headers, &body);
     if let Err(r) = sb.admit(&account, &headers) {
         return r;

@@ -290,6 +290,18 @@ async fn operator_session(engine: &str) {
         )
         .await;
     assert!(err.contains("InvalidArgument") && err.contains("wasm:"), "{err}");
+    let future = base64::engine::general_purpose::STANDARD.encode(std::fs::read(env!("FUTURE_PLUGIN_WASM")).unwrap());
+    let err = t
+        .refused(
+            &addr,
+            "mlconnector.v1.Plugins/UploadPlugin",
+            json!({"tenant_id": "acme", "wasm": future}),
+        )
+        .await;
+    assert!(
+        err.contains("InvalidArgument") && err.contains("wasm:") && err.contains("WrongWorld"),
+        "a plugin of another world: {err}"
+    );
     let wasm = base64::engine::general_purpose::STANDARD.encode(LAKESHORE_PLUGIN);
     let v1 = t
         .call(

@@ -5,6 +5,7 @@ mod client;
 mod conformance;
 mod dispatch;
 mod grpc;
+mod hosts;
 mod plugins;
 mod poll;
 mod store;

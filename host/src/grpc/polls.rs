@@ -33,7 +33,9 @@ impl pb::polls_server::Polls for PollsService {
         let tenant = req.into_inner().tenant_id;
         let report = match c.scheduler.poll_now(&tenant, "grpc").await {
             Ok(r) => r,
-            Err(e @ PollNowError::AlreadyRunning(_)) => return Err(Status::failed_precondition(e.to_string())),
+            Err(e @ (PollNowError::AlreadyRunning(_) | PollNowError::HeldElsewhere(..))) => {
+                return Err(Status::failed_precondition(e.to_string()));
+            }
             Err(PollNowError::Poll(PollError::Store(e))) => return Err(store_status(e)),
             // Before a poll starts: no credentials, a schedule that no longer parses…
             Err(PollNowError::Poll(e)) => return Err(Status::failed_precondition(format!("tenant {tenant} cannot be polled: {e}"))),
