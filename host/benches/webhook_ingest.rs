@@ -180,15 +180,18 @@ fn loadgen(spec: &str) {
     let hook = it.next().unwrap().to_string();
     let rate: f64 = it.next().unwrap().parse().unwrap();
     let phase = Duration::from_millis(it.next().unwrap().parse().unwrap());
+    // Optionally, the hosts to spread the connections over (behind one public URL).
+    let hosts: Option<Vec<String>> = it.next().map(|h| h.split(',').map(String::from).collect());
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     let out = rt.block_on(async move {
         let url = url::Url::parse(&hook).unwrap();
-        let addr = format!("{}:{}", url.host_str().unwrap(), url.port().unwrap());
+        let own = vec![format!("{}:{}", url.host_str().unwrap(), url.port_or_known_default().unwrap())];
+        let addrs = hosts.unwrap_or(own);
         let path = &hook[hook.find(url.path()).unwrap()..];
         let start = Instant::now();
         let mut tasks = Vec::new();
         for c in 0..CONNECTIONS {
-            let (hook, addr, path) = (hook.clone(), addr.clone(), path.to_string());
+            let (hook, addr, path) = (hook.clone(), addrs[c % addrs.len()].clone(), path.to_string());
             tasks.push(tokio::spawn(async move {
                 // A plain HTTP/1.1 keep-alive connection: the generator must cost far less than
                 // the server it measures (reqwest's client alone capped it near 10,000/s).
