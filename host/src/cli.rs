@@ -290,6 +290,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             tracing::info!(%grpc_bound, "gRPC control plane");
             store.migrate().await.context("applying migrations")?;
             let (bound, _http_task) = WebhookServer::new(inbox.clone(), &public_url)
+                .with_metrics(crate::metrics::install())
                 .spawn(http_addr)
                 .await
                 .with_context(|| format!("binding the HTTP address {http_addr}"))?;

@@ -176,10 +176,19 @@ impl Dispatcher {
     }
 
     async fn finish_with(&self, job: &Job, end: JobEnd, event: &str, detail: Value, sent: Option<&Sent>) -> Result<(), StoreError> {
-        if !self.store.finish_send(job, &end, event, &detail, sent, self.clock.now()).await? {
+        let now = self.clock.now();
+        if !self.store.finish_send(job, &end, event, &detail, sent, now).await? {
             tracing::warn!(job = %job.key, attempt = job.attempt, "fenced out: a newer attempt owns this job");
             return Ok(());
         }
+        let channel = sent
+            .map(|s| s.channel.as_str())
+            .or_else(|| job.payload["delivery"]["channel"].as_str());
+        let backoff = match &end {
+            JobEnd::Retry { run_at, .. } => Some((*run_at - now).num_milliseconds().max(0) as f64 / 1000.0),
+            _ => None,
+        };
+        crate::metrics::job_finished(&job.tenant, &job.kind, event, channel, backoff);
         if let Some(tx) = &self.events {
             let _ = tx.send(crate::poller::Event::Delivery {
                 tenant: job.tenant.clone(),

@@ -7,6 +7,7 @@ pub mod core;
 pub mod dispatcher;
 pub mod grpc;
 pub mod inbox;
+pub mod metrics;
 pub mod plugin;
 pub mod plugin_check;
 pub mod poller;

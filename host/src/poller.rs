@@ -198,7 +198,10 @@ impl Poller {
         let outcome = cycle.run().await;
         let error = outcome.as_ref().err().map(|e| e.to_string());
         let totals = cycle.totals;
-        self.store.finish_poll(poll_id, totals, error.as_deref(), self.clock.now()).await?;
+        let finished = self.clock.now();
+        self.store.finish_poll(poll_id, totals, error.as_deref(), finished).await?;
+        let seconds = (finished - started).to_std().map(|d| d.as_secs_f64()).unwrap_or(0.0);
+        crate::metrics::poll_finished(&tenant.id, error.is_none(), seconds, totals.rows_read, totals.row_errors);
         let _ = self.events.send(Event::PollFinished {
             tenant: tenant.id.clone(),
             poll_id,
@@ -691,10 +694,17 @@ impl<'a> Cycle<'a> {
     async fn route(&self, alert: &AlertInput, audit: &mut Vec<(String, Value)>) -> Routing {
         let r = &self.router;
         let ctx = PluginContext::at(&self.tenant.id, &r.settings.config.to_string(), self.p.clock.now(), self.tz);
+        let timer = std::time::Instant::now();
         let outcome = match &r.plugin {
             Ok(p) => self.p.plugins.route_and_render(p, r.settings.limits, &ctx, alert).await,
             Err(load_fault) => Err(load_fault.clone()),
         };
+        let fault_kind = outcome.as_ref().err().map(|f| serde_json::to_value(f.kind).unwrap_or_default());
+        crate::metrics::plugin_call(
+            &self.tenant.id,
+            timer.elapsed().as_secs_f64(),
+            fault_kind.as_ref().map(|k| k.as_str().unwrap_or("unknown")),
+        );
         let fault = match outcome {
             Ok(o) => {
                 // The input is kept so a dry-run can replay exactly what the plugin saw.

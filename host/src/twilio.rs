@@ -121,11 +121,13 @@ impl TwilioClient {
             // Connection refused before anything was sent is the only error known not to have
             // reached Twilio; everything else may have.
             Err(e) if e.is_connect() => {
+                crate::metrics::twilio_answered(0, None);
                 return SendOutcome::Unreachable {
                     reason: format!("cannot connect to Twilio: {e}"),
                 };
             }
             Err(e) => {
+                crate::metrics::twilio_answered(0, None);
                 return SendOutcome::Unknown {
                     reason: format!("no answer from Twilio: {e}"),
                 };
@@ -136,6 +138,7 @@ impl TwilioClient {
         let v: Value = resp.json().await.unwrap_or(Value::Null);
         let code = v["code"].as_u64().map(|c| c as u32);
         let message = v["message"].as_str().unwrap_or("").to_string();
+        crate::metrics::twilio_answered(status, code);
         dispatch::classify(status, code, &message, v["sid"].as_str(), after)
     }
 

@@ -75,6 +75,7 @@ pub struct WebhookServer {
     tokens: Arc<Mutex<TokenCache>>,
     writer: IntakeWriter,
     pub counters: Arc<IntakeCounters>,
+    metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
 }
 
 /// Commits webhooks in batches: requests that arrive while a commit is under way wait for
@@ -135,7 +136,14 @@ impl WebhookServer {
             inbox,
             tokens: Arc::default(),
             counters: Arc::default(),
+            metrics: None,
         }
+    }
+
+    /// Serve `GET /metrics` from this recorder (without one, `/metrics` is 404).
+    pub fn with_metrics(mut self, handle: metrics_exporter_prometheus::PrometheusHandle) -> Self {
+        self.metrics = Some(handle);
+        self
     }
 
     pub fn router(&self) -> Router {
@@ -143,6 +151,7 @@ impl WebhookServer {
             .route("/twilio/{tenant}/{resource}/{event}", post(webhook))
             .route("/healthz", get(|| async { "ok\n" }))
             .route("/readyz", get(ready))
+            .route("/metrics", get(metrics_text))
             .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
             .layer(TimeoutLayer::with_status_code(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -188,6 +197,17 @@ impl WebhookServer {
 async fn ready(State(s): State<WebhookServer>) -> Response {
     match s.store.ping().await {
         Ok(()) => (StatusCode::OK, "ready\n").into_response(),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("database unreachable: {e}\n")).into_response(),
+    }
+}
+
+async fn metrics_text(State(s): State<WebhookServer>) -> Response {
+    let Some(handle) = &s.metrics else {
+        return (StatusCode::NOT_FOUND, "metrics are not enabled in this process\n").into_response();
+    };
+    let now = s.inbox.poller.clock.now();
+    match crate::metrics::render(handle, &s.store, Some(s.counters.figures()), now).await {
+        Ok(text) => ([("content-type", "text/plain; version=0.0.4")], text).into_response(),
         Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("database unreachable: {e}\n")).into_response(),
     }
 }

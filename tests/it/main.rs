@@ -6,6 +6,7 @@ mod conformance;
 mod dispatch;
 mod grpc;
 mod hosts;
+mod ops;
 mod plugins;
 mod poll;
 mod store;

@@ -101,6 +101,18 @@ pub enum Replayed {
     NotFound,
 }
 
+/// What `/metrics` reads from the store at scrape time.
+#[derive(Debug, Clone, Default)]
+pub struct MetricsSnapshot {
+    pub tenants: Vec<String>,
+    /// Per job kind (and `webhook`): due and waiting, and the oldest one's wait in seconds.
+    pub queues: std::collections::HashMap<String, (i64, f64)>,
+    /// Open episodes per (tenant, record kind).
+    pub attention: std::collections::HashMap<(String, String), i64>,
+    /// Seconds since each tenant's last successful poll ended.
+    pub poll_lag: std::collections::HashMap<String, f64>,
+}
+
 /// What deleting a tenant did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Deleted {
@@ -356,6 +368,32 @@ impl Store {
     pub async fn event_ids_after(&self, after_id: i64, limit: i64) -> Result<Vec<i64>> {
         on_pool!(self, p => Ok(sqlx::query("SELECT id FROM audit WHERE id > $1 ORDER BY id LIMIT $2")
             .bind(after_id).bind(limit).fetch_all(p).await?.into_iter().map(|r| r.get::<i64, _>(0)).collect()))
+    }
+
+    pub async fn metrics_snapshot(&self, now: DateTime<Utc>) -> Result<MetricsSnapshot> {
+        let at = millis(now);
+        let age = |oldest: Option<i64>| oldest.map_or(0.0, |o| ((at - o).max(0)) as f64 / 1000.0);
+        on_pool!(self, p => {
+            let mut snap = MetricsSnapshot {
+                tenants: sqlx::query("SELECT id FROM tenants ORDER BY id").fetch_all(p).await?.into_iter().map(|r| r.get(0)).collect(),
+                ..Default::default()
+            };
+            for r in sqlx::query("SELECT kind, COUNT(*), MIN(run_at) FROM jobs WHERE state = 'queued' AND run_at <= $1 GROUP BY kind")
+                .bind(at).fetch_all(p).await? {
+                snap.queues.insert(r.get(0), (r.get(1), age(r.get(2))));
+            }
+            let w = sqlx::query("SELECT COUNT(*), MIN(received_at) FROM webhook_events WHERE state <> 'done'").fetch_one(p).await?;
+            snap.queues.insert("webhook".into(), (w.get(0), age(w.get(1))));
+            for r in sqlx::query("SELECT tenant_id, kind, COUNT(*) FROM attention WHERE state = 'open' GROUP BY tenant_id, kind")
+                .fetch_all(p).await? {
+                snap.attention.insert((r.get(0), r.get(1)), r.get(2));
+            }
+            for r in sqlx::query("SELECT tenant_id, MAX(finished_at) FROM polls WHERE outcome = 'ok' GROUP BY tenant_id")
+                .fetch_all(p).await? {
+                snap.poll_lag.insert(r.get(0), age(r.get(1)));
+            }
+            Ok(snap)
+        })
     }
 
     pub async fn last_event_id(&self) -> Result<i64> {

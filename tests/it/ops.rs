@@ -1,0 +1,167 @@
+//! Operating the real `serve`: its Prometheus metrics agree with what happened, and the
+//! deploy/ dashboard and alert rules use only metrics it exports.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use ml_connector::sandbox::{connect_twilio, example_answers, example_tenant, install_example_plugin, provision_example};
+use ml_connector::secrets::{Keyring, generate_master_key};
+use ml_connector::twilio_sandbox::{TwilioFaults, TwilioSandbox, TwilioSandboxConfig};
+use ml_connector_tests::{Qad, binary, fresh_db, plugins};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// The sum of every series of `name` whose labels include all of `labels`.
+fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (n, rest) = series.split_once('{').unwrap_or((series, "}"));
+            (n == name && labels.iter().all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")))).then(|| value.parse::<f64>().unwrap())
+        })
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_after_the_story_match_what_happened() {
+    let qad = Qad::start().await;
+    let twilio = TwilioSandbox::new(TwilioSandboxConfig::default());
+    twilio.set_faults(TwilioFaults {
+        duplicate_callbacks_share: 0.2,
+        ..TwilioFaults::default()
+    });
+    let (twilio_base, _t) = twilio.clone().spawn("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let db = fresh_db("sqlite").await;
+    let store = &db.store;
+    let key = generate_master_key();
+    let keys = Keyring::new(&key, &[]).unwrap();
+    let now = chrono::Utc::now();
+    let tenant = example_tenant(&qad.base, &qad.config, 3600);
+    provision_example(store, &keys, &tenant, &qad.config, now).await.unwrap();
+    install_example_plugin(store, &plugins(), &tenant.id, now).await.unwrap();
+    connect_twilio(store, &keys, &tenant.id, &twilio.config(), &twilio_base, now)
+        .await
+        .unwrap();
+    store.set_answer_settings(&tenant.id, true, true).await.unwrap();
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    twilio.set_sms_url(&format!("{base}/twilio/{}/messages/inbound", tenant.id));
+    twilio.set_scripts(example_answers());
+    let _host = tokio::process::Command::new(binary())
+        .arg("serve")
+        .env("ML_CONNECTOR_DATABASE_URL", &db.url)
+        .env("ML_CONNECTOR_MASTER_KEY", &key)
+        .env("ML_CONNECTOR_HTTP_ADDR", format!("127.0.0.1:{port}"))
+        .env("ML_CONNECTOR_PUBLIC_URL", &base)
+        .env("ML_CONNECTOR_GRPC_ADDR", "127.0.0.1:0")
+        .env("ML_CONNECTOR_LOG", "warn")
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+
+    // The story plays out: alerts, statuses (some twice), answers, confirmations, comments.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        assert!(tokio::time::Instant::now() < deadline, "the story never settled");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let polled = store.polls(&tenant.id, 1).await.unwrap().first().is_some_and(|p| p.outcome == "ok");
+        if polled
+            && store.work_in_flight(&tenant.id, chrono::Utc::now()).await.unwrap() == 0
+            && twilio.idle()
+            && !store.jobs(&tenant.id).await.unwrap().is_empty()
+        {
+            break;
+        }
+    }
+    // Three forgeries: refused, and counted.
+    let http = reqwest::Client::new();
+    for i in 0..3 {
+        let r = http
+            .post(format!("{base}/twilio/{}/messages/status", tenant.id))
+            .header("x-twilio-signature", "Zm9yZ2Vk")
+            .form(&[("MessageSid", format!("SMforged{i}")), ("MessageStatus", "delivered".into())])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 403);
+    }
+    let text = http.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
+
+    let st = twilio.stats();
+    let sent = |kind: &str| metric(&text, "mlc_jobs_total", &[("kind", kind), ("outcome", "sent")]);
+    assert_eq!(
+        sent("send") + sent("confirm"),
+        (st.messages_created + st.calls_created) as f64,
+        "every message and call Twilio created is counted once"
+    );
+    assert_eq!(metric(&text, "mlc_alerts_total", &[("outcome", "sent")]), sent("send"));
+    assert_eq!(
+        metric(&text, "mlc_twilio_requests_total", &[("status", "2xx")]),
+        (st.messages_created + st.calls_created) as f64
+    );
+    let stored = store.webhooks(&tenant.id).await.unwrap().len() as f64;
+    let posts = (st.callbacks_sent + st.replies_sent + st.keypresses_sent) as f64;
+    assert_eq!(metric(&text, "mlc_webhooks_total", &[("outcome", "accepted")]), stored);
+    let duplicates = metric(&text, "mlc_webhooks_total", &[("outcome", "duplicate")]);
+    assert!(duplicates > 0.0, "the sandbox sent some callbacks twice");
+    assert_eq!(duplicates, posts - stored, "every duplicate dropped and counted");
+    assert_eq!(metric(&text, "mlc_webhooks_total", &[("outcome", "forged")]), 3.0);
+    let open = store.attention(&tenant.id, Some("open")).await.unwrap().len() as f64;
+    assert_eq!(metric(&text, "mlc_records_needing_attention", &[("tenant", &tenant.id)]), open);
+    assert!(open > 10.0);
+    assert_eq!(metric(&text, "mlc_polls_total", &[("outcome", "ok")]), 1.0);
+    assert_eq!(metric(&text, "mlc_queue_depth", &[]), 0.0);
+    let comments = store.job_counts_by_kind(&tenant.id).await.unwrap();
+    let written = comments.get(&("qad_comment".to_string(), "done".to_string())).copied().unwrap_or(0) as f64;
+    assert!(written > 0.0);
+    assert_eq!(
+        metric(&text, "mlc_jobs_total", &[("kind", "qad_comment"), ("outcome", "qad_written")]),
+        written
+    );
+    let routed = store.audit_since(&tenant.id, 0, 100_000).await.unwrap();
+    let routings = routed.iter().filter(|e| e.event == "routed" || e.event == "plugin_fault").count() as f64;
+    let fallbacks = routed.iter().filter(|e| e.detail["plugin"] == "default (fallback)").count() as f64;
+    assert_eq!(metric(&text, "mlc_plugin_call_seconds_count", &[]), routings - fallbacks);
+}
+
+/// The alert rules pass `promtool check rules`, and every metric the dashboard and the rules
+/// query is one the service exports.
+#[test]
+fn deploy_rules_check_and_use_only_exported_metrics() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().join("deploy");
+    let rules = root.join("prometheus-rules.yml");
+    let out = std::process::Command::new("promtool")
+        .args(["check", "rules"])
+        .arg(&rules)
+        .output()
+        .expect("promtool (Debian package prometheus; .ci/run installs it)");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let exported: BTreeSet<&str> = ml_connector::metrics::ALL.into_iter().collect();
+    for file in ["prometheus-rules.yml", "grafana-dashboard.json"] {
+        let text = std::fs::read_to_string(root.join(file)).unwrap();
+        let used: BTreeSet<String> = text
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|w| w.starts_with("mlc_"))
+            .map(|w| {
+                ["_bucket", "_count", "_sum"]
+                    .iter()
+                    .fold(w.to_string(), |w, suffix| w.strip_suffix(suffix).map(String::from).unwrap_or(w))
+            })
+            .collect();
+        assert!(used.len() >= 5, "{file} queries the service");
+        for m in &used {
+            assert!(
+                exported.contains(m.as_str()),
+                "{file} queries {m}, which the service does not export"
+            );
+        }
+    }
+}
