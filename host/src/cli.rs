@@ -318,11 +318,21 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let sender = tokio::spawn(async move { dispatcher.run(stop_rx).await });
             tracing::info!(engine = store.engine(), "ml-connector serving");
             crate::shutdown_signal().await;
-            tracing::info!("shutting down: letting polls under way finish");
+            tracing::info!("shutting down: finishing what is under way, handing back what is not");
             let _ = stop_tx.send(true);
-            let _ = task.await;
-            let _ = sender.await;
-            let _ = intake.await;
+            // Bounded: whatever is still running then keeps its lease, which expires, and
+            // another host (or the next start) takes it over, reconciling before any resend.
+            let finishing = async {
+                let _ = task.await;
+                let _ = sender.await;
+                let _ = intake.await;
+            };
+            if tokio::time::timeout(SHUTDOWN_GRACE, finishing).await.is_err() {
+                tracing::warn!(
+                    "work still under way after {} s; leaving it to its leases",
+                    SHUTDOWN_GRACE.as_secs()
+                );
+            }
             let _ = feed_task.await;
             let _ = health_task.await;
             let _ = grpc_task.await;
@@ -394,6 +404,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// How long a stopping host waits for the work under way.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
 /// Wake the workers when another host announces new work; polling stays the fallback (a
 /// notification lost while reconnecting only delays work).

@@ -62,6 +62,8 @@ pub struct Dispatcher {
     clients: Arc<Mutex<ClientCache>>,
     /// Rung when new jobs may be due (another host announced some), so work starts at once.
     pub wake: Arc<tokio::sync::Notify>,
+    /// Shutting down: claimed jobs not yet started are handed back instead of started.
+    stopping: Arc<std::sync::atomic::AtomicBool>,
 }
 
 type ClientCache = HashMap<String, (std::time::Instant, Option<(TwilioClient, String)>)>;
@@ -89,6 +91,7 @@ impl Dispatcher {
             slots: Arc::default(),
             clients: Arc::default(),
             wake: Arc::default(),
+            stopping: Arc::default(),
         }
     }
 
@@ -115,6 +118,12 @@ impl Dispatcher {
             tasks.spawn(async move {
                 let slot = d.slot(&job.tenant);
                 let _permit = slot.acquire_owned().await;
+                if d.stopping.load(std::sync::atomic::Ordering::SeqCst) {
+                    if let Err(e) = d.store.release_job(&job, d.clock.now()).await {
+                        tracing::warn!(job = %job.key, error = %e, "job left for its lease to expire");
+                    }
+                    return;
+                }
                 if let Err(e) = d.process(&job).await {
                     tracing::warn!(job = %job.key, error = %e, "job left for its lease to expire");
                 }
@@ -143,8 +152,16 @@ impl Dispatcher {
         Ok(n)
     }
 
-    /// Work until `shutdown` turns true; jobs under way finish first.
+    /// Work until `shutdown` turns true: sends under way finish, claimed jobs not yet started
+    /// go back to the queue for the next host or run.
     pub async fn run(&self, mut shutdown: watch::Receiver<bool>) {
+        let watcher = tokio::spawn({
+            let (mut sd, stopping) = (shutdown.clone(), self.stopping.clone());
+            async move {
+                let _ = sd.wait_for(|s| *s).await;
+                stopping.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+        });
         loop {
             let idle = match self.run_once().await {
                 Ok(0) => true,
@@ -165,6 +182,7 @@ impl Dispatcher {
                 }
             }
         }
+        watcher.abort();
     }
 
     async fn finish(&self, job: &Job, end: JobEnd, event: &str, detail: Value) -> Result<(), StoreError> {

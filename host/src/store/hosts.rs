@@ -47,6 +47,16 @@ impl Store {
         Ok(n)
     }
 
+    /// Hand a claimed job that was never started back to the queue (a host shutting down);
+    /// its attempt is given back too. Fenced: only the claimer's attempt may do it.
+    pub async fn release_job(&self, job: &super::Job, now: DateTime<Utc>) -> Result<bool> {
+        let n = on_pool!(self, p => sqlx::query(
+            "UPDATE jobs SET state = 'queued', attempt = attempt - 1, lease_until = NULL, worker = NULL, updated_at = $3
+             WHERE id = $1 AND attempt = $2 AND state = 'running'",
+        ).bind(job.id).bind(job.attempt).bind(millis(now)).execute(p).await?.rows_affected());
+        Ok(n == 1)
+    }
+
     /// On PostgreSQL, a listener on the work channels (None on SQLite: one host, in-process
     /// wake-ups suffice).
     pub async fn listen_for_work(&self) -> Result<Option<sqlx::postgres::PgListener>> {
