@@ -164,6 +164,9 @@ pub enum Command {
     },
     /// Production: poll every tenant on its schedule.
     Serve {
+        /// A TOML file for anything the ML_CONNECTOR_* variables set (the environment wins).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
         #[command(flatten)]
         db: DbArgs,
         #[command(flatten)]
@@ -252,6 +255,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Plugin(PluginCommand::Check { file, config }) => crate::plugin_check::run(&file, &config).await?,
         Command::Serve {
+            config: _,
             db,
             keys,
             plugin_cache,

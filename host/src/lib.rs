@@ -3,6 +3,7 @@
 
 pub mod cli;
 pub mod clock;
+pub mod config;
 pub mod core;
 pub mod dispatcher;
 pub mod grpc;

@@ -2,11 +2,36 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
+    // `--config FILE`: its values become the environment variables not already set, before
+    // anything else runs (no other thread exists yet), so the environment wins over the file.
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(path) = ml_connector::config::config_arg(&args) {
+        match ml_connector::config::ConfigFile::load(&path) {
+            Ok(file) => {
+                for (key, value) in file.variables() {
+                    if std::env::var_os(key).is_none() {
+                        // SAFETY: single-threaded: the runtime is built below.
+                        unsafe { std::env::set_var(key, value) };
+                    }
+                }
+            }
+            Err(e) => {
+                eprintln!("error: config file {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
     let cli = ml_connector::cli::Cli::parse();
     ml_connector::cli::init_tracing(&cli);
-    match ml_connector::cli::run(cli).await {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(ml_connector::cli::run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");

@@ -185,3 +185,62 @@ fn plugin_check_runs_a_plugin_on_the_samples_and_fails_clearly_on_a_fault() {
     assert!(!ok);
     assert!(err.contains("not a WebAssembly component"), "{err}");
 }
+
+/// `serve --config FILE`: a key it does not know or a value of the wrong type stops it
+/// before anything starts, naming the key; a good file is used, the environment winning.
+#[tokio::test]
+async fn serve_reads_a_config_file_checked_up_front_with_the_environment_winning() {
+    let dir = TempDir::new("config");
+    let bad = dir.0.join("bad.toml");
+    std::fs::write(&bad, "database_url = 'sqlite://x.db'\nhttp_adress = '127.0.0.1:8080'\n").unwrap();
+    let (ok, _, err) = run(&["serve", "--config", bad.to_str().unwrap()], &[]);
+    assert!(!ok && err.contains("http_adress") && err.contains("bad.toml"), "{err}");
+    std::fs::write(&bad, "grpc_addr = 'nowhere'\n").unwrap();
+    let (ok, _, err) = run(&["serve", "--config", bad.to_str().unwrap()], &[]);
+    assert!(!ok && err.contains("grpc_addr"), "{err}");
+
+    let key_file = dir.0.join("master.key");
+    std::fs::write(&key_file, ml_connector::secrets::generate_master_key()).unwrap();
+    let db = dir.0.join("from-config.db");
+    let (file_port, env_port) = (free_port(), free_port());
+    let good = dir.0.join("good.toml");
+    std::fs::write(
+        &good,
+        format!(
+            "database_url = 'sqlite://{}'\nmaster_key_file = '{}'\nhttp_addr = '127.0.0.1:{file_port}'\ngrpc_addr = '127.0.0.1:0'\nlog = 'warn'\n",
+            db.display(),
+            key_file.display()
+        ),
+    )
+    .unwrap();
+    let mut child = tokio::process::Command::new(binary())
+        .args(["serve", "--config", good.to_str().unwrap()])
+        .env_remove("ML_CONNECTOR_MASTER_KEY")
+        .env_remove("ML_CONNECTOR_DATABASE_URL")
+        .env("ML_CONNECTOR_HTTP_ADDR", format!("127.0.0.1:{env_port}"))
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut up = false;
+    for _ in 0..200 {
+        if reqwest::get(format!("http://127.0.0.1:{env_port}/readyz"))
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(up, "serve listens where the environment says");
+    assert!(
+        reqwest::get(format!("http://127.0.0.1:{file_port}/readyz")).await.is_err(),
+        "not where the file says"
+    );
+    assert!(db.exists(), "the database the file names is used");
+    child.kill().await.unwrap();
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}

@@ -1,0 +1,149 @@
+//! `ml-connector serve --config FILE`: a TOML file for everything the `ML_CONNECTOR_*`
+//! environment variables set. Keys are the variables' names without the prefix, in lower
+//! case (`database_url`, `http_addr`, …). The environment wins over the file, a flag over
+//! both. The file is checked before anything starts: an unknown key or a value of the
+//! wrong type is an error naming the key.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("reading {0}: {1}")]
+    Read(PathBuf, std::io::Error),
+    #[error("{0}: {1}")]
+    Invalid(PathBuf, String),
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    pub database_url: Option<String>,
+    pub master_key: Option<String>,
+    pub master_key_file: Option<PathBuf>,
+    pub previous_master_keys: Option<Vec<String>>,
+    pub public_url: Option<url::Url>,
+    pub http_addr: Option<SocketAddr>,
+    pub grpc_addr: Option<SocketAddr>,
+    pub admin_token: Option<String>,
+    pub grpc_tls_cert: Option<PathBuf>,
+    pub grpc_tls_key: Option<PathBuf>,
+    pub watch_buffer: Option<usize>,
+    pub job_lease_seconds: Option<u64>,
+    pub poll_lease_seconds: Option<u64>,
+    pub plugin_cache_dir: Option<PathBuf>,
+    pub log: Option<String>,
+    pub log_format: Option<LogFormat>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl ConfigFile {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read(path.into(), e))?;
+        Self::parse(&text).map_err(|e| ConfigError::Invalid(path.into(), e))
+    }
+
+    pub fn parse(text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|e| e.to_string().trim_end().to_string())
+    }
+
+    /// The `ML_CONNECTOR_*` variables this file sets, with their values.
+    pub fn variables(&self) -> Vec<(&'static str, String)> {
+        let path = |p: &PathBuf| p.display().to_string();
+        let mut v: Vec<(&'static str, Option<String>)> = vec![
+            ("ML_CONNECTOR_DATABASE_URL", self.database_url.clone()),
+            ("ML_CONNECTOR_MASTER_KEY", self.master_key.clone()),
+            ("ML_CONNECTOR_MASTER_KEY_FILE", self.master_key_file.as_ref().map(path)),
+            (
+                "ML_CONNECTOR_PREVIOUS_MASTER_KEYS",
+                self.previous_master_keys.as_ref().map(|k| k.join(",")),
+            ),
+            (
+                "ML_CONNECTOR_PUBLIC_URL",
+                self.public_url.as_ref().map(|u| u.as_str().trim_end_matches('/').to_string()),
+            ),
+            ("ML_CONNECTOR_HTTP_ADDR", self.http_addr.map(|a| a.to_string())),
+            ("ML_CONNECTOR_GRPC_ADDR", self.grpc_addr.map(|a| a.to_string())),
+            ("ML_CONNECTOR_ADMIN_TOKEN", self.admin_token.clone()),
+            ("ML_CONNECTOR_GRPC_TLS_CERT", self.grpc_tls_cert.as_ref().map(path)),
+            ("ML_CONNECTOR_GRPC_TLS_KEY", self.grpc_tls_key.as_ref().map(path)),
+            ("ML_CONNECTOR_WATCH_BUFFER", self.watch_buffer.map(|n| n.to_string())),
+            ("ML_CONNECTOR_JOB_LEASE_SECONDS", self.job_lease_seconds.map(|n| n.to_string())),
+            ("ML_CONNECTOR_POLL_LEASE_SECONDS", self.poll_lease_seconds.map(|n| n.to_string())),
+            ("ML_CONNECTOR_PLUGIN_CACHE_DIR", self.plugin_cache_dir.as_ref().map(path)),
+            ("ML_CONNECTOR_LOG", self.log.clone()),
+        ];
+        v.push((
+            "ML_CONNECTOR_LOG_FORMAT",
+            self.log_format.map(|f| match f {
+                LogFormat::Text => "text".into(),
+                LogFormat::Json => "json".into(),
+            }),
+        ));
+        v.into_iter().filter_map(|(k, val)| val.map(|val| (k, val))).collect()
+    }
+}
+
+/// The `--config` value among the raw arguments, if any.
+pub fn config_arg(args: &[String]) -> Option<PathBuf> {
+    args.iter().enumerate().find_map(|(i, a)| match a.strip_prefix("--config") {
+        Some("") => args.get(i + 1).map(PathBuf::from),
+        Some(rest) => rest.strip_prefix('=').map(PathBuf::from),
+        None => None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_name_the_key() {
+        let cases = [
+            ("database_url = 'sqlite://x.db'\nhttp_adr = '127.0.0.1:1'", "http_adr"),
+            ("grpc_addr = 'nowhere'", "grpc_addr"),
+            ("job_lease_seconds = 'sixty'", "job_lease_seconds"),
+            ("public_url = 'not a url'", "public_url"),
+            ("log_format = 'xml'", "log_format"),
+        ];
+        for (text, key) in cases {
+            let err = ConfigFile::parse(text).unwrap_err();
+            assert!(err.contains(key), "{key}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_file_becomes_the_variables_it_sets() {
+        let f = ConfigFile::parse(
+            "database_url = 'postgres://db/ml'\nhttp_addr = '0.0.0.0:8080'\nprevious_master_keys = ['a', 'b']\nlog_format = 'json'\njob_lease_seconds = 30",
+        )
+        .unwrap();
+        let mut v = f.variables();
+        v.sort();
+        assert_eq!(
+            v,
+            [
+                ("ML_CONNECTOR_DATABASE_URL", "postgres://db/ml".to_string()),
+                ("ML_CONNECTOR_HTTP_ADDR", "0.0.0.0:8080".into()),
+                ("ML_CONNECTOR_JOB_LEASE_SECONDS", "30".into()),
+                ("ML_CONNECTOR_LOG_FORMAT", "json".into()),
+                ("ML_CONNECTOR_PREVIOUS_MASTER_KEYS", "a,b".into()),
+            ]
+        );
+        assert_eq!(
+            config_arg(&["serve".into(), "--config".into(), "a.toml".into()]),
+            Some("a.toml".into())
+        );
+        assert_eq!(config_arg(&["serve".into(), "--config=b.toml".into()]), Some("b.toml".into()));
+        assert_eq!(config_arg(&["serve".into()]), None);
+    }
+}
