@@ -257,3 +257,112 @@ async fn sigterm_mid_dispatch_loses_nothing_and_sends_nothing_twice() {
         "a graceful stop leaves no outcome unknown"
     );
 }
+
+/// A known secret in every place one can go (QAD password, Twilio API key secret and Auth
+/// Token, the admin token, the master key), the whole story run at `LOG=trace` in JSON:
+/// every line is JSON, and no line holds any secret, in clear or as the Basic credentials
+/// sent on the wire.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_secret_reaches_the_logs_even_at_trace() {
+    use base64::Engine as _;
+    let qad_password = "qad-pw-LEAKCHECK-4711";
+    let qad = Qad::start_with(ml_connector::qad_sandbox::QadSandbox::new(
+        ml_connector::qad_sandbox::SandboxConfig {
+            password: qad_password.into(),
+            ..ml_connector::qad_sandbox::SandboxConfig::new(ml_connector_tests::today())
+        },
+    ))
+    .await;
+    let twilio_cfg = TwilioSandboxConfig {
+        api_key_secret: "key-secret-LEAKCHECK-0815".into(),
+        auth_token: "authtokenLEAKCHECK00000000000042".into(),
+        ..TwilioSandboxConfig::default()
+    };
+    let twilio = TwilioSandbox::new(twilio_cfg.clone());
+    let (twilio_base, _t) = twilio.clone().spawn("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let db = fresh_db("sqlite").await;
+    let store = &db.store;
+    let key = generate_master_key();
+    let keys = Keyring::new(&key, &[]).unwrap();
+    let now = chrono::Utc::now();
+    let tenant = example_tenant(&qad.base, &qad.config, 3600);
+    provision_example(store, &keys, &tenant, &qad.config, now).await.unwrap();
+    connect_twilio(store, &keys, &tenant.id, &twilio_cfg, &twilio_base, now)
+        .await
+        .unwrap();
+    let admin_token = "admin-token-LEAKCHECK-1234";
+    let port = free_port();
+    let grpc = format!("127.0.0.1:{}", free_port());
+    let base = format!("http://127.0.0.1:{port}");
+    let mut host = tokio::process::Command::new(binary())
+        .arg("serve")
+        .env("ML_CONNECTOR_DATABASE_URL", &db.url)
+        .env("ML_CONNECTOR_MASTER_KEY", &key)
+        .env("ML_CONNECTOR_ADMIN_TOKEN", admin_token)
+        .env("ML_CONNECTOR_HTTP_ADDR", format!("127.0.0.1:{port}"))
+        .env("ML_CONNECTOR_PUBLIC_URL", &base)
+        .env("ML_CONNECTOR_GRPC_ADDR", &grpc)
+        .env("ML_CONNECTOR_LOG", "trace")
+        .env("ML_CONNECTOR_LOG_FORMAT", "json")
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let stderr = host.stderr.take().unwrap();
+    let log = tokio::spawn(async move {
+        use tokio::io::AsyncReadExt;
+        let mut s = String::new();
+        let mut r = stderr;
+        r.read_to_string(&mut s).await.unwrap();
+        s
+    });
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        assert!(tokio::time::Instant::now() < deadline, "the story never settled");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let polled = store.polls(&tenant.id, 1).await.unwrap().first().is_some_and(|p| p.outcome == "ok");
+        if polled && store.work_in_flight(&tenant.id, chrono::Utc::now()).await.unwrap() == 0 && twilio.idle() {
+            break;
+        }
+    }
+    // The admin token travels too: one call with it, one with a wrong one.
+    for token in [admin_token, "wrong-LEAKCHECK"] {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{grpc}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut client =
+            ml_connector::grpc::pb::tenants_client::TenantsClient::with_interceptor(channel, move |mut req: tonic::Request<()>| {
+                req.metadata_mut()
+                    .insert("authorization", format!("Bearer {token}").parse().unwrap());
+                Ok(req)
+            });
+        let _ = client.list_tenants(ml_connector::grpc::pb::ListTenantsRequest {}).await;
+    }
+    let pid = host.id().unwrap().to_string();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    host.wait().await.unwrap();
+    let text = log.await.unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines.len() > 1000, "trace logs were written ({} lines)", lines.len());
+    for l in &lines {
+        assert!(serde_json::from_str::<serde_json::Value>(l).is_ok(), "not a JSON line: {l}");
+    }
+    let basic = |u: &str, p: &str| base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"));
+    let secrets = [
+        qad_password.to_string(),
+        twilio_cfg.api_key_secret.clone(),
+        twilio_cfg.auth_token.clone(),
+        admin_token.to_string(),
+        key.clone(),
+        "LEAKCHECK".to_string(),
+        basic(&twilio_cfg.api_key_sid, &twilio_cfg.api_key_secret),
+        basic(&qad.config.user, qad_password),
+    ];
+    for s in &secrets {
+        if let Some(l) = lines.iter().find(|l| l.contains(s.as_str())) {
+            panic!("a log line holds a secret: {l}");
+        }
+    }
+}
