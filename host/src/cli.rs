@@ -293,8 +293,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 .with_context(|| format!("binding the gRPC address {grpc_addr}"))?;
             tracing::info!(%grpc_bound, "gRPC control plane");
             store.migrate().await.context("applying migrations")?;
+            let workers_running = Arc::new(std::sync::atomic::AtomicBool::new(false));
             let (bound, _http_task) = WebhookServer::new(inbox.clone(), &public_url)
                 .with_metrics(crate::metrics::install())
+                .with_workers_flag(workers_running.clone())
                 .spawn(http_addr)
                 .await
                 .with_context(|| format!("binding the HTTP address {http_addr}"))?;
@@ -320,8 +322,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 async move { inbox.run(stop).await }
             });
             let sender = tokio::spawn(async move { dispatcher.run(stop_rx).await });
+            workers_running.store(true, std::sync::atomic::Ordering::SeqCst);
             tracing::info!(engine = store.engine(), "ml-connector serving");
             crate::shutdown_signal().await;
+            workers_running.store(false, std::sync::atomic::Ordering::SeqCst);
             tracing::info!("shutting down: finishing what is under way, handing back what is not");
             let _ = stop_tx.send(true);
             // Bounded: whatever is still running then keeps its lease, which expires, and

@@ -124,7 +124,16 @@ impl Dispatcher {
                     }
                     return;
                 }
-                if let Err(e) = d.process(&job).await {
+                let span = tracing::info_span!(
+                    "job",
+                    tenant = %job.tenant,
+                    job_id = job.id,
+                    job = %job.key,
+                    record_kind = %job.record_kind,
+                    record = %job.record_key,
+                    sid = tracing::field::Empty
+                );
+                if let Err(e) = tracing::Instrument::instrument(d.process(&job), span).await {
                     tracing::warn!(job = %job.key, error = %e, "job left for its lease to expire");
                 }
             });
@@ -198,6 +207,10 @@ impl Dispatcher {
         if !self.store.finish_send(job, &end, event, &detail, sent, now).await? {
             tracing::warn!(job = %job.key, attempt = job.attempt, "fenced out: a newer attempt owns this job");
             return Ok(());
+        }
+        if let Some(s) = sent {
+            tracing::Span::current().record("sid", s.sid.as_str());
+            tracing::info!(sid = %s.sid, to = %s.to, "accepted by Twilio");
         }
         let channel = sent
             .map(|s| s.channel.as_str())

@@ -50,7 +50,15 @@ impl Inbox {
             .claim_webhooks(now, self.lease, chrono::Duration::seconds(30), self.batch)
             .await?;
         for e in &events {
-            let outcome = self.process(e).await?;
+            let sid = e
+                .params
+                .iter()
+                .find(|(k, _)| k == "MessageSid" || k == "CallSid")
+                .map(|(_, v)| v.as_str())
+                .unwrap_or("");
+            let span = tracing::info_span!("webhook", tenant = %e.tenant, kind = %e.kind, event_id = e.id, sid = %sid);
+            let outcome = tracing::Instrument::instrument(self.process(e), span).await?;
+            tracing::debug!(tenant = %e.tenant, event_id = e.id, sid = %sid, outcome = %outcome, "webhook processed");
             self.poller.store.finish_webhook(e.id, &outcome, self.poller.clock.now()).await?;
         }
         Ok(events.len())

@@ -195,7 +195,11 @@ impl Poller {
             caches: Caches::default(),
             seen: HashSet::new(),
         };
-        let outcome = cycle.run().await;
+        let outcome = {
+            use tracing::Instrument;
+            let span = tracing::info_span!("poll", tenant = %tenant.id, poll_id);
+            cycle.run().instrument(span).await
+        };
         let error = outcome.as_ref().err().map(|e| e.to_string());
         let totals = cycle.totals;
         let finished = self.clock.now();
@@ -464,7 +468,14 @@ impl<'a> Cycle<'a> {
         }
     }
 
+    /// One record, in a span naming it: every log line about it, down to its alerts, says which.
     async fn decide(&mut self, rec: Parsed, open: Option<OpenEpisode>, seen: Option<(String, Value)>) -> Result<(), PollError> {
+        use tracing::Instrument;
+        let span = tracing::info_span!("record", tenant = %self.tenant.id, record = %rec.key());
+        self.decide_in_span(rec, open, seen).instrument(span).await
+    }
+
+    async fn decide_in_span(&mut self, rec: Parsed, open: Option<OpenEpisode>, seen: Option<(String, Value)>) -> Result<(), PollError> {
         let key = rec.key();
         let (kind, needed, supplier, amount, people, cause) = match &rec {
             Parsed::Receipt(r) => {

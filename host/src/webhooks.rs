@@ -76,6 +76,8 @@ pub struct WebhookServer {
     writer: IntakeWriter,
     pub counters: Arc<IntakeCounters>,
     metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    /// Whether the host's workers are running (`/readyz` says not ready while they are not).
+    workers: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
 
 /// Commits webhooks in batches: requests that arrive while a commit is under way wait for
@@ -137,7 +139,14 @@ impl WebhookServer {
             tokens: Arc::default(),
             counters: Arc::default(),
             metrics: None,
+            workers: None,
         }
+    }
+
+    /// Make `/readyz` follow this flag too: set once the workers run, cleared when they stop.
+    pub fn with_workers_flag(mut self, running: Arc<std::sync::atomic::AtomicBool>) -> Self {
+        self.workers = Some(running);
+        self
     }
 
     /// Serve `GET /metrics` from this recorder (without one, `/metrics` is 404).
@@ -194,7 +203,12 @@ impl WebhookServer {
     }
 }
 
+/// Ready: the database answers (migrations were applied before this server started) and,
+/// in `serve`, the workers run; the same conditions gRPC health reports.
 async fn ready(State(s): State<WebhookServer>) -> Response {
+    if s.workers.as_ref().is_some_and(|w| !w.load(Ordering::SeqCst)) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "workers not running (starting or stopping)\n").into_response();
+    }
     match s.store.ping().await {
         Ok(()) => (StatusCode::OK, "ready\n").into_response(),
         Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("database unreachable: {e}\n")).into_response(),

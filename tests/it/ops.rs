@@ -349,6 +349,26 @@ async fn no_secret_reaches_the_logs_even_at_trace() {
     for l in &lines {
         assert!(serde_json::from_str::<serde_json::Value>(l).is_ok(), "not a JSON line: {l}");
     }
+    // One record followed from its poll to its alert to Twilio's callback, by the span fields.
+    let json: Vec<serde_json::Value> = lines.iter().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let sent = json
+        .iter()
+        .find(|v| v["fields"]["message"] == "accepted by Twilio")
+        .expect("a send is logged");
+    let (record, sid) = (sent["span"]["record"].as_str().unwrap(), sent["fields"]["sid"].as_str().unwrap());
+    assert_eq!(sent["span"]["name"], "job");
+    assert!(sent["span"]["job_id"].is_number() && sent["span"]["tenant"] == tenant.id.as_str());
+    let in_span = |v: &serde_json::Value, name: &str, field: &str, value: &str| {
+        v["spans"]
+            .as_array()
+            .is_some_and(|s| s.iter().any(|s| s["name"] == name && s[field] == value))
+    };
+    assert!(
+        json.iter().any(|v| in_span(v, "record", "record", record)),
+        "the poll's lines about {record}"
+    );
+    assert!(json.iter().any(|v| in_span(v, "webhook", "sid", sid)), "the callbacks about {sid}");
+
     let basic = |u: &str, p: &str| base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"));
     let secrets = [
         qad_password.to_string(),
