@@ -48,6 +48,26 @@ fn ensure_wasm_target() -> Result<()> {
     }
 }
 
+/// promtool checks the alert rules under deploy/; it ships in Debian's `prometheus` package
+/// (no PyPI or crates.io build of it exists), installed here when missing.
+fn ensure_promtool() -> Result<()> {
+    if Command::new("promtool").arg("--version").output().is_ok_and(|o| o.status.success()) {
+        return Ok(());
+    }
+    eprintln!("xtask: installing promtool (Debian package prometheus)");
+    let install = || {
+        Command::new("apt-get")
+            .args(["install", "-y", "--no-install-recommends", "prometheus"])
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if install() || (Command::new("apt-get").args(["update", "-q"]).status().is_ok_and(|s| s.success()) && install()) {
+        return Ok(());
+    }
+    bail!("promtool is missing and `apt-get install prometheus` failed; install promtool and run again")
+}
+
 /// Python test tools (the official `twilio` library, grpcurl) in a venv under target/, so
 /// the machine's Python stays untouched. Re-installed only when the list changes.
 fn ensure_python_tools() -> Result<PathBuf> {
@@ -69,6 +89,7 @@ fn ensure_python_tools() -> Result<PathBuf> {
 
 fn test(extra: &[String]) -> Result<()> {
     ensure_wasm_target()?;
+    ensure_promtool()?;
     let venv = ensure_python_tools()?;
     // The plugin kit is its own (wasm) workspace; its plain unit tests run natively.
     run(cargo().args(["test", "--quiet", "--manifest-path", "plugins/Cargo.toml", "-p", "plugin-kit"]))?;
