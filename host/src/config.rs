@@ -93,11 +93,25 @@ impl ConfigFile {
     }
 }
 
-/// The `--config` value among the raw arguments, if any.
+/// The `--config` value of a `serve` command line, if any (other subcommands have flags of
+/// that name with other meanings: `plugin check --config JSON`).
 pub fn config_arg(args: &[String]) -> Option<PathBuf> {
-    args.iter().enumerate().find_map(|(i, a)| match a.strip_prefix("--config") {
-        Some("") => args.get(i + 1).map(PathBuf::from),
-        Some(rest) => rest.strip_prefix('=').map(PathBuf::from),
+    // Skip the program and the global flags (`--log X`, `--log-format X`, `--log=X`).
+    let mut i = 1;
+    while let Some(a) = args.get(i) {
+        match a.as_str() {
+            "--log" | "--log-format" => i += 2,
+            a if a.starts_with("--log=") || a.starts_with("--log-format=") => i += 1,
+            _ => break,
+        }
+    }
+    if args.get(i).map(String::as_str) != Some("serve") {
+        return None;
+    }
+    let rest = &args[i + 1..];
+    rest.iter().enumerate().find_map(|(j, a)| match a.strip_prefix("--config") {
+        Some("") => rest.get(j + 1).map(PathBuf::from),
+        Some(r) => r.strip_prefix('=').map(PathBuf::from),
         None => None,
     })
 }
@@ -139,11 +153,13 @@ mod tests {
                 ("ML_CONNECTOR_PREVIOUS_MASTER_KEYS", "a,b".into()),
             ]
         );
+        let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(config_arg(&args(&["mlc", "serve", "--config", "a.toml"])), Some("a.toml".into()));
         assert_eq!(
-            config_arg(&["serve".into(), "--config".into(), "a.toml".into()]),
-            Some("a.toml".into())
+            config_arg(&args(&["mlc", "--log", "debug", "serve", "--config=b.toml"])),
+            Some("b.toml".into())
         );
-        assert_eq!(config_arg(&["serve".into(), "--config=b.toml".into()]), Some("b.toml".into()));
-        assert_eq!(config_arg(&["serve".into()]), None);
+        assert_eq!(config_arg(&args(&["mlc", "serve"])), None);
+        assert_eq!(config_arg(&args(&["mlc", "plugin", "check", "p.wasm", "--config", "{}"])), None);
     }
 }
