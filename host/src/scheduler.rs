@@ -99,13 +99,7 @@ impl Scheduler {
             .await
             .map_err(PollError::from)?
         {
-            let holder = store
-                .poll_lease(tenant)
-                .await
-                .map_err(PollError::from)?
-                .map(|(h, _)| h)
-                .unwrap_or_default();
-            return Err(PollNowError::HeldElsewhere(tenant.to_string(), holder));
+            return Err(held_elsewhere(store, tenant).await);
         }
         if let Some(schedule) = due_by {
             let last = store.polls(tenant, 1).await.map_err(PollError::from)?.first().map(|p| p.started_at);
@@ -139,13 +133,7 @@ impl Scheduler {
             Some(r) => Ok(r?),
             None => {
                 tracing::warn!(tenant, "poll lease lost to another host mid-poll; this poll is dropped");
-                let holder = store
-                    .poll_lease(tenant)
-                    .await
-                    .map_err(PollError::from)?
-                    .map(|(h, _)| h)
-                    .unwrap_or_default();
-                Err(PollNowError::HeldElsewhere(tenant.to_string(), holder))
+                Err(held_elsewhere(store, tenant).await)
             }
         }
     }
@@ -232,5 +220,13 @@ impl Scheduler {
             }
         }
         while tasks.join_next().await.is_some() {}
+    }
+}
+
+/// The error for a tenant whose poll lease another host holds, naming that host.
+async fn held_elsewhere(store: &crate::store::Store, tenant: &str) -> PollNowError {
+    match store.poll_lease(tenant).await {
+        Ok(lease) => PollNowError::HeldElsewhere(tenant.to_string(), lease.map(|(h, _)| h).unwrap_or_default()),
+        Err(e) => PollNowError::Poll(e.into()),
     }
 }

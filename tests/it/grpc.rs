@@ -612,6 +612,28 @@ async fn operator_session(engine: &str) {
     }
 }
 
+type AuthedAlerts = pb::alerts_client::AlertsClient<
+    tonic::service::interceptor::InterceptedService<
+        tonic::transport::Channel,
+        fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status>,
+    >,
+>;
+
+fn with_token(mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+    req.metadata_mut()
+        .insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
+    Ok(req)
+}
+
+/// Every tenant's events after `after_id`.
+async fn watch_all(client: &mut AuthedAlerts, after_id: i64) -> tonic::Streaming<pb::WatchMessage> {
+    let request = pb::WatchRequest {
+        after_id,
+        tenant_id: String::new(),
+    };
+    client.watch(request).await.unwrap().into_inner()
+}
+
 /// A consumer that stops reading is told it lagged, with the id to resume after; resuming
 /// there gets every event after it exactly once. The host never waits for it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -628,31 +650,14 @@ async fn a_slow_watcher_is_told_it_lagged_and_resumes_without_a_gap() {
             .connect()
             .await
             .unwrap();
-        pb::alerts_client::AlertsClient::with_interceptor(channel, |mut req: tonic::Request<()>| {
-            req.metadata_mut()
-                .insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
-            Ok(req)
-        })
+        let auth: fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> = with_token;
+        pb::alerts_client::AlertsClient::with_interceptor(channel, auth)
     };
     let mut slow_client = connect().await;
-    let mut slow = slow_client
-        .watch(pb::WatchRequest {
-            after_id: start,
-            tenant_id: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut slow = watch_all(&mut slow_client, start).await;
     // A brisk consumer proves when the host has published everything.
     let mut brisk_client = connect().await;
-    let mut brisk = brisk_client
-        .watch(pb::WatchRequest {
-            after_id: start,
-            tenant_id: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut brisk = watch_all(&mut brisk_client, start).await;
     // 24 MB of events: more than HTTP/2 flow control and every buffer hold for the slow one.
     let total = 3000;
     let padding = "x".repeat(8000);
@@ -683,14 +688,7 @@ async fn a_slow_watcher_is_told_it_lagged_and_resumes_without_a_gap() {
             }
             // Even a brisk reader may be told it lagged in a burst; it resumes as documented.
             pb::watch_message::Message::Lagged(l) => {
-                brisk = brisk_client
-                    .watch(pb::WatchRequest {
-                        after_id: l.resume_after_id,
-                        tenant_id: String::new(),
-                    })
-                    .await
-                    .unwrap()
-                    .into_inner();
+                brisk = watch_all(&mut brisk_client, l.resume_after_id).await;
             }
         }
     }
@@ -712,14 +710,7 @@ async fn a_slow_watcher_is_told_it_lagged_and_resumes_without_a_gap() {
     assert!(got.len() < total, "it lagged before the end ({} of {total})", got.len());
     assert_eq!(resume, *got.last().unwrap_or(&start), "resume after the last event received");
     assert!(slow.message().await.unwrap().is_none(), "the stream ends after the notice");
-    let mut again = slow_client
-        .watch(pb::WatchRequest {
-            after_id: resume,
-            tenant_id: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut again = watch_all(&mut slow_client, resume).await;
     while got.last() != Some(&last) {
         match tokio::time::timeout(Duration::from_secs(60), again.message())
             .await

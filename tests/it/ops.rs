@@ -25,24 +25,73 @@ fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
         .sum()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn metrics_after_the_story_match_what_happened() {
-    let qad = Qad::start().await;
-    let twilio = TwilioSandbox::new(TwilioSandboxConfig::default());
-    twilio.set_faults(TwilioFaults {
-        duplicate_callbacks_share: 0.2,
-        ..TwilioFaults::default()
-    });
-    let (twilio_base, _t) = twilio.clone().spawn("127.0.0.1:0".parse().unwrap()).await.unwrap();
+/// The example tenant against both sandboxes on a fresh SQLite file, ready for `serve`.
+struct Story {
+    qad: Qad,
+    twilio: TwilioSandbox,
+    db: ml_connector_tests::TestDb,
+    key: String,
+    tenant: ml_connector::store::Tenant,
+    _twilio_task: tokio::task::JoinHandle<()>,
+}
+
+async fn story(qad: Qad, twilio_cfg: TwilioSandboxConfig, faults: TwilioFaults) -> Story {
+    let twilio = TwilioSandbox::new(twilio_cfg.clone());
+    twilio.set_faults(faults);
+    let (twilio_base, task) = twilio.clone().spawn("127.0.0.1:0".parse().unwrap()).await.unwrap();
     let db = fresh_db("sqlite").await;
-    let store = &db.store;
     let key = generate_master_key();
     let keys = Keyring::new(&key, &[]).unwrap();
     let now = chrono::Utc::now();
     let tenant = example_tenant(&qad.base, &qad.config, 3600);
-    provision_example(store, &keys, &tenant, &qad.config, now).await.unwrap();
-    install_example_plugin(store, &plugins(), &tenant.id, now).await.unwrap();
-    connect_twilio(store, &keys, &tenant.id, &twilio.config(), &twilio_base, now)
+    provision_example(&db.store, &keys, &tenant, &qad.config, now).await.unwrap();
+    connect_twilio(&db.store, &keys, &tenant.id, &twilio_cfg, &twilio_base, now)
+        .await
+        .unwrap();
+    Story {
+        qad,
+        twilio,
+        db,
+        key,
+        tenant,
+        _twilio_task: task,
+    }
+}
+
+impl Story {
+    /// Wait until the first poll is done and every alert, callback and answer has played out.
+    async fn settle(&self) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+        let store = &self.db.store;
+        loop {
+            assert!(tokio::time::Instant::now() < deadline, "the story never settled");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let polled = store
+                .polls(&self.tenant.id, 1)
+                .await
+                .unwrap()
+                .first()
+                .is_some_and(|p| p.outcome == "ok");
+            if polled
+                && store.work_in_flight(&self.tenant.id, chrono::Utc::now()).await.unwrap() == 0
+                && self.twilio.idle()
+                && !store.jobs(&self.tenant.id).await.unwrap().is_empty()
+            {
+                return;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_after_the_story_match_what_happened() {
+    let faults = TwilioFaults {
+        duplicate_callbacks_share: 0.2,
+        ..TwilioFaults::default()
+    };
+    let st = story(Qad::start().await, TwilioSandboxConfig::default(), faults).await;
+    let (store, twilio, tenant, key, db) = (&st.db.store, &st.twilio, &st.tenant, &st.key, &st.db);
+    install_example_plugin(store, &plugins(), &tenant.id, chrono::Utc::now())
         .await
         .unwrap();
     store.set_answer_settings(&tenant.id, true, true).await.unwrap();
@@ -53,7 +102,7 @@ async fn metrics_after_the_story_match_what_happened() {
     let _host = tokio::process::Command::new(binary())
         .arg("serve")
         .env("ML_CONNECTOR_DATABASE_URL", &db.url)
-        .env("ML_CONNECTOR_MASTER_KEY", &key)
+        .env("ML_CONNECTOR_MASTER_KEY", key)
         .env("ML_CONNECTOR_HTTP_ADDR", format!("127.0.0.1:{port}"))
         .env("ML_CONNECTOR_PUBLIC_URL", &base)
         .env("ML_CONNECTOR_GRPC_ADDR", "127.0.0.1:0")
@@ -63,19 +112,7 @@ async fn metrics_after_the_story_match_what_happened() {
         .unwrap();
 
     // The story plays out: alerts, statuses (some twice), answers, confirmations, comments.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-    loop {
-        assert!(tokio::time::Instant::now() < deadline, "the story never settled");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let polled = store.polls(&tenant.id, 1).await.unwrap().first().is_some_and(|p| p.outcome == "ok");
-        if polled
-            && store.work_in_flight(&tenant.id, chrono::Utc::now()).await.unwrap() == 0
-            && twilio.idle()
-            && !store.jobs(&tenant.id).await.unwrap().is_empty()
-        {
-            break;
-        }
-    }
+    st.settle().await;
     // Three forgeries: refused, and counted.
     let http = reqwest::Client::new();
     for i in 0..3 {
@@ -171,29 +208,18 @@ fn deploy_rules_check_and_use_only_exported_metrics() {
 /// once, none lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_mid_dispatch_loses_nothing_and_sends_nothing_twice() {
-    let qad = Qad::start().await;
-    let twilio = TwilioSandbox::new(TwilioSandboxConfig::default());
     // Twilio answers slowly, so SIGTERM lands with sends in flight and more claimed.
-    twilio.set_faults(TwilioFaults {
+    let faults = TwilioFaults {
         latency_ms: 300,
         ..TwilioFaults::default()
-    });
-    let (twilio_base, _t) = twilio.clone().spawn("127.0.0.1:0".parse().unwrap()).await.unwrap();
-    let db = fresh_db("sqlite").await;
-    let store = &db.store;
-    let key = generate_master_key();
-    let keys = Keyring::new(&key, &[]).unwrap();
-    let now = chrono::Utc::now();
-    let tenant = example_tenant(&qad.base, &qad.config, 3600);
-    provision_example(store, &keys, &tenant, &qad.config, now).await.unwrap();
-    connect_twilio(store, &keys, &tenant.id, &twilio.config(), &twilio_base, now)
-        .await
-        .unwrap();
+    };
+    let st = story(Qad::start().await, TwilioSandboxConfig::default(), faults).await;
+    let (store, twilio, tenant, key, db) = (&st.db.store, &st.twilio, &st.tenant, &st.key, &st.db);
     let serve = || {
         tokio::process::Command::new(binary())
             .arg("serve")
             .env("ML_CONNECTOR_DATABASE_URL", &db.url)
-            .env("ML_CONNECTOR_MASTER_KEY", &key)
+            .env("ML_CONNECTOR_MASTER_KEY", key)
             .env("ML_CONNECTOR_HTTP_ADDR", "127.0.0.1:0")
             .env("ML_CONNECTOR_PUBLIC_URL", "http://127.0.0.1:9")
             .env("ML_CONNECTOR_GRPC_ADDR", "127.0.0.1:0")
@@ -278,18 +304,8 @@ async fn no_secret_reaches_the_logs_even_at_trace() {
         auth_token: "authtokenLEAKCHECK00000000000042".into(),
         ..TwilioSandboxConfig::default()
     };
-    let twilio = TwilioSandbox::new(twilio_cfg.clone());
-    let (twilio_base, _t) = twilio.clone().spawn("127.0.0.1:0".parse().unwrap()).await.unwrap();
-    let db = fresh_db("sqlite").await;
-    let store = &db.store;
-    let key = generate_master_key();
-    let keys = Keyring::new(&key, &[]).unwrap();
-    let now = chrono::Utc::now();
-    let tenant = example_tenant(&qad.base, &qad.config, 3600);
-    provision_example(store, &keys, &tenant, &qad.config, now).await.unwrap();
-    connect_twilio(store, &keys, &tenant.id, &twilio_cfg, &twilio_base, now)
-        .await
-        .unwrap();
+    let st = story(qad, twilio_cfg.clone(), TwilioFaults::default()).await;
+    let (tenant, key, db, qad) = (&st.tenant, &st.key, &st.db, &st.qad);
     let admin_token = "admin-token-LEAKCHECK-1234";
     let port = free_port();
     let grpc = format!("127.0.0.1:{}", free_port());
@@ -297,7 +313,7 @@ async fn no_secret_reaches_the_logs_even_at_trace() {
     let mut host = tokio::process::Command::new(binary())
         .arg("serve")
         .env("ML_CONNECTOR_DATABASE_URL", &db.url)
-        .env("ML_CONNECTOR_MASTER_KEY", &key)
+        .env("ML_CONNECTOR_MASTER_KEY", key)
         .env("ML_CONNECTOR_ADMIN_TOKEN", admin_token)
         .env("ML_CONNECTOR_HTTP_ADDR", format!("127.0.0.1:{port}"))
         .env("ML_CONNECTOR_PUBLIC_URL", &base)
@@ -316,15 +332,7 @@ async fn no_secret_reaches_the_logs_even_at_trace() {
         r.read_to_string(&mut s).await.unwrap();
         s
     });
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-    loop {
-        assert!(tokio::time::Instant::now() < deadline, "the story never settled");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let polled = store.polls(&tenant.id, 1).await.unwrap().first().is_some_and(|p| p.outcome == "ok");
-        if polled && store.work_in_flight(&tenant.id, chrono::Utc::now()).await.unwrap() == 0 && twilio.idle() {
-            break;
-        }
-    }
+    st.settle().await;
     // The admin token travels too: one call with it, one with a wrong one.
     for token in [admin_token, "wrong-LEAKCHECK"] {
         let channel = tonic::transport::Endpoint::from_shared(format!("http://{grpc}"))

@@ -74,19 +74,17 @@ impl Loop {
         let s = &self.h.db.store;
         for _ in 0..2000 {
             let n = self.d.run_once().await.unwrap() + self.inbox.run_once().await.unwrap();
-            if n == 0 && self.sb.idle() {
-                if s.work_in_flight(&self.h.tenant.id, self.h.clock.now()).await.unwrap() == 0 {
-                    let retrying = s
-                        .jobs(&self.h.tenant.id)
-                        .await
-                        .unwrap()
-                        .iter()
-                        .any(|(_, st, attempt)| st == "queued" && *attempt > 0);
-                    if !retrying {
-                        return;
-                    }
-                    self.h.clock.advance(Span::minutes(3));
+            if n == 0 && self.sb.idle() && s.work_in_flight(&self.h.tenant.id, self.h.clock.now()).await.unwrap() == 0 {
+                let retrying = s
+                    .jobs(&self.h.tenant.id)
+                    .await
+                    .unwrap()
+                    .iter()
+                    .any(|(_, st, attempt)| st == "queued" && *attempt > 0);
+                if !retrying {
+                    return;
                 }
+                self.h.clock.advance(Span::minutes(3));
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
