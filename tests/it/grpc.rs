@@ -789,3 +789,61 @@ async fn grpc_serves_tls_from_a_certificate_and_key() {
     let (ok, _, _) = grpcurl(&addr, &["-H", &auth], "list", None).await;
     assert!(!ok, "plaintext is refused when TLS is configured");
 }
+
+/// Health says NOT_SERVING while the migrations run (here held back by a lock the test
+/// takes on the migrations table), then SERVING; it needs no token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_is_not_serving_until_the_migrations_are_applied() {
+    if !engines().contains(&"postgres") {
+        eprintln!("no ML_CONNECTOR_TEST_DATABASE_URL: this test holds a PostgreSQL lock");
+        return;
+    }
+    let db = fresh_db("postgres").await;
+    let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+    let mut blocker = pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE _sqlx_migrations IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *blocker)
+        .await
+        .unwrap();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let _child = tokio::process::Command::new(binary())
+        .arg("serve")
+        .env("ML_CONNECTOR_DATABASE_URL", &db.url)
+        .env("ML_CONNECTOR_MASTER_KEY", generate_master_key())
+        .env("ML_CONNECTOR_ADMIN_TOKEN", TOKEN)
+        .env("ML_CONNECTOR_GRPC_ADDR", &addr)
+        .env("ML_CONNECTOR_HTTP_ADDR", "127.0.0.1:0")
+        .env("ML_CONNECTOR_LOG", "error")
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let reflect = ["-reflect-header", &format!("authorization: Bearer {TOKEN}")];
+    let status = || async {
+        let (ok, out, _) = grpcurl(&addr, &reflect, "grpc.health.v1.Health/Check", None).await;
+        ok.then(|| {
+            serde_json::from_str::<Value>(&out).unwrap()["status"]
+                .as_str()
+                .unwrap_or("")
+                .to_string()
+        })
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        assert!(tokio::time::Instant::now() < deadline, "gRPC never answered health");
+        if let Some(s) = status().await {
+            assert_eq!(s, "NOT_SERVING", "not serving while the migrations wait");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Still waiting on the lock: still not serving.
+    assert_eq!(status().await.as_deref(), Some("NOT_SERVING"));
+    blocker.rollback().await.unwrap();
+    loop {
+        assert!(tokio::time::Instant::now() < deadline, "never SERVING after the migrations");
+        if status().await.as_deref() == Some("SERVING") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
