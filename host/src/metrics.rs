@@ -18,6 +18,7 @@ pub const POLL_SECONDS: &str = "mlc_poll_duration_seconds";
 pub const POLL_ROWS: &str = "mlc_poll_rows_read_total";
 pub const POLL_ROW_ERRORS: &str = "mlc_poll_row_errors_total";
 pub const POLL_LAG: &str = "mlc_poll_lag_seconds";
+pub const CURSOR_LAG: &str = "mlc_poll_cursor_lag_seconds";
 pub const ATTENTION: &str = "mlc_records_needing_attention";
 pub const JOBS: &str = "mlc_jobs_total";
 pub const ALERTS: &str = "mlc_alerts_total";
@@ -30,8 +31,9 @@ pub const PLUGIN_SECONDS: &str = "mlc_plugin_call_seconds";
 pub const PLUGIN_FAULTS: &str = "mlc_plugin_faults_total";
 
 /// Every metric this service exports (the deploy/ dashboard and rules may use only these).
-pub const ALL: [&str; 15] = [
+pub const ALL: [&str; 16] = [
     POLLS,
+    CURSOR_LAG,
     POLL_SECONDS,
     POLL_ROWS,
     POLL_ROW_ERRORS,
@@ -93,6 +95,9 @@ pub async fn render(
         if let Some(lag) = snap.poll_lag.get(tenant) {
             gauge!(POLL_LAG, "tenant" => tenant.clone()).set(*lag);
         }
+    }
+    for ((tenant, stream), lag) in &snap.cursor_lag {
+        gauge!(CURSOR_LAG, "tenant" => tenant.clone(), "stream" => stream.clone()).set(*lag);
     }
     if let Some(f) = intake {
         counter!(WEBHOOKS, "outcome" => "accepted").absolute(f.accepted);

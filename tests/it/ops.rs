@@ -151,6 +151,12 @@ async fn metrics_after_the_story_match_what_happened() {
     assert!(open > 10.0);
     assert_eq!(metric(&text, "mlc_polls_total", &[("outcome", "ok")]), 1.0);
     assert_eq!(metric(&text, "mlc_queue_depth", &[]), 0.0);
+    let cursors = store.cursors(&tenant.id).await.unwrap();
+    assert!(!cursors.is_empty());
+    for (stream, _, _) in &cursors {
+        let lag = metric(&text, "mlc_poll_cursor_lag_seconds", &[("tenant", &tenant.id), ("stream", stream)]);
+        assert!(lag > 0.0, "cursor lag of {stream}: {lag}");
+    }
     let comments = store.job_counts_by_kind(&tenant.id).await.unwrap();
     let written = comments.get(&("qad_comment".to_string(), "done".to_string())).copied().unwrap_or(0) as f64;
     assert!(written > 0.0);

@@ -111,6 +111,8 @@ pub struct MetricsSnapshot {
     pub attention: std::collections::HashMap<(String, String), i64>,
     /// Seconds since each tenant's last successful poll ended.
     pub poll_lag: std::collections::HashMap<String, f64>,
+    /// Per (tenant, stream): seconds from the day its cursor stands at (UTC midnight) to now.
+    pub cursor_lag: std::collections::HashMap<(String, String), f64>,
 }
 
 /// What deleting a tenant did.
@@ -391,6 +393,13 @@ impl Store {
             for r in sqlx::query("SELECT tenant_id, MAX(finished_at) FROM polls WHERE outcome = 'ok' GROUP BY tenant_id")
                 .fetch_all(p).await? {
                 snap.poll_lag.insert(r.get(0), age(r.get(1)));
+            }
+            for r in sqlx::query("SELECT tenant_id, stream, cursor FROM poll_cursors").fetch_all(p).await? {
+                let cursor: String = r.get(2);
+                if let Ok(day) = chrono::NaiveDate::parse_from_str(&cursor, "%Y-%m-%d") {
+                    let at_day = day.and_hms_opt(0, 0, 0).unwrap_or_default().and_utc();
+                    snap.cursor_lag.insert((r.get(0), r.get(1)), age(Some(millis(at_day))));
+                }
             }
             Ok(snap)
         })
