@@ -8,8 +8,6 @@
 //!
 //!     cargo bench -p ml-connector --bench dispatch
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -31,14 +29,8 @@ const ALERTS: usize = 20_000;
 /// Two tenants at the per-tenant cap of 16 requests in flight: 32, the peer's concurrency.
 const TENANTS: usize = 2;
 
-struct StandIn(Child);
-
-impl Drop for StandIn {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+#[path = "support/mod.rs"]
+mod support;
 
 fn main() {
     ml_connector::init_tls();
@@ -46,16 +38,8 @@ fn main() {
 }
 
 async fn run() {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ml-connector"))
-        .args(["twilio-sandbox", "--addr", "127.0.0.1:0"])
-        .env("ML_CONNECTOR_LOG", "error")
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("the ml-connector binary is built for benches");
-    let mut line = String::new();
-    BufReader::new(child.stdout.as_mut().unwrap()).read_line(&mut line).unwrap();
-    let twilio = line.split_whitespace().find(|w| w.starts_with("http://")).unwrap().to_string();
-    let _stand_in = StandIn(child);
+    let stand_in = support::start(&["twilio-sandbox", "--addr", "127.0.0.1:0"]);
+    let twilio = stand_in.base.clone();
 
     let dir = std::env::temp_dir().join(format!("ml-connector-dispatch-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

@@ -30,6 +30,9 @@ const TENANTS: usize = 2;
 const TOKEN: &str = "bench0auth0token00000000000000ff";
 const PUBLIC_URL: &str = "http://ml-connector.example";
 
+#[path = "support/mod.rs"]
+mod support;
+
 struct Kill(Child);
 
 impl Drop for Kill {
@@ -51,16 +54,8 @@ fn main() {
 }
 
 async fn run(base: Option<String>) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ml-connector"))
-        .args(["twilio-sandbox", "--addr", "127.0.0.1:0"])
-        .env("ML_CONNECTOR_LOG", "error")
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("the ml-connector binary is built for benches");
-    let mut line = String::new();
-    BufReader::new(child.stdout.as_mut().unwrap()).read_line(&mut line).unwrap();
-    let twilio = line.split_whitespace().find(|w| w.starts_with("http://")).unwrap().to_string();
-    let _stand_in = Kill(child);
+    let stand_in = support::start(&["twilio-sandbox", "--addr", "127.0.0.1:0"]);
+    let twilio = stand_in.base.clone();
     match &base {
         Some(base) => {
             println!(

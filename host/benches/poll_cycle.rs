@@ -5,8 +5,6 @@
 //!
 //!     cargo bench -p ml-connector --bench poll_cycle
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,43 +18,21 @@ use ml_connector::store::Store;
 
 const RUNS: usize = 7;
 
-struct Sandbox {
-    child: Child,
-    base: String,
-}
+#[path = "support/mod.rs"]
+mod support;
 
-impl Drop for Sandbox {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_sandbox(invoices: usize, changed: usize, today: &str) -> Sandbox {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ml-connector"))
-        .args([
-            "qad-sandbox",
-            "--addr",
-            "127.0.0.1:0",
-            "--today",
-            today,
-            "--invoices",
-            &invoices.to_string(),
-            "--changed",
-            &changed.to_string(),
-        ])
-        .env("ML_CONNECTOR_LOG", "error")
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("the ml-connector binary is built for benches");
-    let mut line = String::new();
-    BufReader::new(child.stdout.as_mut().unwrap()).read_line(&mut line).unwrap();
-    let base = line
-        .split_whitespace()
-        .find(|w| w.starts_with("http://"))
-        .expect("the sandbox prints its URL")
-        .to_string();
-    Sandbox { child, base }
+fn start_sandbox(invoices: usize, changed: usize, today: &str) -> support::Emulator {
+    support::start(&[
+        "qad-sandbox",
+        "--addr",
+        "127.0.0.1:0",
+        "--today",
+        today,
+        "--invoices",
+        &invoices.to_string(),
+        "--changed",
+        &changed.to_string(),
+    ])
 }
 
 /// User + system CPU time of this process.
@@ -75,7 +51,7 @@ struct Figures {
     requests: u64,
 }
 
-async fn measure(sb: &Sandbox, today: chrono::NaiveDate) -> Figures {
+async fn measure(sb: &support::Emulator, today: chrono::NaiveDate) -> Figures {
     // One runtime with the default plugin compiled, as in a running host: a cold compile is
     // not part of a poll cycle.
     let plugins = Arc::new(ml_connector::plugin::PluginRuntime::new(None).unwrap());
