@@ -448,22 +448,11 @@ impl Store {
     }
 
     pub async fn tenant(&self, id: &str) -> Result<Tenant> {
-        let row = on_pool!(self, p => {
-            let r = sqlx::query("SELECT id, name, qad_base_url, qad_domain, qad_entity, schedule, profile FROM tenants WHERE id = $1")
-                .bind(id).fetch_optional(p).await?;
-            r.map(|r| tenant_from(r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5), r.get(6)))
-        });
-        row.ok_or_else(|| StoreError::NoSuchTenant(id.into()))?
+        Ok(self.tenant_settings(id).await?.tenant)
     }
 
     pub async fn tenants(&self) -> Result<Vec<Tenant>> {
-        on_pool!(self, p => {
-            sqlx::query("SELECT id, name, qad_base_url, qad_domain, qad_entity, schedule, profile FROM tenants ORDER BY id")
-                .fetch_all(p).await?
-                .into_iter()
-                .map(|r| tenant_from(r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5), r.get(6)))
-                .collect()
-        })
+        Ok(self.all_tenant_settings().await?.into_iter().map(|s| s.tenant).collect())
     }
 
     // ---- secrets -------------------------------------------------------------------

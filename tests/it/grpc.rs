@@ -27,8 +27,8 @@ struct Host {
     addr: String,
 }
 
-/// `ml-connector serve` on `url`, waited for until gRPC health says SERVING.
-async fn serve(url: &str, key: &str, env: &[(&str, &str)]) -> Host {
+/// `ml-connector serve` on `url` with the admin token, gRPC on a free port; not waited for.
+fn spawn_serve(url: &str, key: &str, env: &[(&str, &str)]) -> Host {
     let addr = format!("127.0.0.1:{}", free_port());
     let child = tokio::process::Command::new(binary())
         .arg("serve")
@@ -42,7 +42,12 @@ async fn serve(url: &str, key: &str, env: &[(&str, &str)]) -> Host {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let host = Host { child, addr };
+    Host { child, addr }
+}
+
+/// `ml-connector serve` on `url`, waited for until gRPC health says SERVING.
+async fn serve(url: &str, key: &str, env: &[(&str, &str)]) -> Host {
+    let host = spawn_serve(url, key, env);
     for _ in 0..300 {
         // Health needs no token: only reflection (to find the method) is given one.
         let (ok, out, _) = grpcurl(
@@ -755,20 +760,13 @@ async fn grpc_serves_tls_from_a_certificate_and_key() {
         .expect("openssl makes a test certificate");
     assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
     let db = fresh_db("sqlite").await;
-    let addr = format!("127.0.0.1:{}", free_port());
-    let _child = tokio::process::Command::new(binary())
-        .arg("serve")
-        .env("ML_CONNECTOR_DATABASE_URL", &db.url)
-        .env("ML_CONNECTOR_MASTER_KEY", generate_master_key())
-        .env("ML_CONNECTOR_ADMIN_TOKEN", TOKEN)
-        .env("ML_CONNECTOR_GRPC_ADDR", &addr)
-        .env("ML_CONNECTOR_HTTP_ADDR", "127.0.0.1:0")
-        .env("ML_CONNECTOR_GRPC_TLS_CERT", &cert)
-        .env("ML_CONNECTOR_GRPC_TLS_KEY", &key_file)
-        .env("ML_CONNECTOR_LOG", "warn")
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let (cert_path, key_path) = (cert.display().to_string(), key_file.display().to_string());
+    let host = spawn_serve(
+        &db.url,
+        &generate_master_key(),
+        &[("ML_CONNECTOR_GRPC_TLS_CERT", &cert_path), ("ML_CONNECTOR_GRPC_TLS_KEY", &key_path)],
+    );
+    let addr = host.addr.clone();
     let auth = format!("authorization: Bearer {TOKEN}");
     let mut listed = String::new();
     for _ in 0..300 {
@@ -805,18 +803,8 @@ async fn health_is_not_serving_until_the_migrations_are_applied() {
         .execute(&mut *blocker)
         .await
         .unwrap();
-    let addr = format!("127.0.0.1:{}", free_port());
-    let _child = tokio::process::Command::new(binary())
-        .arg("serve")
-        .env("ML_CONNECTOR_DATABASE_URL", &db.url)
-        .env("ML_CONNECTOR_MASTER_KEY", generate_master_key())
-        .env("ML_CONNECTOR_ADMIN_TOKEN", TOKEN)
-        .env("ML_CONNECTOR_GRPC_ADDR", &addr)
-        .env("ML_CONNECTOR_HTTP_ADDR", "127.0.0.1:0")
-        .env("ML_CONNECTOR_LOG", "error")
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let host = spawn_serve(&db.url, &generate_master_key(), &[]);
+    let addr = host.addr.clone();
     let reflect = ["-reflect-header", &format!("authorization: Bearer {TOKEN}")];
     let status = || async {
         let (ok, out, _) = grpcurl(&addr, &reflect, "grpc.health.v1.Health/Check", None).await;
