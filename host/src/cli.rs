@@ -183,6 +183,10 @@ pub enum Command {
         /// How long a host holds a tenant's poll without renewing before another takes it over.
         #[arg(long, env = "ML_CONNECTOR_POLL_LEASE_SECONDS", default_value_t = 60)]
         poll_lease_seconds: u64,
+        /// Twilio requests in flight per tenant on this host (Twilio answers 429 past its
+        /// account's own limit; the back-off copes, this keeps it rare).
+        #[arg(long, env = "ML_CONNECTOR_TWILIO_CONCURRENCY", default_value_t = crate::dispatcher::PER_TENANT_CONCURRENCY)]
+        twilio_concurrency: usize,
         /// Twilio webhooks, health and metrics.
         #[arg(long, env = "ML_CONNECTOR_HTTP_ADDR", default_value = "127.0.0.1:8080")]
         http_addr: SocketAddr,
@@ -262,6 +266,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             public_url,
             job_lease_seconds,
             poll_lease_seconds,
+            twilio_concurrency,
             http_addr,
             grpc,
         } => {
@@ -278,6 +283,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let poller = Poller::new(store.clone(), keys.clone(), http.clone(), Arc::new(SystemClock), plugins);
             let mut dispatcher = Dispatcher::new(store.clone(), keys, http, Arc::new(SystemClock), &public_url);
             dispatcher.lease = chrono::Duration::seconds(job_lease_seconds as i64);
+            dispatcher.per_tenant_concurrency = twilio_concurrency.max(1);
             let mut inbox = Inbox::new(poller.clone());
             // A webhook held by a host that died is taken over on the same terms as a job.
             inbox.lease = chrono::Duration::seconds(job_lease_seconds as i64);
@@ -321,11 +327,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 let stop = stop_rx.clone();
                 async move { inbox.run(stop).await }
             });
+            let dispatching = dispatcher.clone();
             let sender = tokio::spawn(async move { dispatcher.run(stop_rx).await });
             workers_running.store(true, std::sync::atomic::Ordering::SeqCst);
             tracing::info!(engine = store.engine(), "ml-connector serving");
             crate::shutdown_signal().await;
             workers_running.store(false, std::sync::atomic::Ordering::SeqCst);
+            dispatching.stop_starting();
             tracing::info!("shutting down: finishing what is under way, handing back what is not");
             let _ = stop_tx.send(true);
             // Bounded: whatever is still running then keeps its lease, which expires, and

@@ -34,6 +34,7 @@ pub struct ConfigFile {
     pub watch_buffer: Option<usize>,
     pub job_lease_seconds: Option<u64>,
     pub poll_lease_seconds: Option<u64>,
+    pub twilio_concurrency: Option<usize>,
     pub plugin_cache_dir: Option<PathBuf>,
     pub log: Option<String>,
     pub log_format: Option<LogFormat>,
@@ -79,6 +80,7 @@ impl ConfigFile {
             ("ML_CONNECTOR_WATCH_BUFFER", self.watch_buffer.map(|n| n.to_string())),
             ("ML_CONNECTOR_JOB_LEASE_SECONDS", self.job_lease_seconds.map(|n| n.to_string())),
             ("ML_CONNECTOR_POLL_LEASE_SECONDS", self.poll_lease_seconds.map(|n| n.to_string())),
+            ("ML_CONNECTOR_TWILIO_CONCURRENCY", self.twilio_concurrency.map(|n| n.to_string())),
             ("ML_CONNECTOR_PLUGIN_CACHE_DIR", self.plugin_cache_dir.as_ref().map(path)),
             ("ML_CONNECTOR_LOG", self.log.clone()),
         ];

@@ -29,7 +29,8 @@ pub const SECRET_TWILIO_AUTH_TOKEN: &str = "twilio.auth_token";
 
 /// After this many attempts a job is dead (a replay can revive it).
 pub const MAX_ATTEMPTS: i64 = 8;
-/// Concurrent Twilio requests per tenant (Twilio answers 429 past its own limit).
+/// Concurrent Twilio requests per tenant and host, unless configured
+/// (`ML_CONNECTOR_TWILIO_CONCURRENCY`); Twilio answers 429 past its own limit.
 pub const PER_TENANT_CONCURRENCY: usize = 16;
 
 /// A confirmation of an answer: an SMS of its own, to the person who answered.
@@ -52,6 +53,8 @@ pub struct Dispatcher {
     pub worker: String,
     pub lease: chrono::Duration,
     pub batch: i64,
+    /// Twilio requests in flight per tenant on this host.
+    pub per_tenant_concurrency: usize,
     /// Test hook: abort the process right after every n-th answer from Twilio, before it is
     /// recorded (`ML_CONNECTOR_FAULT_ABORT_AFTER_SEND=n`): the worst moment to die.
     pub abort_after_send: Option<u64>,
@@ -82,6 +85,7 @@ impl Dispatcher {
             worker: format!("{}-{}", std::process::id(), uuid::Uuid::new_v4().simple()),
             lease: chrono::Duration::seconds(60),
             batch: 64,
+            per_tenant_concurrency: PER_TENANT_CONCURRENCY,
             abort_after_send: std::env::var("ML_CONNECTOR_FAULT_ABORT_AFTER_SEND")
                 .ok()
                 .and_then(|n| n.parse().ok())
@@ -100,7 +104,7 @@ impl Dispatcher {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .entry(tenant.to_string())
-            .or_insert_with(|| Arc::new(Semaphore::new(PER_TENANT_CONCURRENCY)))
+            .or_insert_with(|| Arc::new(Semaphore::new(self.per_tenant_concurrency.max(1))))
             .clone()
     }
 
@@ -159,6 +163,13 @@ impl Dispatcher {
             _ = heartbeat => {}
         }
         Ok(n)
+    }
+
+    /// From now on, claimed jobs not yet started go back to the queue instead of starting
+    /// (what `run` does when its shutdown turns true; a caller that must know it took
+    /// effect before it says so calls this first).
+    pub fn stop_starting(&self) {
+        self.stopping.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Work until `shutdown` turns true: sends under way finish, claimed jobs not yet started

@@ -72,6 +72,9 @@ pub struct TwilioFaults {
     pub reverse_callbacks: bool,
     /// Milliseconds each create request takes to answer (Twilio's own latency).
     pub latency_ms: u64,
+    /// Create requests are received but left unanswered until this is turned off: a test
+    /// holds sends in flight for exactly as long as it needs to (`in_flight` counts them).
+    pub hold_creates: bool,
 }
 
 /// How a person the sandbox "reached" answers: an SMS reply once the alert is delivered, or a
@@ -100,6 +103,8 @@ pub struct Spoken {
 #[derive(Debug, Default, Clone, Serialize)]
 pub struct TwilioStats {
     pub requests: u64,
+    /// Create requests received and not answered yet.
+    pub in_flight: u64,
     pub messages_created: u64,
     pub calls_created: u64,
     pub rejected: u64,
@@ -154,6 +159,17 @@ pub struct TwilioSandbox {
     /// Callbacks and answers still being played.
     playing: Arc<std::sync::atomic::AtomicUsize>,
     http: reqwest::Client,
+    /// Whether create requests are held (the `hold_creates` fault), watched by those waiting.
+    hold: Arc<tokio::sync::watch::Sender<bool>>,
+}
+
+/// A create request being answered; counted in `in_flight` until dropped.
+struct InFlight(TwilioSandbox);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.lock().stats.in_flight -= 1;
+    }
 }
 
 fn error(status: StatusCode, code: u32, message: &str) -> Response {
@@ -202,6 +218,7 @@ impl TwilioSandbox {
             })),
             http: reqwest::Client::new(),
             playing: Arc::default(),
+            hold: Arc::new(tokio::sync::watch::channel(false).0),
         }
     }
 
@@ -217,11 +234,20 @@ impl TwilioSandbox {
     pub fn config(&self) -> TwilioSandboxConfig {
         self.lock().cfg.clone()
     }
-    async fn latency(&self) {
-        let ms = self.lock().faults.latency_ms;
+    /// Receive a create request: counted in flight, then answered after the configured
+    /// latency and only once creates are no longer held.
+    async fn receive(&self) -> InFlight {
+        let ms = {
+            let mut inner = self.lock();
+            inner.stats.in_flight += 1;
+            inner.faults.latency_ms
+        };
+        let in_flight = InFlight(self.clone());
         if ms > 0 {
             tokio::time::sleep(Duration::from_millis(ms)).await;
         }
+        let _ = self.hold.subscribe().wait_for(|held| !*held).await;
+        in_flight
     }
     /// Every status callback played, by idempotency token: whether the host answered it 2xx.
     pub fn callbacks(&self) -> std::collections::BTreeMap<String, bool> {
@@ -252,7 +278,9 @@ impl TwilioSandbox {
         });
     }
     pub fn set_faults(&self, f: TwilioFaults) {
+        let hold = f.hold_creates;
         self.lock().faults = f;
+        self.hold.send_replace(hold);
     }
     /// How the people reached answer, from now on.
     pub fn set_scripts(&self, scripts: Vec<Script>) {
@@ -541,7 +569,7 @@ async fn create_message(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    sb.latency().await;
+    let _in_flight = sb.receive().await;
     sb.keep(
         "POST",
         format!("/2010-04-01/Accounts/{account}/Messages.json"),
@@ -698,7 +726,7 @@ async fn create_call(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    sb.latency().await;
+    let _in_flight = sb.receive().await;
     sb.keep("POST", format!("/2010-04-01/Accounts/{account}/Calls.json"), None, &headers, &body);
     if let Err(r) = sb.admit(&account, &headers) {
         return r;

@@ -211,12 +211,13 @@ fn deploy_rules_check_and_use_only_exported_metrics() {
 
 /// SIGTERM in the middle of dispatch: sends under way finish, claimed ones not started go
 /// back to the queue, the process exits 0; started again, it sends the rest. Every alert
-/// once, none lost.
+/// once, none lost. Deterministic: the Twilio sandbox holds the two sends in flight
+/// (`ML_CONNECTOR_TWILIO_CONCURRENCY=2`) unanswered until the host has said it is stopping.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_mid_dispatch_loses_nothing_and_sends_nothing_twice() {
-    // Twilio answers slowly, so SIGTERM lands with sends in flight and more claimed.
+    use tokio::io::AsyncBufReadExt as _;
     let faults = TwilioFaults {
-        latency_ms: 300,
+        hold_creates: true,
         ..TwilioFaults::default()
     };
     let st = story(Qad::start().await, TwilioSandboxConfig::default(), faults).await;
@@ -229,26 +230,46 @@ async fn sigterm_mid_dispatch_loses_nothing_and_sends_nothing_twice() {
             .env("ML_CONNECTOR_HTTP_ADDR", "127.0.0.1:0")
             .env("ML_CONNECTOR_PUBLIC_URL", "http://127.0.0.1:9")
             .env("ML_CONNECTOR_GRPC_ADDR", "127.0.0.1:0")
-            .env("ML_CONNECTOR_LOG", "warn")
+            .env("ML_CONNECTOR_TWILIO_CONCURRENCY", "2")
+            .env("ML_CONNECTOR_LOG", "info")
+            .env("ML_CONNECTOR_LOG_FORMAT", "json")
+            .stderr(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
             .kill_on_drop(true)
             .spawn()
             .unwrap()
     };
+    let first_sends = |jobs: &[(String, String, i64)]| jobs.iter().filter(|(k, _, _)| k.starts_with("send/") && k.ends_with("/0")).count();
     let mut first = serve();
+    let mut log = tokio::io::BufReader::new(first.stderr.take().unwrap()).lines();
+    // Both slots taken by sends the sandbox has received and not answered, and more alerts
+    // queued behind them than the slots hold.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-    while twilio.stats().messages_created + twilio.stats().calls_created < 5 {
-        assert!(tokio::time::Instant::now() < deadline, "no sends");
+    loop {
+        let jobs = store.jobs(&tenant.id).await.unwrap();
+        if twilio.stats().in_flight == 2 && first_sends(&jobs) > 2 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no sends in flight: {:?}", twilio.stats());
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let running_before: Vec<(String, String, i64)> = store
-        .jobs(&tenant.id)
-        .await
-        .unwrap()
-        .into_iter()
-        .filter(|(_, st, _)| st == "running")
-        .collect();
+    assert_eq!(twilio.stats().messages_created + twilio.stats().calls_created, 0);
     let pid = first.id().unwrap().to_string();
     assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    // Twilio answers only once the host has stopped starting sends: what it holds must
+    // finish, what waits for a slot must go back to the queue.
+    let said_stopping = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = log.next_line().await.unwrap() {
+            if line.contains("shutting down") {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(said_stopping, Ok(true), "the host logs that it is stopping");
+    tokio::spawn(async move { while let Ok(Some(_)) = log.next_line().await {} });
+    twilio.set_faults(TwilioFaults::default());
     let status = tokio::time::timeout(Duration::from_secs(40), first.wait())
         .await
         .expect("exits within its grace period")
@@ -259,9 +280,15 @@ async fn sigterm_mid_dispatch_loses_nothing_and_sends_nothing_twice() {
         after.iter().all(|(_, st, _)| st != "running"),
         "nothing left holding a lease: {after:?}"
     );
-    assert!(!running_before.is_empty(), "SIGTERM landed mid-dispatch");
-    let queued_left = after.iter().filter(|(k, st, _)| k.ends_with("/0") && st == "queued").count();
-    assert!(queued_left > 0, "work was left for the next start (else the test proved nothing)");
+    let sends_after: Vec<_> = after
+        .iter()
+        .filter(|(k, _, _)| k.starts_with("send/") && k.ends_with("/0"))
+        .collect();
+    let finished = sends_after.iter().filter(|(_, st, _)| st != "queued").count();
+    assert_eq!(finished, 2, "the two sends in flight, and only they, finished: {after:?}");
+    assert!(twilio.stats().messages_created + twilio.stats().calls_created <= 2);
+    let queued_left = sends_after.iter().filter(|(_, st, _)| st == "queued").count();
+    assert!(queued_left > 0, "claimed sends not started went back to the queue: {after:?}");
 
     let _second = serve();
     loop {
@@ -277,7 +304,7 @@ async fn sigterm_mid_dispatch_loses_nothing_and_sends_nothing_twice() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let jobs = store.jobs(&tenant.id).await.unwrap();
-    let sends = jobs.iter().filter(|(k, _, _)| k.starts_with("send/") && k.ends_with("/0")).count();
+    let sends = first_sends(&jobs);
     let mut created = std::collections::HashMap::new();
     for m in twilio.messages().into_iter().chain(twilio.calls()) {
         *created.entry((m.to, m.body)).or_insert(0) += 1;
