@@ -6,7 +6,7 @@
 //! puts the number on the tenant's suppression list. Every transition is audited on the
 //! record, fenced by the job's attempt.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -19,8 +19,9 @@ use crate::clock::Clock;
 use crate::core::dispatch::{SendOutcome, retry_delay};
 use crate::core::routing::{Channel, Message, Routed};
 use crate::core::twiml;
+use crate::group_commit::GroupCommit;
 use crate::secrets::Keyring;
-use crate::store::{Job, JobEnd, Sent, Store, StoreError};
+use crate::store::{Finish, Job, JobEnd, Sent, Store, StoreError};
 use crate::twilio::{Call, Sms, TwilioClient, TwilioConfig};
 
 pub const SECRET_TWILIO_API_KEY_SID: &str = "twilio.api_key_sid";
@@ -67,7 +68,12 @@ pub struct Dispatcher {
     pub wake: Arc<tokio::sync::Notify>,
     /// Shutting down: claimed jobs not yet started are handed back instead of started.
     stopping: Arc<std::sync::atomic::AtomicBool>,
+    /// Attempts' ends, committed together (started on first use, inside the runtime).
+    finisher: Arc<std::sync::OnceLock<GroupCommit<Finish, bool>>>,
 }
+
+/// The most attempts' ends one commit takes.
+const FINISH_BATCH: usize = 256;
 
 type ClientCache = HashMap<String, (std::time::Instant, Option<(TwilioClient, String)>)>;
 
@@ -96,7 +102,39 @@ impl Dispatcher {
             clients: Arc::default(),
             wake: Arc::default(),
             stopping: Arc::default(),
+            finisher: Arc::default(),
         }
+    }
+
+    /// The group-commit writer of attempts' ends. A batch that fails is retried one by one,
+    /// so one attempt's bad data costs only that attempt.
+    fn finisher(&self) -> &GroupCommit<Finish, bool> {
+        self.finisher.get_or_init(|| {
+            let (store, clock) = (self.store.clone(), self.clock.clone());
+            GroupCommit::spawn(FINISH_BATCH, move |batch: Vec<Finish>| {
+                let (store, now) = (store.clone(), clock.now());
+                async move {
+                    match store.finish_sends(&batch, now).await {
+                        Ok(done) => Ok(done),
+                        Err(e) if batch.len() == 1 => Err(e.to_string()),
+                        Err(_) => {
+                            let mut done = Vec::with_capacity(batch.len());
+                            for f in batch {
+                                // An attempt whose own commit fails is left to its lease.
+                                done.push(
+                                    store
+                                        .finish_sends(std::slice::from_ref(&f), now)
+                                        .await
+                                        .map(|d| d[0])
+                                        .unwrap_or(false),
+                                );
+                            }
+                            Ok(done)
+                        }
+                    }
+                }
+            })
+        })
     }
 
     fn slot(&self, tenant: &str) -> Arc<Semaphore> {
@@ -116,9 +154,11 @@ impl Dispatcher {
             .await?;
         let n = jobs.len();
         let jobs_claimed: Vec<(i64, i64)> = jobs.iter().map(|j| (j.id, j.attempt)).collect();
+        let opted_out = Arc::new(self.opted_out_among(&jobs).await?);
         let mut tasks = tokio::task::JoinSet::new();
         for job in jobs {
             let d = self.clone();
+            let opted_out = opted_out.clone();
             tasks.spawn(async move {
                 let slot = d.slot(&job.tenant);
                 let _permit = slot.acquire_owned().await;
@@ -137,7 +177,7 @@ impl Dispatcher {
                     record = %job.record_key,
                     sid = tracing::field::Empty
                 );
-                if let Err(e) = tracing::Instrument::instrument(d.process(&job), span).await {
+                if let Err(e) = tracing::Instrument::instrument(d.process(&job, &opted_out), span).await {
                     tracing::warn!(job = %job.key, error = %e, "job left for its lease to expire");
                 }
             });
@@ -215,7 +255,14 @@ impl Dispatcher {
 
     async fn finish_with(&self, job: &Job, end: JobEnd, event: &str, detail: Value, sent: Option<&Sent>) -> Result<(), StoreError> {
         let now = self.clock.now();
-        if !self.store.finish_send(job, &end, event, &detail, sent, now).await? {
+        let finish = Finish {
+            job: job.clone(),
+            end: end.clone(),
+            event: event.to_string(),
+            detail: detail.clone(),
+            sent: sent.cloned(),
+        };
+        if !self.finisher().submit(finish).await.map_err(StoreError::GroupCommit)? {
             tracing::warn!(job = %job.key, attempt = job.attempt, "fenced out: a newer attempt owns this job");
             return Ok(());
         }
@@ -344,7 +391,32 @@ impl Dispatcher {
         self.clock.now() + chrono::Duration::from_std(retry_delay(job.attempt as u32, retry_after, jitter)).unwrap_or_default()
     }
 
-    async fn process(&self, job: &Job) -> Result<(), StoreError> {
+    /// The recipients of a claimed batch who opted out of their tenant's SMS: one read per
+    /// tenant for the batch rather than one per send. (Twilio refuses an opted-out number
+    /// itself, 21610, should a STOP land between this read and the send.)
+    async fn opted_out_among(&self, jobs: &[Job]) -> Result<HashSet<(String, String)>, StoreError> {
+        let mut by_tenant: HashMap<&str, Vec<String>> = HashMap::new();
+        for job in jobs {
+            // Where `Confirmation::to` and `Routed::delivery.to.phone` live in the payload.
+            let to = match job.kind.as_str() {
+                "qad_comment" | "qad_decision" => None,
+                "confirm" => job.payload["to"].as_str(),
+                _ => job.payload["delivery"]["to"]["phone"].as_str(),
+            };
+            if let Some(to) = to {
+                by_tenant.entry(job.tenant.as_str()).or_default().push(to.to_string());
+            }
+        }
+        let mut out = HashSet::new();
+        for (tenant, phones) in by_tenant {
+            for phone in self.store.suppressed_among(tenant, &phones).await? {
+                out.insert((tenant.to_string(), phone));
+            }
+        }
+        Ok(out)
+    }
+
+    async fn process(&self, job: &Job, opted_out: &HashSet<(String, String)>) -> Result<(), StoreError> {
         if matches!(job.kind.as_str(), "qad_comment" | "qad_decision") {
             return self.process_qad(job).await;
         }
@@ -385,7 +457,7 @@ impl Dispatcher {
         };
         let from = from_override.unwrap_or(tenant_from);
         let mut note = None;
-        if self.store.is_suppressed(&job.tenant, &to).await? {
+        if opted_out.contains(&(job.tenant.clone(), to.clone())) {
             let (_, call_opted_out) = self.store.answer_settings(&job.tenant).await?;
             if channel == Channel::Sms || !call_opted_out {
                 return self

@@ -6,6 +6,7 @@ pub mod clock;
 pub mod config;
 pub mod core;
 pub mod dispatcher;
+pub mod group_commit;
 pub mod grpc;
 pub mod inbox;
 pub mod metrics;

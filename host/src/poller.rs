@@ -28,7 +28,7 @@ use crate::core::schedule::{Schedule, ScheduleError};
 use crate::plugin::{DEFAULT_PLUGIN, LoadedPlugin, PluginFault, PluginRuntime, PluginSettings};
 use crate::qad::{Filter, QadClient, QadConfig, QadError, RetryPolicy};
 use crate::secrets::Keyring;
-use crate::store::{EpisodeChange, NewAudit, NewEpisode, NewJob, OpenRecord, PollTotals, RecordChange, Store, StoreError, Tenant};
+use crate::store::{Applied, EpisodeChange, NewAudit, NewEpisode, NewJob, OpenRecord, PollTotals, RecordChange, Store, StoreError, Tenant};
 
 pub const SECRET_QAD_USER: &str = "qad.username";
 pub const SECRET_QAD_PASSWORD: &str = "qad.password";
@@ -194,6 +194,7 @@ impl Poller {
             totals: PollTotals::default(),
             caches: Caches::default(),
             seen: HashSet::new(),
+            pending: Vec::new(),
         };
         let outcome = {
             use tracing::Instrument;
@@ -291,6 +292,20 @@ struct Cycle<'a> {
     totals: PollTotals,
     caches: Caches,
     seen: HashSet<(RecordKind, String)>,
+    /// Decided records waiting for the commit they share (see [`APPLY_BATCH`]).
+    pending: Vec<Pending>,
+}
+
+/// Records decided in a row whose changes commit together: one transaction for many records
+/// (group commit). Each record is still applied whole or not at all; a poll that fails
+/// before a batch commits leaves those records unprocessed, re-read by the next poll, as the
+/// cursor moves only after its stream's last batch.
+pub const APPLY_BATCH: usize = 64;
+
+/// A record's change waiting for its batch's commit, and what to announce once committed.
+struct Pending {
+    change: RecordChange,
+    routing: Option<Routing>,
 }
 
 /// A parsed record ready for a decision.
@@ -363,7 +378,7 @@ impl<'a> Cycle<'a> {
         for o in rest {
             self.recheck(o).await?;
         }
-        Ok(())
+        self.commit_pending().await
     }
 
     async fn stream(&mut self, s: &Stream, open: &mut HashMap<(RecordKind, String), OpenRecord>) -> Result<(), PollError> {
@@ -403,6 +418,8 @@ impl<'a> Cycle<'a> {
             let current = open.remove(&(s.kind, key.clone())).map(|o| o.open);
             self.decide(rec, current, Some((version, Value::Object(row.clone())))).await?;
         }
+        // The cursor moves only past rows whose changes are committed.
+        self.commit_pending().await?;
         // A future-dated row must not move the cursor past days not yet read.
         if let Some(d) = max_date.map(|d| d.min(self.today)) {
             let keep = cursor.as_deref().and_then(|c| c.parse::<NaiveDate>().ok()).is_some_and(|c| c >= d);
@@ -653,11 +670,41 @@ impl<'a> Cycle<'a> {
             kind,
             record_key: key.clone(),
             seen,
-            episode: change.clone(),
+            episode: change,
             audit,
             jobs,
         };
-        let applied = self.p.store.apply(&self.tenant.id, &record_change, self.p.clock.now()).await?;
+        self.pending.push(Pending {
+            change: record_change,
+            routing: routing.map(|(r, _)| r),
+        });
+        if self.pending.len() >= APPLY_BATCH {
+            self.commit_pending().await?;
+        }
+        Ok(())
+    }
+
+    /// Commit the records decided so far in one transaction, then announce what changed.
+    async fn commit_pending(&mut self) -> Result<(), PollError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let pending = std::mem::take(&mut self.pending);
+        let changes: Vec<RecordChange> = pending.iter().map(|p| p.change.clone()).collect();
+        let applied = self.p.store.apply_batch(&self.tenant.id, &changes, self.p.clock.now()).await?;
+        for (p, applied) in pending.into_iter().zip(applied) {
+            self.announce(p, applied);
+        }
+        Ok(())
+    }
+
+    /// Tell listeners (the sandbox's printer, gRPC watchers) what a committed change did.
+    fn announce(&mut self, p: Pending, applied: Applied) {
+        let Pending {
+            change: record_change,
+            routing,
+        } = p;
+        let (kind, key, change) = (record_change.kind, record_change.record_key, record_change.episode);
         let tenant = self.tenant.id.clone();
         if let Some(episode) = applied.resolved {
             self.totals.resolved += 1;
@@ -675,7 +722,7 @@ impl<'a> Cycle<'a> {
         }
         if let Some(episode) = applied.opened
             && let EpisodeChange::Open { opened } | EpisodeChange::Replace { opened, .. } = &change
-            && let Some((routing, _)) = routing
+            && let Some(routing) = routing
         {
             self.totals.opened += 1;
             let _ = self.p.events.send(Event::NeedsAttention {
@@ -697,7 +744,6 @@ impl<'a> Cycle<'a> {
                 urgency: attention.urgency,
             });
         }
-        Ok(())
     }
 
     /// Ask the tenant's plugin whom to alert and with what words; every fault becomes an

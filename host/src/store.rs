@@ -46,6 +46,9 @@ pub enum StoreError {
     },
     #[error(transparent)]
     Secret(#[from] SecretError),
+    /// The commit this change shared with others failed (the message says why).
+    #[error("database (group commit): {0}")]
+    GroupCommit(String),
 }
 
 /// kind, key, episode, reason code, urgency, people, record data.
@@ -625,83 +628,8 @@ impl Store {
 
     /// Apply one record's change: its version, its episode and its audit entries, atomically.
     pub async fn apply(&self, tenant: &str, change: &RecordChange, now: DateTime<Utc>) -> Result<Applied> {
-        let at = millis(now);
-        let kind = change.kind.as_str();
-        let key = change.record_key.as_str();
-        let applied = in_tx!(self, tx => {
-            let mut applied = Applied::default();
-            if let Some((version, data)) = &change.seen {
-                sqlx::query(
-                    "INSERT INTO qad_records (tenant_id, kind, record_key, version, data, first_seen, last_seen)
-                     VALUES ($1, $2, $3, $4, $5, $6, $6)
-                     ON CONFLICT (tenant_id, kind, record_key) DO UPDATE
-                       SET version = excluded.version, data = excluded.data, last_seen = excluded.last_seen",
-                ).bind(tenant).bind(kind).bind(key).bind(version).bind(data.to_string()).bind(at).execute(&mut *tx).await?;
-            }
-            let mut episode_for_audit: Option<i64> = None;
-            let (resolve, open, update) = match &change.episode {
-                EpisodeChange::None => (None, None, None),
-                EpisodeChange::Open { opened } => (None, Some(opened), None),
-                EpisodeChange::Update { episode, attention, summary, people } => (None, None, Some((*episode, attention, summary, people))),
-                EpisodeChange::Resolve { episode, cause } => (Some((*episode, cause)), None, None),
-                EpisodeChange::Replace { episode, cause, opened } => (Some((*episode, cause)), Some(opened), None),
-            };
-            if let Some((episode, cause)) = resolve {
-                sqlx::query("UPDATE attention SET state = 'resolved', resolved_at = $5, updated_at = $5, resolution = $6
-                             WHERE tenant_id = $1 AND kind = $2 AND record_key = $3 AND episode = $4 AND state = 'open'")
-                    .bind(tenant).bind(kind).bind(key).bind(episode).bind(at).bind(cause).execute(&mut *tx).await?;
-                sqlx::query("INSERT INTO audit (tenant_id, kind, record_key, episode, at, event, detail) VALUES ($1, $2, $3, $4, $5, 'resolved', $6)")
-                    .bind(tenant).bind(kind).bind(key).bind(episode).bind(at)
-                    .bind(serde_json::json!({ "cause": cause }).to_string()).execute(&mut *tx).await?;
-                applied.resolved = Some(episode);
-                episode_for_audit = Some(episode);
-            }
-            if let Some((episode, a, summary, people)) = update {
-                sqlx::query("UPDATE attention SET urgency = $5, reason = $6, summary = $7, people = $8, updated_at = $9, due_date = $10
-                             WHERE tenant_id = $1 AND kind = $2 AND record_key = $3 AND episode = $4 AND state = 'open'")
-                    .bind(tenant).bind(kind).bind(key).bind(episode).bind(a.urgency.as_str()).bind(json(&a.reason))
-                    .bind(summary).bind(json(people)).bind(at).bind(a.due_date.map(|d| d.to_string()))
-                    .execute(&mut *tx).await?;
-                episode_for_audit = Some(episode);
-            }
-            if let Some(o) = open {
-                let (a, next) = (&o.attention, o.episode);
-                sqlx::query(
-                    "INSERT INTO attention (tenant_id, kind, record_key, episode, state, reason_code, reason, summary, urgency, people,
-                                            due_date, opened_at, updated_at, reference)
-                     VALUES ($1, $2, $3, $4, 'open', $5, $6, $7, $8, $9, $10, $11, $11, $12)",
-                )
-                .bind(tenant).bind(kind).bind(key).bind(next).bind(a.reason.code()).bind(json(&a.reason)).bind(&o.summary)
-                .bind(a.urgency.as_str()).bind(json(&o.people)).bind(a.due_date.map(|d| d.to_string())).bind(at).bind(&o.reference)
-                .execute(&mut *tx).await?;
-                sqlx::query("INSERT INTO audit (tenant_id, kind, record_key, episode, at, event, detail) VALUES ($1, $2, $3, $4, $5, 'needs_attention', $6)")
-                    .bind(tenant).bind(kind).bind(key).bind(next).bind(at)
-                    .bind(serde_json::json!({ "reason": a.reason, "urgency": a.urgency, "summary": o.summary, "people": o.people }).to_string())
-                    .execute(&mut *tx).await?;
-                applied.opened = Some(next);
-                episode_for_audit = Some(next);
-            }
-            for (event, detail) in &change.audit {
-                sqlx::query("INSERT INTO audit (tenant_id, kind, record_key, episode, at, event, detail) VALUES ($1, $2, $3, $4, $5, $6, $7)")
-                    .bind(tenant).bind(kind).bind(key).bind(episode_for_audit).bind(at).bind(event).bind(detail.to_string())
-                    .execute(&mut *tx).await?;
-            }
-            if let Some((episode, _)) = resolve {
-                // Sends and escalations not yet made are moot once the record is resolved.
-                let cancelled = sqlx::query("UPDATE jobs SET state = 'cancelled', updated_at = $5
-                             WHERE tenant_id = $1 AND record_kind = $2 AND record_key = $3 AND episode = $4 AND state = 'queued'")
-                    .bind(tenant).bind(kind).bind(key).bind(episode).bind(at).execute(&mut *tx).await?.rows_affected();
-                if cancelled > 0 {
-                    sqlx::query("INSERT INTO audit (tenant_id, kind, record_key, episode, at, event, detail) VALUES ($1, $2, $3, $4, $5, 'alerts_cancelled', $6)")
-                        .bind(tenant).bind(kind).bind(key).bind(episode).bind(at)
-                        .bind(serde_json::json!({"jobs": cancelled, "why": "the record was resolved"}).to_string())
-                        .execute(&mut *tx).await?;
-                }
-            }
-            insert_jobs!(tx, tenant, kind, key, &change.jobs, at);
-            applied
-        });
-        Ok(applied)
+        let applied = self.apply_batch(tenant, std::slice::from_ref(change), now).await?;
+        Ok(applied.into_iter().next().unwrap_or_default())
     }
 
     /// Append entries that belong to no record change (e.g. a malformed row whose key could not be read).
@@ -873,41 +801,14 @@ impl Store {
         sent: Option<&Sent>,
         now: DateTime<Utc>,
     ) -> Result<bool> {
-        let at = millis(now);
-        let (state, run_at, reconcile) = match end {
-            JobEnd::Done => ("done", None, false),
-            JobEnd::Failed => ("failed", None, false),
-            JobEnd::Dead => ("dead", None, false),
-            JobEnd::Unknown => ("unknown", None, false),
-            JobEnd::Retry { run_at, reconcile } => ("queued", Some(millis(*run_at)), *reconcile),
+        let finish = Finish {
+            job: job.clone(),
+            end: end.clone(),
+            event: event.to_string(),
+            detail: detail.clone(),
+            sent: sent.cloned(),
         };
-        let updated = in_tx!(self, tx => {
-            let n = sqlx::query(
-                "UPDATE jobs SET state = $3, run_at = COALESCE($4, run_at), reconcile = $5, outcome = $6, lease_until = NULL, updated_at = $7
-                 WHERE id = $1 AND attempt = $2 AND state = 'running'",
-            )
-            .bind(job.id).bind(job.attempt).bind(state).bind(run_at).bind(reconcile).bind(detail.to_string()).bind(at)
-            .execute(&mut *tx).await?.rows_affected();
-            if n == 1 {
-                let mut d = detail.clone();
-                if let Value::Object(m) = &mut d {
-                    m.insert("job".into(), Value::String(job.key.clone()));
-                    m.insert("attempt".into(), Value::from(job.attempt));
-                }
-                sqlx::query("INSERT INTO audit (tenant_id, kind, record_key, episode, at, event, detail) VALUES ($1, $2, $3, $4, $5, $6, $7)")
-                    .bind(&job.tenant).bind(&job.record_kind).bind(&job.record_key).bind(job.episode).bind(at).bind(event).bind(d.to_string())
-                    .execute(&mut *tx).await?;
-                if let Some(s) = sent {
-                    sqlx::query("INSERT INTO deliveries (job_id, tenant_id, sid, channel, to_phone, from_phone, sent_at, updated_at)
-                                 VALUES ($1, $2, $3, $4, $5, $6, $7, $7)
-                                 ON CONFLICT (job_id) DO UPDATE SET sid = excluded.sid, sent_at = excluded.sent_at")
-                        .bind(job.id).bind(&job.tenant).bind(&s.sid).bind(s.channel.as_str()).bind(&s.to).bind(&s.from).bind(at)
-                        .execute(&mut *tx).await?;
-                }
-            }
-            n == 1
-        });
-        Ok(updated)
+        Ok(self.finish_sends(&[finish], now).await?.first().copied().unwrap_or(false))
     }
 
     /// Jobs of a tenant by state (state → count).
@@ -931,6 +832,26 @@ impl Store {
     pub async fn is_suppressed(&self, tenant: &str, phone: &str) -> Result<bool> {
         on_pool!(self, p => Ok(sqlx::query("SELECT 1 FROM suppressions WHERE tenant_id = $1 AND phone = $2")
             .bind(tenant).bind(phone).fetch_optional(p).await?.is_some()))
+    }
+
+    /// Which of `phones` opted out of the tenant's messages.
+    pub async fn suppressed_among(&self, tenant: &str, phones: &[String]) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        for chunk in phones.chunks(500) {
+            on_pool!(self, pool => {
+                let mut q = sqlx::QueryBuilder::new("SELECT phone FROM suppressions WHERE tenant_id = ");
+                q.push_bind(tenant).push(" AND phone IN (");
+                let mut list = q.separated(", ");
+                for p in chunk {
+                    list.push_bind(p);
+                }
+                q.push(")");
+                for r in q.build().fetch_all(pool).await? {
+                    out.push(r.get::<String, _>(0));
+                }
+            });
+        }
+        Ok(out)
     }
 
     pub async fn set_twilio_account(&self, tenant: &str, a: &TwilioAccount) -> Result<()> {
@@ -988,8 +909,10 @@ fn tenant_from(id: String, name: String, url: String, domain: String, entity: St
 }
 
 mod admin;
+mod batch;
 mod hosts;
 mod intake;
 pub use admin::*;
+pub use batch::*;
 pub use hosts::*;
 pub use intake::*;

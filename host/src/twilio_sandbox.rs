@@ -75,6 +75,10 @@ pub struct TwilioFaults {
     /// Create requests are received but left unanswered until this is turned off: a test
     /// holds sends in flight for exactly as long as it needs to (`in_flight` counts them).
     pub hold_creates: bool,
+    /// Answer creates and nothing more: no status callbacks, no scripted people (a stand-in
+    /// that only answers, as a benchmark's peer does; real Twilio's callbacks cost the host's
+    /// machine nothing to produce).
+    pub skip_callbacks: bool,
 }
 
 /// How a person the sandbox "reached" answers: an SMS reply once the alert is delivered, or a
@@ -429,10 +433,13 @@ impl TwilioSandbox {
     /// Play Twilio: post signed status callbacks for a created resource, sometimes twice,
     /// in reverse order when told; then the person answers as scripted.
     fn play_callbacks(&self, created: Created, res: Resource, statuses: Vec<Vec<(String, String)>>) {
-        let (dup, reverse) = {
+        let (dup, reverse, skip) = {
             let s = self.lock();
-            (s.faults.duplicate_callbacks_share, s.faults.reverse_callbacks)
+            (s.faults.duplicate_callbacks_share, s.faults.reverse_callbacks, s.faults.skip_callbacks)
         };
+        if skip {
+            return;
+        }
         let sb = self.clone();
         self.playing.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         tokio::spawn(async move {

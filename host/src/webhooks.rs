@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::group_commit::GroupCommit;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, OriginalUri, Path, State};
@@ -19,7 +20,6 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Serialize;
-use tokio::sync::{mpsc, oneshot};
 use tower_http::timeout::TimeoutLayer;
 
 use crate::clock::Clock;
@@ -80,51 +80,24 @@ pub struct WebhookServer {
     workers: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
 
-/// Commits webhooks in batches: requests that arrive while a commit is under way wait for
-/// the next one together, so one commit (one fsync on PostgreSQL) answers many requests.
-/// Each request is still answered only once its own row is committed.
-/// A webhook to commit and where to tell its request the outcome.
-type Queued = (NewWebhook, oneshot::Sender<Result<Option<i64>, String>>);
-
+/// Commits webhooks in batches (group commit): one commit answers many requests, each only
+/// once its own row is committed.
 #[derive(Clone)]
-struct IntakeWriter {
-    tx: mpsc::Sender<Queued>,
-}
+struct IntakeWriter(GroupCommit<NewWebhook, Option<i64>>);
 
 /// The most webhooks one commit takes.
 const MAX_BATCH: usize = 512;
 
 impl IntakeWriter {
     fn spawn(store: Store, clock: Arc<dyn Clock>) -> Self {
-        let (tx, mut rx) = mpsc::channel::<Queued>(4 * MAX_BATCH);
-        tokio::spawn(async move {
-            let mut buf = Vec::with_capacity(MAX_BATCH);
-            while rx.recv_many(&mut buf, MAX_BATCH).await > 0 {
-                let (batch, replies): (Vec<NewWebhook>, Vec<_>) = buf.drain(..).unzip();
-                match store.queue_webhooks(&batch, clock.now()).await {
-                    Ok(ids) => {
-                        for (reply, id) in replies.into_iter().zip(ids) {
-                            let _ = reply.send(Ok(id));
-                        }
-                    }
-                    Err(e) => {
-                        for reply in replies {
-                            let _ = reply.send(Err(e.to_string()));
-                        }
-                    }
-                }
-            }
-        });
-        IntakeWriter { tx }
+        IntakeWriter(GroupCommit::spawn(MAX_BATCH, move |batch: Vec<NewWebhook>| {
+            let (store, now) = (store.clone(), clock.now());
+            async move { store.queue_webhooks(&batch, now).await.map_err(|e| e.to_string()) }
+        }))
     }
 
     async fn queue(&self, w: NewWebhook) -> Result<Option<i64>, String> {
-        let (reply, answer) = oneshot::channel();
-        self.tx
-            .send((w, reply))
-            .await
-            .map_err(|_| "the intake writer stopped".to_string())?;
-        answer.await.map_err(|_| "the intake writer stopped".to_string())?
+        self.0.submit(w).await
     }
 }
 

@@ -6,7 +6,7 @@ use chrono::Duration;
 use ml_connector::core::model::RecordKind;
 use ml_connector::dispatcher::{Dispatcher, SECRET_TWILIO_API_KEY_SECRET, SECRET_TWILIO_API_KEY_SID, SECRET_TWILIO_AUTH_TOKEN};
 use ml_connector::secrets::SecretString;
-use ml_connector::store::{EpisodeChange, JobEnd, NewJob, RecordChange, TwilioAccount};
+use ml_connector::store::{EpisodeChange, Finish, JobEnd, NewJob, RecordChange, Sent, TwilioAccount};
 use ml_connector::twilio_sandbox::{TwilioFaults, TwilioSandbox, TwilioSandboxConfig};
 use ml_connector_tests::{Harness, engines, harness, morning};
 use serde_json::json;
@@ -113,6 +113,118 @@ async fn enqueueing_twice_is_a_no_op_and_a_late_worker_is_fenced_out() {
         let trail = s.audit_trail(&h.tenant.id, "purchase_order", "PO1").await.unwrap();
         let events: Vec<&str> = trail.iter().map(|e| e.event.as_str()).collect();
         assert_eq!(events, ["queued", "sent"], "{engine}: the fenced attempt left no trace");
+    }
+}
+
+/// Group commit keeps each item's meaning: in one batch a job key repeated (within the batch
+/// and from an earlier batch) is queued once, and a batch of attempts' ends fences out the
+/// late worker's, records the sent one's delivery and requeues the retry, each with its own
+/// audit entry in order.
+#[tokio::test]
+async fn batches_keep_each_records_and_each_attempts_own_outcome() {
+    for engine in engines() {
+        let h = harness(engine).await;
+        let s = &h.db.store;
+        let job = |n: u32| NewJob {
+            key: format!("send/t/PO{n}/1"),
+            kind: "send".into(),
+            episode: 1,
+            payload: json!({}),
+            run_at: morning(),
+            escalation_step: 0,
+        };
+        let change = |n: u32, jobs: Vec<NewJob>| RecordChange {
+            kind: RecordKind::PurchaseOrder,
+            record_key: format!("PO{n}"),
+            seen: Some((format!("v{n}"), json!({"n": n}))),
+            episode: EpisodeChange::None,
+            audit: vec![("routed".into(), json!({"n": n}))],
+            jobs,
+        };
+        s.apply_batch(&h.tenant.id, &[change(1, vec![job(1)])], morning()).await.unwrap();
+        let batch = [change(1, vec![job(1)]), change(2, vec![job(2), job(2)]), change(3, vec![job(3)])];
+        s.apply_batch(&h.tenant.id, &batch, morning()).await.unwrap();
+        let mut keys: Vec<String> = s.jobs(&h.tenant.id).await.unwrap().into_iter().map(|j| j.0).collect();
+        keys.sort();
+        assert_eq!(keys, ["send/t/PO1/1", "send/t/PO2/1", "send/t/PO3/1"], "{engine}");
+        let tenant = h.tenant.id.as_str();
+        let events = |key: &str| {
+            let key = key.to_string();
+            async move {
+                s.audit_trail(tenant, "purchase_order", &key)
+                    .await
+                    .unwrap()
+                    .into_iter()
+                    .map(|e| e.event)
+                    .collect::<Vec<_>>()
+            }
+        };
+        assert_eq!(events("PO1").await, ["routed", "queued", "routed"], "{engine}: queued once");
+        assert_eq!(
+            events("PO2").await,
+            ["routed", "queued"],
+            "{engine}: a repeat in the batch is a no-op"
+        );
+        let versions = s
+            .versions(&h.tenant.id, RecordKind::PurchaseOrder, &["PO1".into(), "PO3".into()])
+            .await
+            .unwrap();
+        assert_eq!(versions.get("PO3").map(String::as_str), Some("v3"), "{engine}");
+
+        let claimed = s.claim_jobs("w1", morning(), Duration::seconds(30), 10).await.unwrap();
+        assert_eq!(claimed.len(), 3);
+        let later = morning() + Duration::seconds(31);
+        // PO1's attempt is taken over by w2 before w1 reports it.
+        let po1 = claimed.iter().find(|j| j.record_key == "PO1").unwrap().clone();
+        let taken = s.claim_jobs("w2", later, Duration::seconds(30), 10).await.unwrap();
+        assert_eq!(taken.len(), 3, "every lease expired");
+        let by_key = |k: &str| taken.iter().find(|j| j.record_key == k).unwrap().clone();
+        let sent = Sent {
+            sid: "SM2".into(),
+            channel: ml_connector::core::routing::Channel::Sms,
+            to: "+13125550100".into(),
+            from: "+13125550199".into(),
+        };
+        let ends = [
+            Finish {
+                job: po1,
+                end: JobEnd::Done,
+                event: "sent".into(),
+                detail: json!({}),
+                sent: None,
+            },
+            Finish {
+                job: by_key("PO2"),
+                end: JobEnd::Done,
+                event: "sent".into(),
+                detail: json!({"sid": "SM2"}),
+                sent: Some(sent),
+            },
+            Finish {
+                job: by_key("PO3"),
+                end: JobEnd::Retry {
+                    run_at: later + Duration::seconds(5),
+                    reconcile: false,
+                },
+                event: "send_retry".into(),
+                detail: json!({}),
+                sent: None,
+            },
+        ];
+        assert_eq!(s.finish_sends(&ends, later).await.unwrap(), [false, true, true], "{engine}");
+        let states: HashMap<String, String> = s.jobs(&h.tenant.id).await.unwrap().into_iter().map(|(k, st, _)| (k, st)).collect();
+        assert_eq!(states["send/t/PO1/1"], "running", "{engine}: w2 still holds PO1");
+        assert_eq!(states["send/t/PO2/1"], "done");
+        assert_eq!(states["send/t/PO3/1"], "queued");
+        let po2 = by_key("PO2");
+        assert_eq!(s.delivery(po2.id).await.unwrap().map(|d| d.0), Some(Some("SM2".into())), "{engine}");
+        assert_eq!(
+            events("PO1").await,
+            ["routed", "queued", "routed"],
+            "{engine}: the fenced end left no trace"
+        );
+        assert_eq!(events("PO2").await, ["routed", "queued", "sent"], "{engine}");
+        assert_eq!(events("PO3").await, ["routed", "queued", "send_retry"], "{engine}");
     }
 }
 
