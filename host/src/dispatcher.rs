@@ -14,6 +14,7 @@ use chrono::{DateTime, Utc};
 use rand::Rng;
 use serde_json::{Value, json};
 use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
 
 use crate::clock::Clock;
 use crate::core::dispatch::{SendOutcome, retry_delay};
@@ -72,6 +73,25 @@ pub struct Dispatcher {
     finisher: Arc<std::sync::OnceLock<GroupCommit<Finish, bool>>>,
 }
 
+/// The jobs a worker holds (id → attempt), whose leases it renews.
+type Held = Arc<Mutex<HashMap<i64, i64>>>;
+
+/// A job's place in [`Held`], given up when its task ends however it ends.
+struct Holding(Held, i64);
+
+impl Holding {
+    fn new(held: &Held, job: &Job) -> Self {
+        held.lock().unwrap_or_else(|p| p.into_inner()).insert(job.id, job.attempt);
+        Holding(held.clone(), job.id)
+    }
+}
+
+impl Drop for Holding {
+    fn drop(&mut self) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.1);
+    }
+}
+
 /// The most attempts' ends one commit takes.
 const FINISH_BATCH: usize = 256;
 
@@ -90,7 +110,7 @@ impl Dispatcher {
             public_url: public_url.trim_end_matches('/').to_string(),
             worker: format!("{}-{}", std::process::id(), uuid::Uuid::new_v4().simple()),
             lease: chrono::Duration::seconds(60),
-            batch: 64,
+            batch: 256,
             per_tenant_concurrency: PER_TENANT_CONCURRENCY,
             abort_after_send: std::env::var("ML_CONNECTOR_FAULT_ABORT_AFTER_SEND")
                 .ok()
@@ -148,20 +168,41 @@ impl Dispatcher {
 
     /// Claim and process one batch of due jobs; how many were claimed.
     pub async fn run_once(&self) -> Result<usize, StoreError> {
-        let jobs = self
-            .store
-            .claim_jobs(&self.worker, self.clock.now(), self.lease, self.batch)
-            .await?;
+        let held = Held::default();
+        let mut tasks = JoinSet::new();
+        let n = self.claim_into(self.batch, &held, &mut tasks).await?;
+        tokio::select! {
+            _ = async { while tasks.join_next().await.is_some() {} } => {}
+            _ = self.keep_leases(&held) => {}
+        }
+        Ok(n)
+    }
+
+    /// Claim up to `limit` due jobs and start each in `tasks`; how many were claimed. Each
+    /// is in `held` (its lease renewed) until its task ends.
+    async fn claim_into(&self, limit: i64, held: &Held, tasks: &mut JoinSet<()>) -> Result<usize, StoreError> {
+        let jobs = self.store.claim_jobs(&self.worker, self.clock.now(), self.lease, limit).await?;
         let n = jobs.len();
-        let jobs_claimed: Vec<(i64, i64)> = jobs.iter().map(|j| (j.id, j.attempt)).collect();
-        let opted_out = Arc::new(self.opted_out_among(&jobs).await?);
-        let mut tasks = tokio::task::JoinSet::new();
+        let opted_out = match self.opted_out_among(&jobs).await {
+            Ok(o) => Arc::new(o),
+            Err(e) => {
+                // Not started: handed back at once rather than left to their leases.
+                for job in &jobs {
+                    let _ = self.store.release_job(job, self.clock.now()).await;
+                }
+                return Err(e);
+            }
+        };
         for job in jobs {
             let d = self.clone();
             let opted_out = opted_out.clone();
+            let holding = Holding::new(held, &job);
             tasks.spawn(async move {
+                let _holding = holding;
                 let slot = d.slot(&job.tenant);
-                let _permit = slot.acquire_owned().await;
+                // Held while Twilio has the request, not while its answer is committed: the
+                // cap is on requests in flight, and commits are shared (group commit).
+                let permit = slot.acquire_owned().await.ok();
                 if d.stopping.load(std::sync::atomic::Ordering::SeqCst) {
                     if let Err(e) = d.store.release_job(&job, d.clock.now()).await {
                         tracing::warn!(job = %job.key, error = %e, "job left for its lease to expire");
@@ -177,32 +218,38 @@ impl Dispatcher {
                     record = %job.record_key,
                     sid = tracing::field::Empty
                 );
-                if let Err(e) = tracing::Instrument::instrument(d.process(&job, &opted_out), span).await {
+                if let Err(e) = tracing::Instrument::instrument(d.process(&job, &opted_out, permit), span).await {
                     tracing::warn!(job = %job.key, error = %e, "job left for its lease to expire");
                 }
             });
         }
-        // Keep the batch's leases alive while it works (a slow Twilio must not hand a job to
-        // another worker mid-send); fenced, so jobs already finished or taken over are untouched.
-        let claimed: Vec<(i64, i64)> = jobs_claimed;
-        let heartbeat = async {
-            let every = (self.lease / 3)
-                .to_std()
-                .unwrap_or(Duration::from_secs(1))
-                .max(Duration::from_millis(100));
-            loop {
-                tokio::time::sleep(every).await;
-                let until = self.clock.now() + self.lease;
-                if let Err(e) = self.store.renew_job_leases(&self.worker, &claimed, until).await {
-                    tracing::warn!(error = %e, "cannot renew job leases; trying again");
-                }
-            }
-        };
-        tokio::select! {
-            _ = async { while tasks.join_next().await.is_some() {} } => {}
-            _ = heartbeat => {}
-        }
         Ok(n)
+    }
+
+    /// Keep the leases of the jobs in `held` alive while they are worked on (a slow Twilio
+    /// must not hand a job to another worker mid-send); fenced, so jobs already finished or
+    /// taken over are untouched. Never returns.
+    async fn keep_leases(&self, held: &Held) {
+        let every = (self.lease / 3)
+            .to_std()
+            .unwrap_or(Duration::from_secs(1))
+            .max(Duration::from_millis(100));
+        loop {
+            tokio::time::sleep(every).await;
+            let claimed: Vec<(i64, i64)> = held
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .map(|(id, attempt)| (*id, *attempt))
+                .collect();
+            if claimed.is_empty() {
+                continue;
+            }
+            let until = self.clock.now() + self.lease;
+            if let Err(e) = self.store.renew_job_leases(&self.worker, &claimed, until).await {
+                tracing::warn!(error = %e, "cannot renew job leases; trying again");
+            }
+        }
     }
 
     /// From now on, claimed jobs not yet started go back to the queue instead of starting
@@ -213,7 +260,9 @@ impl Dispatcher {
     }
 
     /// Work until `shutdown` turns true: sends under way finish, claimed jobs not yet started
-    /// go back to the queue for the next host or run.
+    /// go back to the queue for the next host or run. A pipeline, not batch after batch:
+    /// once fewer than half a batch are under way it claims more, so the last sends of one
+    /// claim never leave Twilio's slots idle.
     pub async fn run(&self, mut shutdown: watch::Receiver<bool>) {
         let watcher = tokio::spawn({
             let (mut sd, stopping) = (shutdown.clone(), self.stopping.clone());
@@ -222,25 +271,37 @@ impl Dispatcher {
                 stopping.store(true, std::sync::atomic::Ordering::SeqCst);
             }
         });
-        loop {
-            let idle = match self.run_once().await {
-                Ok(0) => true,
-                Ok(_) => false,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot claim jobs; retrying");
-                    true
+        let held = Held::default();
+        let work = async {
+            let mut tasks = JoinSet::new();
+            let refill_below = (self.batch.max(2) / 2) as usize;
+            loop {
+                if *shutdown.borrow() {
+                    break;
                 }
-            };
-            if *shutdown.borrow() {
-                break;
-            }
-            if idle {
+                let mut claimed = 0;
+                if tasks.len() < refill_below {
+                    match self.claim_into(self.batch - tasks.len() as i64, &held, &mut tasks).await {
+                        Ok(n) => claimed = n,
+                        Err(e) => tracing::warn!(error = %e, "cannot claim jobs; retrying"),
+                    }
+                }
+                if claimed > 0 && tasks.len() < refill_below {
+                    continue; // more may be due already
+                }
                 tokio::select! {
+                    Some(_) = tasks.join_next() => {}
                     _ = tokio::time::sleep(Duration::from_millis(200)) => {}
                     _ = self.wake.notified() => {}
                     _ = shutdown.changed() => {}
                 }
             }
+            // Under way: finishes; claimed and not started: handed back (`stopping`).
+            while tasks.join_next().await.is_some() {}
+        };
+        tokio::select! {
+            _ = work => {}
+            _ = self.keep_leases(&held) => {}
         }
         watcher.abort();
     }
@@ -416,7 +477,12 @@ impl Dispatcher {
         Ok(out)
     }
 
-    async fn process(&self, job: &Job, opted_out: &HashSet<(String, String)>) -> Result<(), StoreError> {
+    async fn process(
+        &self,
+        job: &Job,
+        opted_out: &HashSet<(String, String)>,
+        twilio_slot: Option<tokio::sync::OwnedSemaphorePermit>,
+    ) -> Result<(), StoreError> {
         if matches!(job.kind.as_str(), "qad_comment" | "qad_decision") {
             return self.process_qad(job).await;
         }
@@ -537,6 +603,7 @@ impl Dispatcher {
                     .await
             }
         };
+        drop(twilio_slot);
         if let Some(n) = self.abort_after_send
             && self.sends.fetch_add(1, std::sync::atomic::Ordering::SeqCst) % n == n - 1
         {

@@ -435,7 +435,11 @@ impl TwilioSandbox {
     fn play_callbacks(&self, created: Created, res: Resource, statuses: Vec<Vec<(String, String)>>) {
         let (dup, reverse, skip) = {
             let s = self.lock();
-            (s.faults.duplicate_callbacks_share, s.faults.reverse_callbacks, s.faults.skip_callbacks)
+            (
+                s.faults.duplicate_callbacks_share,
+                s.faults.reverse_callbacks,
+                s.faults.skip_callbacks,
+            )
         };
         if skip {
             return;
