@@ -316,13 +316,7 @@ impl Dispatcher {
 
     async fn finish_with(&self, job: &Job, end: JobEnd, event: &str, detail: Value, sent: Option<&Sent>) -> Result<(), StoreError> {
         let now = self.clock.now();
-        let finish = Finish {
-            job: job.clone(),
-            end: end.clone(),
-            event: event.to_string(),
-            detail: detail.clone(),
-            sent: sent.cloned(),
-        };
+        let finish = Finish::of(job, &end, event, &detail, sent);
         if !self.finisher().submit(finish).await.map_err(StoreError::GroupCommit)? {
             tracing::warn!(job = %job.key, attempt = job.attempt, "fenced out: a newer attempt owns this job");
             return Ok(());

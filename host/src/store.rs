@@ -801,13 +801,7 @@ impl Store {
         sent: Option<&Sent>,
         now: DateTime<Utc>,
     ) -> Result<bool> {
-        let finish = Finish {
-            job: job.clone(),
-            end: end.clone(),
-            event: event.to_string(),
-            detail: detail.clone(),
-            sent: sent.cloned(),
-        };
+        let finish = Finish::of(job, end, event, detail, sent);
         Ok(self.finish_sends(&[finish], now).await?.first().copied().unwrap_or(false))
     }
 

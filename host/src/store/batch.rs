@@ -26,6 +26,18 @@ pub struct Finish {
     pub sent: Option<Sent>,
 }
 
+impl Finish {
+    pub fn of(job: &Job, end: &JobEnd, event: &str, detail: &Value, sent: Option<&Sent>) -> Self {
+        Finish {
+            job: job.clone(),
+            end: end.clone(),
+            event: event.to_string(),
+            detail: detail.clone(),
+            sent: sent.cloned(),
+        }
+    }
+}
+
 /// An audit row about to be written.
 struct AuditRow<'a> {
     tenant: &'a str,
