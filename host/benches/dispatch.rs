@@ -88,7 +88,11 @@ async fn run() {
     let plugin = plugins.load(DEFAULT_PLUGIN).unwrap();
     // Status callbacks go to a closed port: this measures sending, not the webhook side.
     let http = reqwest::Client::new();
-    let dispatcher = Dispatcher::new(store.clone(), keys.clone(), http, Arc::new(SystemClock), "http://127.0.0.1:9");
+    let mut dispatcher = Dispatcher::new(store.clone(), keys.clone(), http, Arc::new(SystemClock), "http://127.0.0.1:9");
+    // The operator's setting, as `serve` reads it (default: the peer's 32 in all).
+    if let Some(n) = std::env::var("ML_CONNECTOR_TWILIO_CONCURRENCY").ok().and_then(|n| n.parse().ok()) {
+        dispatcher.per_tenant_concurrency = n;
+    }
 
     let started = Instant::now();
     // Producers: one per tenant, as a poll cycle decides records one after another.

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use rand::Rng;
+use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
@@ -480,9 +481,10 @@ impl Dispatcher {
         if matches!(job.kind.as_str(), "qad_comment" | "qad_decision") {
             return self.process_qad(job).await;
         }
-        // A send carries the plugin's delivery and words; a confirmation only its words.
+        // A send carries the plugin's delivery and words; a confirmation only its words. Read
+        // in place: the payload is not copied to be parsed.
         let parsed = match job.kind.as_str() {
-            "confirm" => serde_json::from_value::<Confirmation>(job.payload.clone()).map(|c| {
+            "confirm" => Confirmation::deserialize(&job.payload).map(|c| {
                 (
                     Channel::Sms,
                     c.to,
@@ -490,7 +492,7 @@ impl Dispatcher {
                     Some(c.from).filter(|f| !f.is_empty()),
                 )
             }),
-            _ => serde_json::from_value::<Routed>(job.payload.clone()).map(|r| (r.delivery.channel, r.delivery.to.phone, r.message, None)),
+            _ => Routed::deserialize(&job.payload).map(|r| (r.delivery.channel, r.delivery.to.phone, r.message, None)),
         };
         let (channel, to, message, from_override) = match parsed {
             Ok(p) => p,

@@ -753,16 +753,22 @@ impl Store {
     /// ones whose lease expired (their worker died: the outcome of that attempt is unknown).
     /// Each claim bumps `attempt`, the fencing token.
     pub async fn claim_jobs(&self, worker: &str, now: DateTime<Utc>, lease: chrono::Duration, limit: i64) -> Result<Vec<Job>> {
-        let select = match self.backend {
-            Backend::Sqlite(_) => {
-                "SELECT id FROM jobs WHERE (state = 'queued' AND run_at <= $1) OR (state = 'running' AND lease_until < $1)
-                                  ORDER BY run_at, id LIMIT $4"
-            }
-            Backend::Postgres(_) => {
-                "SELECT id FROM jobs WHERE (state = 'queued' AND run_at <= $1) OR (state = 'running' AND lease_until < $1)
-                                    ORDER BY run_at, id LIMIT $4 FOR UPDATE SKIP LOCKED"
-            }
+        // Each kind of due job from the index in its own order, then the two merged: one
+        // `OR` would read every queued job and sort them all, on every claim (a backlog of
+        // 20,000 made each claim scan 20,000 rows).
+        let lock = match self.backend {
+            Backend::Sqlite(_) => "",
+            Backend::Postgres(_) => "FOR UPDATE SKIP LOCKED",
         };
+        let select = format!(
+            "SELECT id FROM (
+               SELECT id, run_at FROM (SELECT id, run_at FROM jobs WHERE state = 'queued' AND run_at <= $1
+                                       ORDER BY run_at, id LIMIT $4 {lock}) AS due
+               UNION ALL
+               SELECT id, run_at FROM (SELECT id, run_at FROM jobs WHERE state = 'running' AND lease_until < $1
+                                       ORDER BY run_at, id LIMIT $4 {lock}) AS expired
+             ) AS claimable ORDER BY run_at, id LIMIT $4"
+        );
         let sql = format!(
             "UPDATE jobs SET reconcile = CASE WHEN state = 'running' THEN TRUE ELSE reconcile END,
                  state = 'running', attempt = attempt + 1, lease_until = $2, worker = $3, updated_at = $1
