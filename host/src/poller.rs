@@ -689,11 +689,12 @@ impl<'a> Cycle<'a> {
         if self.pending.is_empty() {
             return Ok(());
         }
-        let pending = std::mem::take(&mut self.pending);
-        let changes: Vec<RecordChange> = pending.iter().map(|p| p.change.clone()).collect();
+        // Split rather than copied: the store takes the changes, the routings wait beside them.
+        let (changes, routings): (Vec<RecordChange>, Vec<Option<Routing>>) =
+            std::mem::take(&mut self.pending).into_iter().map(|p| (p.change, p.routing)).unzip();
         let applied = self.p.store.apply_batch(&self.tenant.id, &changes, self.p.clock.now()).await?;
-        for (p, applied) in pending.into_iter().zip(applied) {
-            self.announce(p, applied);
+        for ((change, routing), applied) in changes.into_iter().zip(routings).zip(applied) {
+            self.announce(Pending { change, routing }, applied);
         }
         Ok(())
     }
