@@ -18,13 +18,13 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
 use crate::clock::Clock;
-use crate::core::dispatch::{SendOutcome, retry_delay};
+use crate::core::dispatch::{CallReconciliation, SendOutcome, reconcile_call, retry_delay};
 use crate::core::routing::{Channel, Message, Routed};
 use crate::core::twiml;
 use crate::group_commit::GroupCommit;
 use crate::secrets::Keyring;
 use crate::store::{Finish, Job, JobEnd, Sent, Store, StoreError};
-use crate::twilio::{Call, Sms, TwilioClient, TwilioConfig};
+use crate::twilio::{CALL_LIST_PAGE, Call, Sms, TwilioClient, TwilioConfig};
 
 pub const SECRET_TWILIO_API_KEY_SID: &str = "twilio.api_key_sid";
 pub const SECRET_TWILIO_API_KEY_SECRET: &str = "twilio.api_key_secret";
@@ -535,6 +535,7 @@ impl Dispatcher {
         }
         let callback = |path: &str| format!("{}/twilio/{}/{path}?delivery={}", self.public_url, job.tenant, job.id);
         let mut audit_dup = None;
+        let mut reconciled = None;
         // A status callback that carried this job's id proves the unknown send was made.
         if job.reconcile
             && let Some((Some(sid), _)) = self.store.delivery(job.id).await?
@@ -568,11 +569,45 @@ impl Dispatcher {
                         Err(e) => audit_dup = Some(e),
                     }
                 }
-                // Calls cannot be matched up reliably: an unknown call stays unknown, visible.
+                // A call carries nothing of ours that Twilio's list shows: it is placed again
+                // only when no call in the list could be it; otherwise it stays unknown, visible.
                 _ => {
-                    return self
-                        .finish(job, JobEnd::Unknown, "outcome_unknown", json!({"to": to, "channel": "voice"}))
-                        .await;
+                    let unproven = match client.list_calls(&to, &from).await {
+                        Ok(listed) => {
+                            let sids: Vec<String> = listed.iter().map(|c| c.sid.clone()).collect();
+                            let known = self.store.known_sids(&sids).await?;
+                            let since = (job.created_at - chrono::Duration::minutes(1)).timestamp();
+                            match reconcile_call(&listed, CALL_LIST_PAGE, &known, since) {
+                                CallReconciliation::NotPlaced => None,
+                                CallReconciliation::Unproven { why } => Some(why),
+                            }
+                        }
+                        // The list may read next time: a blip should not settle the call.
+                        Err(e) if job.attempt < MAX_ATTEMPTS => {
+                            let run_at = self.retry_at(job, None);
+                            let why = format!("Twilio's call list could not be read: {e}");
+                            return self
+                                .finish(
+                                    job,
+                                    JobEnd::Retry { run_at, reconcile: true },
+                                    "outcome_unknown",
+                                    json!({"to": to, "channel": "voice", "why": why, "retry_at": run_at.to_rfc3339()}),
+                                )
+                                .await;
+                        }
+                        Err(e) => Some(format!("Twilio's call list could not be read: {e}")),
+                    };
+                    if let Some(why) = unproven {
+                        return self
+                            .finish(
+                                job,
+                                JobEnd::Unknown,
+                                "outcome_unknown",
+                                json!({"to": to, "channel": "voice", "why": why}),
+                            )
+                            .await;
+                    }
+                    reconciled = Some("no call in Twilio's list can be this one: placed now");
                 }
             }
         }
@@ -611,6 +646,9 @@ impl Dispatcher {
             let mut b = base.clone();
             if let (Value::Object(m), Value::Object(e)) = (&mut b, extra) {
                 m.extend(e);
+            }
+            if let (Some(r), Value::Object(m)) = (reconciled, &mut b) {
+                m.insert("reconciled".into(), json!(r));
             }
             if let (Some(e), Value::Object(m)) = (&audit_dup, &mut b) {
                 m.insert(

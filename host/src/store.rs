@@ -836,14 +836,30 @@ impl Store {
 
     /// Which of `phones` opted out of the tenant's messages.
     pub async fn suppressed_among(&self, tenant: &str, phones: &[String]) -> Result<Vec<String>> {
+        self.present_among("suppressions", "phone", Some(tenant), phones).await
+    }
+
+    /// The Twilio sids among `sids` that a delivery already holds, whichever its tenant:
+    /// tenants may share a Twilio account, and a sid is unique across Twilio.
+    pub async fn known_sids(&self, sids: &[String]) -> Result<Vec<String>> {
+        self.present_among("deliveries", "sid", None, sids).await
+    }
+
+    /// Which of `values` the rows of `table` (the tenant's, when given) hold in `column`
+    /// (both names are constants of this module, never input), read in chunks under the
+    /// bind limits.
+    async fn present_among(&self, table: &str, column: &str, tenant: Option<&str>, values: &[String]) -> Result<Vec<String>> {
         let mut out = Vec::new();
-        for chunk in phones.chunks(500) {
+        for chunk in values.chunks(500) {
             on_pool!(self, pool => {
-                let mut q = sqlx::QueryBuilder::new("SELECT phone FROM suppressions WHERE tenant_id = ");
-                q.push_bind(tenant).push(" AND phone IN (");
+                let mut q = sqlx::QueryBuilder::new(format!("SELECT {column} FROM {table} WHERE "));
+                if let Some(tenant) = tenant {
+                    q.push("tenant_id = ").push_bind(tenant).push(" AND ");
+                }
+                q.push(format!("{column} IN ("));
                 let mut list = q.separated(", ");
-                for p in chunk {
-                    list.push_bind(p);
+                for v in chunk {
+                    list.push_bind(v);
                 }
                 q.push(")");
                 for r in q.build().fetch_all(pool).await? {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::core::dispatch::{self, SendOutcome};
+use crate::core::dispatch::{self, ListedCall, SendOutcome};
 use crate::secrets::SecretString;
 
 pub const DEFAULT_BASE_URL: &str = "https://api.twilio.com";
@@ -43,6 +43,9 @@ pub struct Call {
 
 /// The status events a call reports to its StatusCallback.
 pub const CALL_EVENTS: &[&str] = &["initiated", "ringing", "answered", "completed"];
+
+/// Calls read per page when reconciling one (Twilio's maximum).
+pub const CALL_LIST_PAGE: usize = 1000;
 
 /// A message as Twilio's list returns it (for reconciling a send whose outcome is unknown).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -179,6 +182,40 @@ impl TwilioClient {
                         from: s(m, "from"),
                         body: s(m, "body"),
                         status: s(m, "status"),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    /// Calls to `to` from `from`, newest first, one page of [`CALL_LIST_PAGE`]: how a call whose
+    /// outcome is unknown is reconciled. No date filter: Twilio filters calls by `StartTime`,
+    /// which a call still queued does not have yet, so the dates are compared here.
+    pub async fn list_calls(&self, to: &str, from: &str) -> Result<Vec<ListedCall>, String> {
+        let page = CALL_LIST_PAGE.to_string();
+        let resp = self
+            .http
+            .get(self.url("Calls.json"))
+            .basic_auth(&self.cfg.api_key_sid, Some(self.cfg.api_key_secret.expose()))
+            .query(&[("To", to), ("From", from), ("PageSize", page.as_str())])
+            .send()
+            .await
+            .map_err(|e| format!("no answer from Twilio: {e}"))?;
+        let status = resp.status();
+        let v: Value = resp.json().await.map_err(|e| format!("Twilio's call list is not JSON: {e}"))?;
+        if !status.is_success() {
+            return Err(format!("Twilio answered {status}: {}", v["message"].as_str().unwrap_or("")));
+        }
+        Ok(v["calls"]
+            .as_array()
+            .map(|cs| {
+                cs.iter()
+                    .map(|c| ListedCall {
+                        sid: c["sid"].as_str().unwrap_or("").to_string(),
+                        created_at: c["date_created"]
+                            .as_str()
+                            .and_then(|d| chrono::DateTime::parse_from_rfc2822(d).ok())
+                            .map(|d| d.timestamp()),
                     })
                     .collect()
             })

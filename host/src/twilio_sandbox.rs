@@ -305,7 +305,7 @@ impl TwilioSandbox {
                 "/2010-04-01/Accounts/{account}/Messages.json",
                 post(create_message).get(list_messages),
             )
-            .route("/2010-04-01/Accounts/{account}/Calls.json", post(create_call))
+            .route("/2010-04-01/Accounts/{account}/Calls.json", post(create_call).get(list_calls))
             .route("/2010-04-01/Accounts/{account_json}", get(fetch_account))
             .route(
                 "/_sandbox/stats",
@@ -791,13 +791,21 @@ async fn list_messages(
     headers: HeaderMap,
     RawQuery(q): RawQuery,
 ) -> Response {
-    sb.keep(
-        "GET",
-        format!("/2010-04-01/Accounts/{account}/Messages.json"),
-        q.as_deref(),
-        &headers,
-        &[],
-    );
+    list(sb, Resource::Message, account, headers, q)
+}
+
+async fn list_calls(State(sb): State<TwilioSandbox>, Path(account): Path<String>, headers: HeaderMap, RawQuery(q): RawQuery) -> Response {
+    list(sb, Resource::Call, account, headers, q)
+}
+
+/// `GET …/Messages.json` and `GET …/Calls.json`: filtered by `To` and `From`, newest first,
+/// one page of `PageSize` (default 50, at most 1,000), as Twilio reads them.
+fn list(sb: TwilioSandbox, resource: Resource, account: String, headers: HeaderMap, q: Option<String>) -> Response {
+    let (file, key) = match resource {
+        Resource::Message => ("Messages.json", "messages"),
+        Resource::Call => ("Calls.json", "calls"),
+    };
+    sb.keep("GET", format!("/2010-04-01/Accounts/{account}/{file}"), q.as_deref(), &headers, &[]);
     if let Err(r) = sb.admit(&account, &headers) {
         return r;
     }
@@ -808,14 +816,23 @@ async fn list_messages(
         .unwrap_or(50)
         .clamp(1, 1000);
     let s = sb.lock();
-    let ms: Vec<Value> = s
-        .messages
+    let created = match resource {
+        Resource::Message => &s.messages,
+        Resource::Call => &s.calls,
+    };
+    let listed: Vec<Value> = created
         .iter()
+        .rev()
         .filter(|m| params.get("To").is_none_or(|t| t == &m.to) && params.get("From").is_none_or(|f| f == &m.from))
         .take(page_size)
-        .map(|m| json!({"sid": m.sid, "to": m.to, "from": m.from, "body": m.body, "status": "sent", "date_created": m.date_created}))
+        .map(|m| match resource {
+            Resource::Message => {
+                json!({"sid": m.sid, "to": m.to, "from": m.from, "body": m.body, "status": "sent", "date_created": m.date_created})
+            }
+            Resource::Call => json!({"sid": m.sid, "to": m.to, "from": m.from, "status": "queued", "date_created": m.date_created}),
+        })
         .collect();
-    Json(json!({"messages": ms, "page": 0, "page_size": ms.len(), "next_page_uri": null})).into_response()
+    Json(json!({key: listed, "page": 0, "page_size": listed.len(), "next_page_uri": null})).into_response()
 }
 
 /// `GET /2010-04-01/Accounts/{Sid}.json`. Like Twilio, a standard API key may not read the

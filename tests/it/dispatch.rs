@@ -331,6 +331,59 @@ async fn an_unknown_outcome_is_reconciled_before_anything_is_sent_again() {
 }
 
 #[tokio::test]
+async fn an_unknown_call_that_twilio_never_placed_is_placed_once_after_reading_its_call_list() {
+    let h = harness("sqlite").await;
+    let (sb, d) = with_twilio(&h).await;
+    // Every create answers 503 and was not processed: nothing exists at Twilio.
+    sb.set_faults(TwilioFaults {
+        fail_share: 1.0,
+        fail_processed: false,
+        ..Default::default()
+    });
+    h.poller.poll(&h.tenant.id, "test").await.unwrap();
+    d.run_once().await.unwrap();
+    let after_storm = sb.stats();
+    assert_eq!(after_storm.messages_created + after_storm.calls_created, 0);
+    sb.set_faults(TwilioFaults::default());
+    h.clock.advance(Duration::minutes(6));
+    drain(&h, &d).await;
+
+    let jobs = h.db.store.jobs(&h.tenant.id).await.unwrap();
+    let calls: Vec<&(String, String, i64)> = jobs.iter().filter(|(k, _, _)| k.contains("/voice/") && k.ends_with("/0")).collect();
+    assert!(!calls.is_empty(), "the story has calls due at once: {jobs:?}");
+    assert!(
+        jobs.iter().all(|(_, st, _)| st != "unknown"),
+        "Twilio's lists proved nothing was sent: {jobs:?}"
+    );
+    let mut placed: HashMap<(String, String), usize> = HashMap::new();
+    for c in sb.calls() {
+        *placed.entry((c.to, c.body)).or_default() += 1;
+    }
+    assert_eq!(sb.stats().calls_created as usize, calls.len(), "each due call placed: {jobs:?}");
+    assert!(placed.values().all(|n| *n == 1), "no call placed twice: {placed:?}");
+    // The list read is in the Twilio traffic, and the call's trail says why it went out.
+    assert!(
+        sb.raw_requests()
+            .iter()
+            .any(|r| r.method == "GET" && r.path.ends_with("/Calls.json")),
+        "the call list was read"
+    );
+    let (key, _, _) = calls[0];
+    let parts: Vec<&str> = key.split('/').collect();
+    let record = parts[3..parts.len() - 4].join("/");
+    let trail = h.db.store.audit_trail(&h.tenant.id, parts[2], &record).await.unwrap();
+    let sent = trail
+        .iter()
+        .find(|e| e.event == "sent" && e.detail["channel"] == "voice")
+        .unwrap_or_else(|| panic!("{key} was sent: {trail:?}"));
+    assert!(
+        sent.detail["reconciled"].as_str().is_some_and(|r| r.contains("no call")),
+        "{sent:?}"
+    );
+    assert!(sent.detail.get("possible_duplicate").is_none(), "{sent:?}");
+}
+
+#[tokio::test]
 async fn an_opted_out_number_is_suppressed_and_never_texted_again() {
     let h = harness("sqlite").await;
     let (_sb, d) = with_twilio(&h).await;

@@ -271,10 +271,13 @@ async fn every_request_the_host_sends_is_valid_against_twilios_openapi_file() {
     c.list_messages("+13125550120", "+13125550100", ml_connector_tests::morning())
         .await
         .unwrap();
+    let listed = c.list_calls("+13125550140", "+13125550100").await.unwrap();
+    assert_eq!(listed.len(), 1, "the call placed above, read back: {listed:?}");
+    assert!(listed[0].sid.starts_with("CA") && listed[0].created_at.is_some(), "{listed:?}");
     let sent = sb.raw_requests();
-    assert_eq!(sent.len(), 3);
+    assert_eq!(sent.len(), 4);
     let verdicts = judge(&sent);
-    assert_eq!(verdicts, ["ok", "ok", "ok"], "{sent:#?}");
+    assert_eq!(verdicts, ["ok", "ok", "ok", "ok"], "{sent:#?}");
     // The validator is not a rubber stamp: a request without `To` is invalid.
     let mut bad = sent[0].clone();
     bad.body = "From=%2B13125550100&Body=hello".into();

@@ -88,6 +88,53 @@ pub fn retry_delay(attempt: u32, retry_after: Option<Duration>, jitter: f64) -> 
     retry_after.map_or(jittered, |r| jittered.max(r))
 }
 
+/// A call in Twilio's list of calls to one number from one number (newest first).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListedCall {
+    pub sid: String,
+    /// `date_created`, Unix seconds; `None` when Twilio's date could not be read.
+    pub created_at: Option<i64>,
+}
+
+/// What Twilio's call list says about a call whose create had an unknown outcome.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallReconciliation {
+    /// No call there could be this one: it was not placed, and placing it now is no duplicate.
+    NotPlaced,
+    /// A call there may be this one; a call carries no id of ours to tell, so it is not
+    /// placed again and stays visibly unknown.
+    Unproven { why: String },
+}
+
+/// Reconcile an unknown call against `listed`, the calls to its number from its number, one
+/// page of `page_size`. A call created before `since` (the job's creation, less clock skew)
+/// is not this one; nor is a call another delivery of ours already holds (`known` sids).
+/// Anything else may be this one. Deciding "not placed" wrongly would call a person twice,
+/// so every doubt (an unreadable date, a full page that may hide more) is "unproven".
+pub fn reconcile_call(listed: &[ListedCall], page_size: usize, known: &[String], since: i64) -> CallReconciliation {
+    let maybe_ours: Vec<&str> = listed
+        .iter()
+        .filter(|c| c.created_at.is_none_or(|t| t >= since) && !known.contains(&c.sid))
+        .map(|c| c.sid.as_str())
+        .collect();
+    if !maybe_ours.is_empty() {
+        return CallReconciliation::Unproven {
+            why: format!(
+                "Twilio lists {} call(s) to this number since the job was queued that no delivery of ours accounts for: {}",
+                maybe_ours.len(),
+                maybe_ours.join(", ")
+            ),
+        };
+    }
+    let oldest_listed = listed.iter().filter_map(|c| c.created_at).min();
+    if listed.len() >= page_size && oldest_listed.is_none_or(|t| t >= since) {
+        return CallReconciliation::Unproven {
+            why: format!("Twilio's list holds more than one page ({page_size}) of calls to this number since the job was queued"),
+        };
+    }
+    CallReconciliation::NotPlaced
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -186,6 +233,45 @@ mod tests {
                 "{attempt} {ra:?} {jitter}: {:?}",
                 retry_delay(attempt, ra, jitter)
             );
+        }
+    }
+
+    #[test]
+    fn call_reconciliation_table() {
+        let call = |sid: &str, at: Option<i64>| ListedCall {
+            sid: sid.into(),
+            created_at: at,
+        };
+        let known = vec!["CA-other".to_string()];
+        let since = 1_000;
+        let not_placed = CallReconciliation::NotPlaced;
+        let cases: Vec<(&str, Vec<ListedCall>, usize, bool)> = vec![
+            ("no call at all", vec![], 1000, true),
+            ("only calls from before the job", vec![call("CA-old", Some(999))], 1000, true),
+            ("only another delivery's call", vec![call("CA-other", Some(1_500))], 1000, true),
+            ("an unaccounted call since the job", vec![call("CA-x", Some(1_000))], 1000, false),
+            ("an unreadable date may be ours", vec![call("CA-x", None)], 1000, false),
+            (
+                "a full page of ours that may hide more",
+                vec![call("CA-other", Some(1_500)), call("CA-other", Some(1_200))],
+                2,
+                false,
+            ),
+            (
+                "a full page reaching back before the job",
+                vec![call("CA-other", Some(1_500)), call("CA-old", Some(900))],
+                2,
+                true,
+            ),
+        ];
+        for (name, listed, page, placed_not) in cases {
+            let got = reconcile_call(&listed, page, &known, since);
+            assert_eq!(got == not_placed, placed_not, "{name}: {got:?}");
+            if let CallReconciliation::Unproven { why } = &got
+                && listed.iter().any(|c| c.sid == "CA-x")
+            {
+                assert!(why.contains("CA-x"), "{name}: the unaccounted call is named: {why}");
+            }
         }
     }
 }
