@@ -233,8 +233,9 @@ async fn three_hosts_share_the_work_and_survive_one_killed_mid_burst() {
             *attempt > 1 && !worker.starts_with(&format!("{victim_pid}-")),
             "job {id} of the dead host was taken over by another: {after:?}"
         );
-        // A message is reconciled against Twilio's list (sent, or sent now); a call cannot be
-        // matched up and its callbacks went to the dead host, so it ends visibly unknown.
+        // Each is reconciled against Twilio's lists (its callbacks went to the dead host): a
+        // message found is done, one not found is sent now; a call is placed now when no
+        // listed call can be it, else (a call answered but not committed) visibly unknown.
         let is_call = key.contains("/voice/");
         assert!(
             state == "done" || (is_call && state == "unknown"),
