@@ -158,19 +158,8 @@ impl TwilioClient {
     /// `DateSent>` as a date-time, so an RFC 3339 instant is sent, not a bare date.)
     pub async fn list_messages(&self, to: &str, from: &str, since: chrono::DateTime<chrono::Utc>) -> Result<Vec<ListedMessage>, String> {
         let date = since.format("%Y-%m-%dT%H:%M:%SZ").to_string();
-        let resp = self
-            .http
-            .get(self.url("Messages.json"))
-            .basic_auth(&self.cfg.api_key_sid, Some(self.cfg.api_key_secret.expose()))
-            .query(&[("To", to), ("From", from), ("DateSent>", date.as_str()), ("PageSize", "1000")])
-            .send()
-            .await
-            .map_err(|e| format!("no answer from Twilio: {e}"))?;
-        let status = resp.status();
-        let v: Value = resp.json().await.map_err(|e| format!("Twilio's message list is not JSON: {e}"))?;
-        if !status.is_success() {
-            return Err(format!("Twilio answered {status}: {}", v["message"].as_str().unwrap_or("")));
-        }
+        let query = [("To", to), ("From", from), ("DateSent>", date.as_str()), ("PageSize", "1000")];
+        let v = self.read_list("Messages.json", &query).await?;
         let s = |m: &Value, k: &str| m[k].as_str().unwrap_or("").to_string();
         Ok(v["messages"]
             .as_array()
@@ -193,19 +182,9 @@ impl TwilioClient {
     /// which a call still queued does not have yet, so the dates are compared here.
     pub async fn list_calls(&self, to: &str, from: &str) -> Result<Vec<ListedCall>, String> {
         let page = CALL_LIST_PAGE.to_string();
-        let resp = self
-            .http
-            .get(self.url("Calls.json"))
-            .basic_auth(&self.cfg.api_key_sid, Some(self.cfg.api_key_secret.expose()))
-            .query(&[("To", to), ("From", from), ("PageSize", page.as_str())])
-            .send()
-            .await
-            .map_err(|e| format!("no answer from Twilio: {e}"))?;
-        let status = resp.status();
-        let v: Value = resp.json().await.map_err(|e| format!("Twilio's call list is not JSON: {e}"))?;
-        if !status.is_success() {
-            return Err(format!("Twilio answered {status}: {}", v["message"].as_str().unwrap_or("")));
-        }
+        let v = self
+            .read_list("Calls.json", &[("To", to), ("From", from), ("PageSize", page.as_str())])
+            .await?;
         Ok(v["calls"]
             .as_array()
             .map(|cs| {
@@ -220,6 +199,24 @@ impl TwilioClient {
                     .collect()
             })
             .unwrap_or_default())
+    }
+
+    /// One page of a list resource (`Messages.json`, `Calls.json`) as JSON, or why not.
+    async fn read_list(&self, file: &str, query: &[(&str, &str)]) -> Result<Value, String> {
+        let resp = self
+            .http
+            .get(self.url(file))
+            .basic_auth(&self.cfg.api_key_sid, Some(self.cfg.api_key_secret.expose()))
+            .query(query)
+            .send()
+            .await
+            .map_err(|e| format!("no answer from Twilio: {e}"))?;
+        let status = resp.status();
+        let v: Value = resp.json().await.map_err(|e| format!("Twilio's {file} list is not JSON: {e}"))?;
+        if !status.is_success() {
+            return Err(format!("Twilio answered {status}: {}", v["message"].as_str().unwrap_or("")));
+        }
+        Ok(v)
     }
 
     /// One page of one message from the account's list: proves the API key opens this
