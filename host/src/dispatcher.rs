@@ -582,20 +582,22 @@ impl Dispatcher {
                                 CallReconciliation::Unproven { why } => Some(why),
                             }
                         }
-                        // The list may read next time: a blip should not settle the call.
-                        Err(e) if job.attempt < MAX_ATTEMPTS => {
-                            let run_at = self.retry_at(job, None);
+                        Err(e) => {
                             let why = format!("Twilio's call list could not be read: {e}");
-                            return self
-                                .finish(
-                                    job,
-                                    JobEnd::Retry { run_at, reconcile: true },
-                                    "outcome_unknown",
-                                    json!({"to": to, "channel": "voice", "why": why, "retry_at": run_at.to_rfc3339()}),
-                                )
-                                .await;
+                            // The list may read next time: a blip should not settle the call.
+                            if job.attempt < MAX_ATTEMPTS {
+                                let run_at = self.retry_at(job, None);
+                                return self
+                                    .finish(
+                                        job,
+                                        JobEnd::Retry { run_at, reconcile: true },
+                                        "outcome_unknown",
+                                        json!({"to": to, "channel": "voice", "why": why, "retry_at": run_at.to_rfc3339()}),
+                                    )
+                                    .await;
+                            }
+                            Some(why)
                         }
-                        Err(e) => Some(format!("Twilio's call list could not be read: {e}")),
                     };
                     if let Some(why) = unproven {
                         return self
