@@ -7,6 +7,10 @@
 //! mode, so every commit survives SIGKILL of the host (see ARCHITECTURE.md).
 //!
 //!     cargo bench -p ml-connector --bench dispatch
+//!
+//! `DISPATCH_BENCH_QUEUE_ONLY=1` stops after queueing; `DISPATCH_BENCH_PHASES=1` queues every
+//! alert first and only then starts the dispatcher, timing the two halves apart (to see which
+//! half limits, and what running them together costs).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -31,6 +35,10 @@ const TENANTS: usize = 2;
 
 #[path = "support/mod.rs"]
 mod support;
+
+/// The allocator the host runs with (see `ml_connector::HostAllocator`).
+#[global_allocator]
+static ALLOCATOR: ml_connector::HostAllocator = ml_connector::HostAllocator;
 
 fn main() {
     ml_connector::init_tls();
@@ -156,7 +164,8 @@ async fn run() {
     // The dispatcher as `serve` runs it: one pipelined loop with its default batch and cap.
     let queue_only = std::env::var("DISPATCH_BENCH_QUEUE_ONLY").is_ok();
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let worker = (!queue_only).then(|| {
+    let phases = std::env::var("DISPATCH_BENCH_PHASES").is_ok();
+    let worker = (!queue_only && !phases).then(|| {
         let d = dispatcher.clone();
         tokio::spawn(async move { d.run(stopped).await })
     });
@@ -175,6 +184,11 @@ async fn run() {
         );
         return;
     }
+    let dispatch_started = Instant::now();
+    let worker = worker.or_else(|| {
+        let (d, stopped) = (dispatcher.clone(), stop.subscribe());
+        Some(tokio::spawn(async move { d.run(stopped).await }))
+    });
     // Counting done jobs scans the table, which would steal the host's CPU: first wait for
     // the stand-in (its own process) to have created them all, then for their commits.
     let http = reqwest::Client::new();
@@ -203,6 +217,15 @@ async fn run() {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     let elapsed = started.elapsed();
+    if phases {
+        let dispatched = dispatch_started.elapsed().as_secs_f64();
+        println!(
+            "phases: queued in {:.2} s ({:.0}/s), then dispatched in {dispatched:.2} s ({:.0}/s)",
+            enqueued.as_secs_f64(),
+            due as f64 / enqueued.as_secs_f64(),
+            due as f64 / dispatched
+        );
+    }
     let _ = stop.send(true);
     if let Some(w) = worker {
         w.await.unwrap();

@@ -46,6 +46,10 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// The allocator the host runs with (see `ml_connector::HostAllocator`).
+#[global_allocator]
+static ALLOCATOR: ml_connector::HostAllocator = ml_connector::HostAllocator;
+
 fn main() {
     ml_connector::init_tls();
     // Without a PostgreSQL URL: the same measurement with one host on SQLite, for comparison.

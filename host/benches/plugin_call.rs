@@ -119,6 +119,10 @@ fn native(a: &AlertInput) -> Vec<Routed> {
         .collect()
 }
 
+/// The allocator the host runs with (see `ml_connector::HostAllocator`).
+#[global_allocator]
+static ALLOCATOR: ml_connector::HostAllocator = ml_connector::HostAllocator;
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     let cache = std::env::temp_dir().join(format!("mlc-bench-cache-{}", std::process::id()));

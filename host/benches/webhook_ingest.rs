@@ -31,6 +31,10 @@ const CONNECTIONS: usize = 32;
 const TOKEN: &str = "bench0auth0token00000000000000ff";
 const PHASE: Duration = Duration::from_secs(6);
 
+/// The allocator the host runs with (see `ml_connector::HostAllocator`).
+#[global_allocator]
+static ALLOCATOR: ml_connector::HostAllocator = ml_connector::HostAllocator;
+
 fn main() {
     ml_connector::init_tls();
     if let Ok(spec) = std::env::var("WEBHOOK_INGEST_LOADGEN") {

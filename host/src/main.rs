@@ -2,6 +2,10 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+/// The allocator the host runs with (see `ml_connector::HostAllocator`).
+#[global_allocator]
+static ALLOCATOR: ml_connector::HostAllocator = ml_connector::HostAllocator;
+
 fn main() -> ExitCode {
     // `--config FILE`: its values become the environment variables not already set, before
     // anything else runs (no other thread exists yet), so the environment wins over the file.
