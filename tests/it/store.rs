@@ -1,5 +1,6 @@
 //! The store on each engine: the append-only audit trail, sealed credentials that cannot be
-//! swapped, no secret in clear anywhere in the SQLite file or its WAL, key rotation.
+//! swapped, no secret in clear anywhere in the SQLite file or its WAL, key rotation, the WAL
+//! checkpointed off the writer.
 
 use ml_connector::poller::{SECRET_QAD_PASSWORD, SECRET_QAD_USER};
 use ml_connector::secrets::{Keyring, SecretString, generate_master_key};
@@ -151,5 +152,37 @@ async fn migrations_are_idempotent_and_tenants_unique() {
                 .map(|s| s.0)
                 .collect();
         assert_eq!(set, [SECRET_QAD_PASSWORD, SECRET_QAD_USER]);
+    }
+}
+
+#[tokio::test]
+async fn the_wal_is_checkpointed_beside_the_writer_without_a_commit_crossing_a_threshold() {
+    let h = harness("sqlite").await;
+    let path = h.db.sqlite_path().unwrap();
+    let before = std::fs::metadata(&path).unwrap().len();
+    // About 1.6 MB in 40 commits: far below SQLite's in-line threshold (1,000 pages) and the
+    // host's backstop (16,384), so only the background checkpointer moves it into the file.
+    for n in 0..40 {
+        let entries: Vec<NewAudit> = (0..10)
+            .map(|i| NewAudit {
+                kind: "supplier_invoice".into(),
+                record_key: format!("SI-{n}-{i}"),
+                event: "note".into(),
+                detail: json!({"text": format!("{n}-{i}-").repeat(400)}),
+            })
+            .collect();
+        h.db.store.append_audit(&h.tenant.id, &entries, morning()).await.unwrap();
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let grown = std::fs::metadata(&path).unwrap().len() - before;
+        if grown > 1_000_000 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the database file grew by {grown} bytes only: the WAL was not checkpointed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
