@@ -25,7 +25,7 @@ pub mod webhooks;
 
 /// The allocator every binary of the project declares (`#[global_allocator]`): the host's
 /// hot paths allocate and free small buffers across threads, where glibc's malloc spent
-/// about a quarter of the dispatch path's CPU (perf, `benches/dispatch.rs`).
+/// about a fifth of the dispatch path's CPU (perf, `benches/dispatch.rs`).
 pub use mimalloc::MiMalloc as HostAllocator;
 
 /// TLS through rustls on ring: installed once per process before any HTTP client is built.
