@@ -7,6 +7,9 @@ fn main() {
         .expect("workspace root")
         .to_path_buf();
     println!("cargo:rerun-if-changed={}", root.join("wit").display());
+    // `sqlx::migrate!` embeds migrations/ at compile time but on stable Rust cannot tell cargo
+    // it read them: without this a new migration is missing from an incremental build.
+    println!("cargo:rerun-if-changed={}", root.join("migrations").display());
     build_wasm::build(
         &root.join("plugins"),
         &root.join("target/wasm-plugins"),
