@@ -195,6 +195,7 @@ impl Dispatcher {
             }
         };
         for job in jobs {
+            let job = Arc::new(job);
             let d = self.clone();
             let opted_out = opted_out.clone();
             let holding = Holding::new(held, &job);
@@ -307,15 +308,15 @@ impl Dispatcher {
         watcher.abort();
     }
 
-    async fn finish(&self, job: &Job, end: JobEnd, event: &str, detail: Value) -> Result<(), StoreError> {
+    async fn finish(&self, job: &Arc<Job>, end: JobEnd, event: &str, detail: Value) -> Result<(), StoreError> {
         self.finish_with(job, end, event, detail, None).await
     }
 
-    async fn finish_sent(&self, job: &Job, detail: Value, sent: &Sent) -> Result<(), StoreError> {
+    async fn finish_sent(&self, job: &Arc<Job>, detail: Value, sent: &Sent) -> Result<(), StoreError> {
         self.finish_with(job, JobEnd::Done, "sent", detail, Some(sent)).await
     }
 
-    async fn finish_with(&self, job: &Job, end: JobEnd, event: &str, detail: Value, sent: Option<&Sent>) -> Result<(), StoreError> {
+    async fn finish_with(&self, job: &Arc<Job>, end: JobEnd, event: &str, detail: Value, sent: Option<&Sent>) -> Result<(), StoreError> {
         let now = self.clock.now();
         let finish = Finish::of(job, &end, event, &detail, sent);
         if !self.finisher().submit(finish).await.map_err(StoreError::GroupCommit)? {
@@ -348,7 +349,7 @@ impl Dispatcher {
 
     /// A QAD write-back: a comment on the record, or an approval decision. Transient QAD
     /// failures are retried with back-off; a refusal (`success:false`) is recorded, not retried.
-    async fn process_qad(&self, job: &Job) -> Result<(), StoreError> {
+    async fn process_qad(&self, job: &Arc<Job>) -> Result<(), StoreError> {
         let tenant = self.store.tenant(&job.tenant).await?;
         let client = match crate::poller::qad_client(&self.store, &self.keys, &self.http, crate::qad::RetryPolicy::default(), &tenant).await
         {
@@ -474,7 +475,7 @@ impl Dispatcher {
 
     async fn process(
         &self,
-        job: &Job,
+        job: &Arc<Job>,
         opted_out: &HashSet<(String, String)>,
         twilio_slot: Option<tokio::sync::OwnedSemaphorePermit>,
     ) -> Result<(), StoreError> {

@@ -130,6 +130,20 @@ macro_rules! on_pool {
     };
 }
 
+/// Run `$body` with `$pool` bound to the pool that writes: SQLite's one writer connection, or
+/// PostgreSQL's pool. For a single statement, atomic on its own.
+macro_rules! on_writer {
+    ($store:expr, $pool:ident => $body:expr) => {
+        match &$store.backend {
+            Backend::Sqlite(pool) => {
+                let $pool = $store.sqlite_writer.as_ref().unwrap_or(pool);
+                $body
+            }
+            Backend::Postgres($pool) => $body,
+        }
+    };
+}
+
 /// Run `$body` in a transaction bound to `$tx`, committed when the body succeeds. SQLite
 /// takes the write lock up front (`BEGIN IMMEDIATE`) so two writers never deadlock on upgrade.
 macro_rules! in_tx {
@@ -407,7 +421,12 @@ impl Store {
                 .foreign_keys(true)
                 // Checkpoints run beside the writer (`checkpointer`); a commit checkpoints in
                 // line only as a backstop, once the WAL holds 64 MiB.
-                .pragma("wal_autocheckpoint", WAL_BACKSTOP_PAGES.to_string());
+                .pragma("wal_autocheckpoint", WAL_BACKSTOP_PAGES.to_string())
+                // A statement of many rows inside a transaction keeps a journal of its own (to
+                // undo it alone); past 64 KiB SQLite spilled it to a temporary file, created,
+                // written and deleted on nearly every commit of attempts' ends. In memory, it
+                // is undone the same way and lost with the process, as it would be anyway.
+                .pragma("temp_store", "memory");
             let pool = SqlitePoolOptions::new().max_connections(8).connect_with(opts.clone()).await?;
             // Transactions go through one connection: SQLite has one writer anyway, and a
             // connection that alone writes keeps its page cache (another connection's commit
@@ -816,10 +835,12 @@ impl Store {
              WHERE id IN ({select})
              RETURNING id, job_key, tenant_id, kind, record_kind, record_key, episode, payload, attempt, reconcile, created_at"
         );
-        let rows = in_tx!(self, tx => {
+        // One statement, so atomic without a transaction around it: it takes SQLite's write
+        // lock as it starts (as `BEGIN IMMEDIATE` would) and saves the writer two round trips.
+        let rows = on_writer!(self, pool => {
             sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
                 .bind(millis(now)).bind(millis(now + lease)).bind(worker).bind(limit)
-                .fetch_all(&mut *tx).await?
+                .fetch_all(pool).await?
                 .into_iter()
                 .map(|r| Job {
                     id: r.get(0), key: r.get(1), tenant: r.get(2), kind: r.get(3), record_kind: r.get(4), record_key: r.get(5),
@@ -848,7 +869,7 @@ impl Store {
         sent: Option<&Sent>,
         now: DateTime<Utc>,
     ) -> Result<bool> {
-        let finish = Finish::of(job, end, event, detail, sent);
+        let finish = Finish::of(&Arc::new(job.clone()), end, event, detail, sent);
         Ok(self.finish_sends(&[finish], now).await?.first().copied().unwrap_or(false))
     }
 

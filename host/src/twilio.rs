@@ -88,6 +88,16 @@ impl Call {
     }
 }
 
+/// What a create's answer says that matters here (the resource's other fields are not read,
+/// so not built): its sid when accepted, Twilio's error code and message when not.
+#[derive(Debug, Default, serde::Deserialize)]
+struct CreateAnswer {
+    sid: Option<String>,
+    /// A number in Twilio's errors; kept loose so an odd answer cannot hide the sid.
+    code: Option<Value>,
+    message: Option<String>,
+}
+
 fn retry_after(resp: &reqwest::Response) -> Option<Duration> {
     resp.headers()
         .get("retry-after")?
@@ -138,11 +148,10 @@ impl TwilioClient {
         };
         let status = resp.status().as_u16();
         let after = retry_after(&resp);
-        let v: Value = resp.json().await.unwrap_or(Value::Null);
-        let code = v["code"].as_u64().map(|c| c as u32);
-        let message = v["message"].as_str().unwrap_or("").to_string();
+        let answer: CreateAnswer = resp.json().await.unwrap_or_default();
+        let code = answer.code.as_ref().and_then(Value::as_u64).map(|c| c as u32);
         crate::metrics::twilio_answered(status, code);
-        dispatch::classify(status, code, &message, v["sid"].as_str(), after)
+        dispatch::classify(status, code, answer.message.as_deref().unwrap_or(""), answer.sid.as_deref(), after)
     }
 
     pub async fn send_sms(&self, sms: &Sms) -> SendOutcome {

@@ -187,21 +187,21 @@ async fn batches_keep_each_records_and_each_attempts_own_outcome() {
         };
         let ends = [
             Finish {
-                job: po1,
+                job: po1.into(),
                 end: JobEnd::Done,
                 event: "sent".into(),
                 detail: json!({}),
                 sent: None,
             },
             Finish {
-                job: by_key("PO2"),
+                job: by_key("PO2").into(),
                 end: JobEnd::Done,
                 event: "sent".into(),
                 detail: json!({"sid": "SM2"}),
                 sent: Some(sent),
             },
             Finish {
-                job: by_key("PO3"),
+                job: by_key("PO3").into(),
                 end: JobEnd::Retry {
                     run_at: later + Duration::seconds(5),
                     reconcile: false,

@@ -3,7 +3,9 @@
 //! whole or not at all, with the rest of its batch), and a batch of one is the single case:
 //! `apply` and `finish_send` are these with one item, so there is one code path.
 
+use std::borrow::Cow;
 use std::collections::HashSet;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
@@ -18,7 +20,8 @@ const ROWS_PER_STATEMENT: usize = 1000;
 /// How one attempt of a job ended, as [`Store::finish_sends`] records it.
 #[derive(Debug, Clone)]
 pub struct Finish {
-    pub job: Job,
+    /// Shared with the worker that ran the attempt, not copied: a job carries its payload.
+    pub job: Arc<Job>,
     pub end: JobEnd,
     pub event: String,
     pub detail: Value,
@@ -27,7 +30,7 @@ pub struct Finish {
 }
 
 impl Finish {
-    pub fn of(job: &Job, end: &JobEnd, event: &str, detail: &Value, sent: Option<&Sent>) -> Self {
+    pub fn of(job: &Arc<Job>, end: &JobEnd, event: &str, detail: &Value, sent: Option<&Sent>) -> Self {
         Finish {
             job: job.clone(),
             end: end.clone(),
@@ -45,7 +48,7 @@ struct AuditRow<'a> {
     key: &'a str,
     episode: Option<i64>,
     event: &'a str,
-    detail: String,
+    detail: Cow<'a, str>,
 }
 
 /// Append audit rows in order (ids follow the order given), many per statement.
@@ -60,7 +63,7 @@ macro_rules! insert_audit_rows {
                     .push_bind(r.episode)
                     .push_bind($at)
                     .push_bind(r.event)
-                    .push_bind(r.detail.as_str());
+                    .push_bind(r.detail.as_ref());
             });
             q.build().execute(&mut *$tx).await?;
         }
@@ -153,7 +156,7 @@ impl Store {
                         key: c.record_key.as_str(),
                         episode: *episode,
                         event: event.as_str(),
-                        detail: detail.to_string(),
+                        detail: detail.to_string().into(),
                     })
                 })
                 .collect();
@@ -199,7 +202,7 @@ impl Store {
                     key: c.record_key.as_str(),
                     episode: Some(j.episode),
                     event: "queued",
-                    detail: json!({"job": j.key, "due": j.run_at.to_rfc3339()}).to_string(),
+                    detail: json!({"job": j.key, "due": j.run_at.to_rfc3339()}).to_string().into(),
                 })
                 .collect();
             insert_audit_rows!(tx, queued, at);
@@ -227,6 +230,19 @@ impl Store {
             })
             .collect();
         let outcomes: Vec<String> = batch.iter().map(|f| f.detail.to_string()).collect();
+        // Each attempt's audit entry, written out before the write lock is taken: the one
+        // writer is what every commit waits for, so it is held only for SQL.
+        let audit_details: Vec<String> = batch
+            .iter()
+            .map(|f| {
+                let mut d = f.detail.clone();
+                if let Value::Object(m) = &mut d {
+                    m.insert("job".into(), Value::String(f.job.key.clone()));
+                    m.insert("attempt".into(), Value::from(f.job.attempt));
+                }
+                d.to_string()
+            })
+            .collect();
         let updated: HashSet<i64> = in_tx!(self, tx => {
             let mut updated = HashSet::new();
             let rows: Vec<usize> = (0..batch.len()).collect();
@@ -250,27 +266,25 @@ impl Store {
             }
             // Each attempt that ended once: a repeat of the same attempt in one batch is not.
             let mut first = HashSet::new();
-            let ended: Vec<&Finish> = batch.iter().filter(|f| updated.contains(&f.job.id) && first.insert(f.job.id)).collect();
+            let ended: Vec<(&Finish, &str)> = batch
+                .iter()
+                .zip(&audit_details)
+                .filter(|(f, _)| updated.contains(&f.job.id) && first.insert(f.job.id))
+                .map(|(f, d)| (f, d.as_str()))
+                .collect();
             let audit: Vec<AuditRow<'_>> = ended
                 .iter()
-                .map(|f| {
-                    let mut d = f.detail.clone();
-                    if let Value::Object(m) = &mut d {
-                        m.insert("job".into(), Value::String(f.job.key.clone()));
-                        m.insert("attempt".into(), Value::from(f.job.attempt));
-                    }
-                    AuditRow {
-                        tenant: &f.job.tenant,
-                        kind: &f.job.record_kind,
-                        key: &f.job.record_key,
-                        episode: Some(f.job.episode),
-                        event: &f.event,
-                        detail: d.to_string(),
-                    }
+                .map(|(f, detail)| AuditRow {
+                    tenant: &f.job.tenant,
+                    kind: &f.job.record_kind,
+                    key: &f.job.record_key,
+                    episode: Some(f.job.episode),
+                    event: &f.event,
+                    detail: Cow::Borrowed(*detail),
                 })
                 .collect();
             insert_audit_rows!(tx, audit, at);
-            let sent: Vec<(&Job, &Sent)> = ended.iter().filter_map(|f| f.sent.as_ref().map(|s| (&f.job, s))).collect();
+            let sent: Vec<(&Job, &Sent)> = ended.iter().filter_map(|(f, _)| f.sent.as_ref().map(|s| (&*f.job, s))).collect();
             for chunk in sent.chunks(ROWS_PER_STATEMENT) {
                 let mut q = QueryBuilder::new("INSERT INTO deliveries (job_id, tenant_id, sid, channel, to_phone, from_phone, sent_at, updated_at) ");
                 q.push_values(chunk, |mut b, (job, s)| {
