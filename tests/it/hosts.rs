@@ -24,11 +24,12 @@ async fn three_hosts_share_the_work_and_survive_one_killed_mid_burst() {
     let qad = Qad::start().await;
     let twilio = TwilioSandbox::new(TwilioSandboxConfig::default());
     // Twilio takes a while to answer, so hosts have sends in flight when one dies.
-    twilio.set_faults(TwilioFaults {
+    let faults = TwilioFaults {
         duplicate_callbacks_share: 0.2,
         latency_ms: 400,
         ..TwilioFaults::default()
-    });
+    };
+    twilio.set_faults(faults.clone());
     let (twilio_base, _t) = twilio.clone().spawn("127.0.0.1:0".parse().unwrap()).await.unwrap();
     let db = fresh_db("postgres").await;
     let key = generate_master_key();
@@ -65,10 +66,20 @@ async fn three_hosts_share_the_work_and_survive_one_killed_mid_burst() {
     }
 
     // Mid-burst, a host dies without a word: one that is polling a tenant and has sends in
-    // flight (its worker ids and lease holder name start with its pid).
+    // flight (its worker ids and lease holder name start with its pid). Once the burst is
+    // under way Twilio stops answering until the kill, so every send a host has started is
+    // still in flight when it dies, however slow this machine is.
     let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
     let pids: Vec<u32> = hosts.iter().map(|h| h.id().unwrap()).collect();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    while twilio.stats().messages_created < 10 {
+        assert!(tokio::time::Instant::now() < deadline, "the burst never started");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    twilio.set_faults(TwilioFaults {
+        hold_creates: true,
+        ..faults.clone()
+    });
     let (victim, victim_tenant) = loop {
         assert!(
             tokio::time::Instant::now() < deadline,
@@ -81,21 +92,19 @@ async fn three_hosts_share_the_work_and_survive_one_killed_mid_burst() {
             .into_iter()
             .map(|r| (r.get(0), r.get(1)))
             .collect();
-        // Claimed in the last 150 ms: its answer is still at least 250 ms away.
-        let recent = chrono::Utc::now().timestamp_millis() - 150;
-        let sending: Vec<String> =
-            sqlx::query("SELECT DISTINCT worker FROM jobs WHERE kind = 'send' AND state = 'running' AND updated_at > $1")
-                .bind(recent)
-                .fetch_all(&pool)
-                .await
-                .unwrap()
-                .into_iter()
-                .map(|r| r.get::<Option<String>, _>(0).unwrap_or_default())
-                .collect();
+        let sending: Vec<String> = sqlx::query("SELECT DISTINCT worker FROM jobs WHERE kind = 'send' AND state = 'running'")
+            .fetch_all(&pool)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.get::<Option<String>, _>(0).unwrap_or_default())
+            .collect();
         let pid_of = |s: &str| s.split('-').next().and_then(|p| p.parse::<u32>().ok());
         let found = leases.iter().find_map(|(holder, tenant)| {
             let pid = pid_of(holder)?;
-            (sending.iter().any(|w| pid_of(w) == Some(pid)) && twilio.stats().messages_created >= 10)
+            sending
+                .iter()
+                .any(|w| pid_of(w) == Some(pid))
                 .then(|| (pids.iter().position(|p| *p == pid).unwrap(), tenant.clone()))
         });
         if let Some(f) = found {
@@ -114,6 +123,7 @@ async fn three_hosts_share_the_work_and_survive_one_killed_mid_burst() {
         .into_iter()
         .map(|r| r.get(0))
         .collect();
+    twilio.set_faults(faults);
 
     let store = &db.store;
     let settled = || async {
