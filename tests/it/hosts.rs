@@ -11,6 +11,17 @@ use ml_connector::twilio_sandbox::{TwilioFaults, TwilioSandbox, TwilioSandboxCon
 use ml_connector_tests::{Qad, binary, engines, fresh_db};
 use sqlx::Row;
 
+/// One nullable text column of a query, NULL read as "".
+async fn strings(pool: &sqlx::PgPool, sql: &'static str) -> Vec<String> {
+    sqlx::query(sql)
+        .fetch_all(pool)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.get::<Option<String>, _>(0).unwrap_or_default())
+        .collect()
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
@@ -23,7 +34,7 @@ async fn three_hosts_share_the_work_and_survive_one_killed_mid_burst() {
     }
     let qad = Qad::start().await;
     let twilio = TwilioSandbox::new(TwilioSandboxConfig::default());
-    // Twilio takes a while to answer, so hosts have sends in flight when one dies.
+    // Twilio takes a while to answer and sends some callbacks twice, as it does.
     let faults = TwilioFaults {
         duplicate_callbacks_share: 0.2,
         latency_ms: 400,
@@ -92,13 +103,7 @@ async fn three_hosts_share_the_work_and_survive_one_killed_mid_burst() {
             .into_iter()
             .map(|r| (r.get(0), r.get(1)))
             .collect();
-        let sending: Vec<String> = sqlx::query("SELECT DISTINCT worker FROM jobs WHERE kind = 'send' AND state = 'running'")
-            .fetch_all(&pool)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|r| r.get::<Option<String>, _>(0).unwrap_or_default())
-            .collect();
+        let sending = strings(&pool, "SELECT DISTINCT worker FROM jobs WHERE kind = 'send' AND state = 'running'").await;
         let pid_of = |s: &str| s.split('-').next().and_then(|p| p.parse::<u32>().ok());
         let found = leases.iter().find_map(|(holder, tenant)| {
             let pid = pid_of(holder)?;
@@ -192,13 +197,7 @@ async fn three_hosts_share_the_work_and_survive_one_killed_mid_burst() {
     // Every webhook once: each callback a host answered 2xx is stored, and nothing twice
     // (a duplicate shares its original's idempotency token).
     let played = twilio.callbacks();
-    let stored: Vec<String> = sqlx::query("SELECT idempotency_token FROM webhook_events WHERE kind LIKE '%status%'")
-        .fetch_all(&pool)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|r| r.get::<Option<String>, _>(0).unwrap_or_default())
-        .collect();
+    let stored = strings(&pool, "SELECT idempotency_token FROM webhook_events WHERE kind LIKE '%status%'").await;
     let distinct: BTreeSet<&String> = stored.iter().collect();
     assert_eq!(distinct.len(), stored.len(), "a callback stored twice");
     assert!(stored.len() > 100, "a burst of callbacks: {}", stored.len());
