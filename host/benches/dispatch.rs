@@ -102,6 +102,7 @@ async fn run() {
         dispatcher.per_tenant_concurrency = n;
     }
 
+    let written_before = storage_written();
     let started = Instant::now();
     // Producers: one per tenant, as a poll cycle decides records one after another.
     let mut producers = Vec::new();
@@ -226,6 +227,7 @@ async fn run() {
             due as f64 / dispatched
         );
     }
+    let written = storage_written().zip(written_before).map(|(after, before)| after - before);
     let _ = stop.send(true);
     if let Some(w) = worker {
         w.await.unwrap();
@@ -260,6 +262,13 @@ async fn run() {
         route_time.as_secs_f64() * 1e6 / due as f64,
         enqueued.as_secs_f64()
     );
+    if let Some(bytes) = written {
+        // Steadier than the rate on a noisy machine: what the store wrote (WAL, checkpoints).
+        println!(
+            "  the host wrote {:.1} KiB to storage per alert",
+            bytes as f64 / 1024.0 / due as f64
+        );
+    }
     println!(
         "  the stand-in created {} messages and {} calls; {failed} jobs not done",
         stats["messages_created"], stats["calls_created"]
@@ -271,4 +280,15 @@ async fn run() {
     );
     store.close().await;
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Bytes this process has caused to be written to storage so far (Linux `/proc/self/io`).
+fn storage_written() -> Option<u64> {
+    std::fs::read_to_string("/proc/self/io")
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("write_bytes: "))?
+        .trim()
+        .parse()
+        .ok()
 }
