@@ -576,7 +576,7 @@ impl Dispatcher {
                     let unproven = match client.list_calls(&to, &from).await {
                         Ok(listed) => {
                             let sids: Vec<String> = listed.iter().map(|c| c.sid.clone()).collect();
-                            let known = self.store.known_sids(&sids).await?;
+                            let known = self.store.known_call_sids(&sids).await?;
                             let since = (job.created_at - chrono::Duration::minutes(1)).timestamp();
                             match reconcile_call(&listed, CALL_LIST_PAGE, &known, since) {
                                 CallReconciliation::NotPlaced => None,

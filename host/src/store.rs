@@ -171,13 +171,15 @@ macro_rules! in_tx {
 macro_rules! insert_jobs {
     ($tx:ident, $tenant:expr, $kind:expr, $key:expr, $jobs:expr, $at:expr) => {
         for j in $jobs {
-            let added = sqlx::query(
-                "INSERT INTO jobs (job_key, tenant_id, kind, record_kind, record_key, episode, payload, state, run_at, created_at, updated_at, escalation_step)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, 'queued', $8, $9, $9, $10) ON CONFLICT (job_key) DO NOTHING",
+            let added: Option<i64> = sqlx::query_scalar(
+                "INSERT INTO jobs (job_key, tenant_id, kind, record_kind, record_key, episode, state, run_at, created_at, updated_at, escalation_step)
+                 VALUES ($1, $2, $3, $4, $5, $6, 'queued', $7, $8, $8, $9) ON CONFLICT (job_key) DO NOTHING RETURNING id",
             )
-            .bind(&j.key).bind($tenant).bind(&j.kind).bind($kind).bind($key).bind(j.episode).bind(j.payload.to_string())
-            .bind(millis(j.run_at)).bind($at).bind(j.escalation_step as i64).execute(&mut *$tx).await?.rows_affected();
-            if added == 1 {
+            .bind(&j.key).bind($tenant).bind(&j.kind).bind($kind).bind($key).bind(j.episode)
+            .bind(millis(j.run_at)).bind($at).bind(j.escalation_step as i64).fetch_optional(&mut *$tx).await?;
+            if let Some(id) = added {
+                sqlx::query("INSERT INTO job_payloads (job_id, payload) VALUES ($1, $2)")
+                    .bind(id).bind(j.payload.to_string()).execute(&mut *$tx).await?;
                 sqlx::query("INSERT INTO audit (tenant_id, kind, record_key, episode, at, event, detail) VALUES ($1, $2, $3, $4, $5, 'queued', $6)")
                     .bind($tenant).bind($kind).bind($key).bind(j.episode).bind($at)
                     .bind(serde_json::json!({"job": j.key, "due": j.run_at.to_rfc3339()}).to_string())
@@ -833,7 +835,8 @@ impl Store {
             "UPDATE jobs SET reconcile = CASE WHEN state = 'running' THEN TRUE ELSE reconcile END,
                  state = 'running', attempt = attempt + 1, lease_until = $2, worker = $3, updated_at = $1
              WHERE id IN ({select})
-             RETURNING id, job_key, tenant_id, kind, record_kind, record_key, episode, payload, attempt, reconcile, created_at"
+             RETURNING id, job_key, tenant_id, kind, record_kind, record_key, episode,
+                       (SELECT payload FROM job_payloads p WHERE p.job_id = jobs.id), attempt, reconcile, created_at"
         );
         // One statement, so atomic without a transaction around it: it takes SQLite's write
         // lock as it starts (as `BEGIN IMMEDIATE` would) and saves the writer two round trips.
@@ -844,7 +847,7 @@ impl Store {
                 .into_iter()
                 .map(|r| Job {
                     id: r.get(0), key: r.get(1), tenant: r.get(2), kind: r.get(3), record_kind: r.get(4), record_key: r.get(5),
-                    episode: r.get(6), payload: serde_json::from_str(&r.get::<String, _>(7)).unwrap_or(Value::Null),
+                    episode: r.get(6), payload: r.get::<Option<String>, _>(7).and_then(|p| serde_json::from_str(&p).ok()).unwrap_or(Value::Null),
                     attempt: r.get(8), reconcile: r.get(9), created_at: from_millis(r.get(10)),
                 })
                 .collect::<Vec<_>>()
@@ -898,27 +901,30 @@ impl Store {
 
     /// Which of `phones` opted out of the tenant's messages.
     pub async fn suppressed_among(&self, tenant: &str, phones: &[String]) -> Result<Vec<String>> {
-        self.present_among("suppressions", "phone", Some(tenant), phones).await
+        self.present_among("SELECT phone FROM suppressions WHERE tenant_id = ", Some(tenant), "phone", phones)
+            .await
     }
 
-    /// The Twilio sids among `sids` that a delivery already holds, whichever its tenant:
-    /// tenants may share a Twilio account, and a sid is unique across Twilio.
-    pub async fn known_sids(&self, sids: &[String]) -> Result<Vec<String>> {
-        self.present_among("deliveries", "sid", None, sids).await
+    /// The call sids among `sids` that a delivery already holds, whichever its tenant:
+    /// tenants may share a Twilio account, and a sid is unique across Twilio. (The channel
+    /// is a literal so both engines' planners take the partial index of call sids.)
+    pub async fn known_call_sids(&self, sids: &[String]) -> Result<Vec<String>> {
+        self.present_among("SELECT sid FROM deliveries WHERE channel = 'voice'", None, "sid", sids)
+            .await
     }
 
-    /// Which of `values` the rows of `table` (the tenant's, when given) hold in `column`
-    /// (both names are constants of this module, never input), read in chunks under the
-    /// bind limits.
-    async fn present_among(&self, table: &str, column: &str, tenant: Option<&str>, values: &[String]) -> Result<Vec<String>> {
+    /// Which of `values` the rows `select` reads hold in `column`: `select` ends where
+    /// a bound tenant goes (when given), and is a constant of this module, as is `column`,
+    /// never input. Read in chunks under the bind limits.
+    async fn present_among(&self, select: &'static str, tenant: Option<&str>, column: &str, values: &[String]) -> Result<Vec<String>> {
         let mut out = Vec::new();
         for chunk in values.chunks(500) {
             on_pool!(self, pool => {
-                let mut q = sqlx::QueryBuilder::new(format!("SELECT {column} FROM {table} WHERE "));
+                let mut q = sqlx::QueryBuilder::new(select);
                 if let Some(tenant) = tenant {
-                    q.push("tenant_id = ").push_bind(tenant).push(" AND ");
+                    q.push_bind(tenant);
                 }
-                q.push(format!("{column} IN ("));
+                q.push(format!(" AND {column} IN ("));
                 let mut list = q.separated(", ");
                 for v in chunk {
                     list.push_bind(v);

@@ -186,3 +186,104 @@ async fn the_wal_is_checkpointed_beside_the_writer_without_a_commit_crossing_a_t
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
+
+/// A store upgraded past migration 0009 (payloads moved out of `jobs`) with jobs already
+/// queued: each is still claimed with its own payload, and a job enqueued after the upgrade
+/// too. Nothing of the queue is lost by an upgrade.
+#[tokio::test]
+async fn jobs_queued_before_the_payloads_moved_keep_their_payloads() {
+    const BEFORE: i64 = 8;
+    for engine in engines() {
+        let dir = ml_connector_tests::TempDir::new("upgrade");
+        let url = match engine {
+            "sqlite" => format!("sqlite://{}", dir.0.join("old.db").display()),
+            _ => {
+                let base = std::env::var("ML_CONNECTOR_TEST_DATABASE_URL").unwrap();
+                let schema = format!("u_{}", uuid::Uuid::new_v4().simple());
+                let admin = ml_connector::store::Store::connect(&base).await.unwrap();
+                admin.execute_raw(&format!("CREATE SCHEMA {schema}")).await.unwrap();
+                admin.close().await;
+                let sep = if base.contains('?') { '&' } else { '?' };
+                format!("{base}{sep}options=-c%20search_path%3D{schema}")
+            }
+        };
+        // The database as the previous release left it: migrations up to 0008, two jobs queued.
+        let folder = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../migrations").join(engine);
+        let mut old = sqlx::migrate::Migrator::new(folder).await.unwrap();
+        old.migrations = old
+            .migrations
+            .iter()
+            .filter(|m| m.version <= BEFORE)
+            .cloned()
+            .collect::<Vec<_>>()
+            .into();
+        assert!(old.migrations.iter().any(|m| m.version == BEFORE), "{engine}: 0008 exists");
+        let insert =
+            "INSERT INTO jobs (job_key, tenant_id, kind, record_kind, record_key, episode, payload, state, run_at, created_at, updated_at)
+                      VALUES ($1, 't', 'send', 'supplier_invoice', $2, 1, $3, 'queued', 0, 0, 0)";
+        let queued = [("old-1", "SI-1", r#"{"n":1}"#), ("old-2", "SI-2", r#"{"n":2}"#)];
+        match engine {
+            "sqlite" => {
+                let opts: sqlx::sqlite::SqliteConnectOptions = url.parse().unwrap();
+                let pool = sqlx::SqlitePool::connect_with(opts.create_if_missing(true)).await.unwrap();
+                old.run(&pool).await.unwrap();
+                for (key, record, payload) in queued {
+                    sqlx::query(insert)
+                        .bind(key)
+                        .bind(record)
+                        .bind(payload)
+                        .execute(&pool)
+                        .await
+                        .unwrap();
+                }
+                pool.close().await;
+            }
+            _ => {
+                let pool = sqlx::PgPool::connect(&url).await.unwrap();
+                old.run(&pool).await.unwrap();
+                for (key, record, payload) in queued {
+                    sqlx::query(insert)
+                        .bind(key)
+                        .bind(record)
+                        .bind(payload)
+                        .execute(&pool)
+                        .await
+                        .unwrap();
+                }
+                pool.close().await;
+            }
+        }
+        // This release opens it and applies the rest.
+        let store = ml_connector::store::Store::connect(&url).await.unwrap();
+        store.migrate().await.unwrap();
+        let change = ml_connector::store::RecordChange {
+            kind: ml_connector::core::model::RecordKind::SupplierInvoice,
+            record_key: "SI-3".into(),
+            seen: None,
+            episode: ml_connector::store::EpisodeChange::None,
+            audit: vec![],
+            jobs: vec![ml_connector::store::NewJob {
+                key: "new-3".into(),
+                kind: "send".into(),
+                episode: 1,
+                payload: json!({"n": 3}),
+                run_at: morning() - chrono::Duration::hours(1),
+                escalation_step: 0,
+            }],
+        };
+        store.apply_batch("t", &[change], morning()).await.unwrap();
+        let claimed = store.claim_jobs("w", morning(), chrono::Duration::seconds(60), 10).await.unwrap();
+        let mut got: Vec<(String, serde_json::Value)> = claimed.into_iter().map(|j| (j.key, j.payload)).collect();
+        got.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(
+            got,
+            [
+                ("new-3".to_string(), json!({"n": 3})),
+                ("old-1".to_string(), json!({"n": 1})),
+                ("old-2".to_string(), json!({"n": 2}))
+            ],
+            "{engine}"
+        );
+        store.close().await;
+    }
+}

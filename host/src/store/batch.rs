@@ -4,7 +4,7 @@
 //! `apply` and `finish_send` are these with one item, so there is one code path.
 
 use std::borrow::Cow;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -178,25 +178,36 @@ impl Store {
             // The alerts: a job key seen before (in the store or earlier in the batch) is a
             // no-op; each new job is audited as queued on its record.
             let jobs: Vec<(&RecordChange, &NewJob)> = changes.iter().flat_map(|c| c.jobs.iter().map(move |j| (c, j))).collect();
-            let mut added: HashSet<String> = HashSet::new();
+            let mut added: HashMap<String, i64> = HashMap::new();
             for chunk in jobs.chunks(ROWS_PER_STATEMENT) {
                 let mut q = QueryBuilder::new(
-                    "INSERT INTO jobs (job_key, tenant_id, kind, record_kind, record_key, episode, payload, state, run_at, created_at, updated_at, escalation_step) ",
+                    "INSERT INTO jobs (job_key, tenant_id, kind, record_kind, record_key, episode, state, run_at, created_at, updated_at, escalation_step) ",
                 );
                 q.push_values(chunk, |mut b, (c, j)| {
                     b.push_bind(&j.key).push_bind(tenant).push_bind(&j.kind).push_bind(c.kind.as_str()).push_bind(c.record_key.as_str())
-                        .push_bind(j.episode).push_bind(j.payload.to_string()).push_bind("queued").push_bind(millis(j.run_at))
+                        .push_bind(j.episode).push_bind("queued").push_bind(millis(j.run_at))
                         .push_bind(at).push_bind(at).push_bind(j.escalation_step as i64);
                 });
-                q.push(" ON CONFLICT (job_key) DO NOTHING RETURNING job_key");
+                q.push(" ON CONFLICT (job_key) DO NOTHING RETURNING id, job_key");
                 for r in q.build().fetch_all(&mut *tx).await? {
-                    added.insert(r.get(0));
+                    added.insert(r.get(1), r.get(0));
                 }
             }
-            let queued: Vec<AuditRow<'_>> = jobs
+            // The jobs added, each at its first place in the batch (a repeat was the no-op).
+            let new_jobs: Vec<(&RecordChange, &NewJob, i64)> =
+                jobs.iter().filter_map(|(c, j)| added.remove(&j.key).map(|id| (*c, *j, id))).collect();
+            // Each new job's payload, written once: its state changes in a small row of its own.
+            let payloads: Vec<(i64, String)> = new_jobs.iter().map(|(_, j, id)| (*id, j.payload.to_string())).collect();
+            for chunk in payloads.chunks(ROWS_PER_STATEMENT) {
+                let mut q = QueryBuilder::new("INSERT INTO job_payloads (job_id, payload) ");
+                q.push_values(chunk, |mut b, (id, payload)| {
+                    b.push_bind(*id).push_bind(payload.as_str());
+                });
+                q.build().execute(&mut *tx).await?;
+            }
+            let queued: Vec<AuditRow<'_>> = new_jobs
                 .iter()
-                .filter(|(_, j)| added.remove(&j.key))
-                .map(|(c, j)| AuditRow {
+                .map(|(c, j, _)| AuditRow {
                     tenant,
                     kind: c.kind.as_str(),
                     key: c.record_key.as_str(),

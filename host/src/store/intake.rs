@@ -204,11 +204,13 @@ impl Store {
 
     pub async fn job_info(&self, tenant: &str, id: i64) -> Result<Option<JobInfo>> {
         on_pool!(self, p => Ok(sqlx::query(
-        "SELECT id, tenant_id, kind, record_kind, record_key, episode, payload, state FROM jobs WHERE tenant_id = $1 AND id = $2")
+        "SELECT id, tenant_id, kind, record_kind, record_key, episode, p.payload, state
+           FROM jobs LEFT JOIN job_payloads p ON p.job_id = jobs.id WHERE tenant_id = $1 AND id = $2")
         .bind(tenant).bind(id).fetch_optional(p).await?
         .map(|r| JobInfo {
             id: r.get(0), tenant: r.get(1), kind: r.get(2), record_kind: r.get(3), record_key: r.get(4), episode: r.get(5),
-            payload: serde_json::from_str(&r.get::<String, _>(6)).unwrap_or(Value::Null), state: r.get(7),
+            payload: r.get::<Option<String>, _>(6).and_then(|p| serde_json::from_str(&p).ok()).unwrap_or(Value::Null),
+            state: r.get(7),
         })))
     }
 
