@@ -222,36 +222,29 @@ async fn jobs_queued_before_the_payloads_moved_keep_their_payloads() {
             "INSERT INTO jobs (job_key, tenant_id, kind, record_kind, record_key, episode, payload, state, run_at, created_at, updated_at)
                       VALUES ($1, 't', 'send', 'supplier_invoice', $2, 1, $3, 'queued', 0, 0, 0)";
         let queued = [("old-1", "SI-1", r#"{"n":1}"#), ("old-2", "SI-2", r#"{"n":2}"#)];
+        // The same steps on either engine's own pool type.
+        macro_rules! as_the_old_release_left_it {
+            ($pool:expr) => {{
+                let pool = $pool;
+                old.run(&pool).await.unwrap();
+                for (key, record, payload) in queued {
+                    sqlx::query(insert)
+                        .bind(key)
+                        .bind(record)
+                        .bind(payload)
+                        .execute(&pool)
+                        .await
+                        .unwrap();
+                }
+                pool.close().await;
+            }};
+        }
         match engine {
             "sqlite" => {
                 let opts: sqlx::sqlite::SqliteConnectOptions = url.parse().unwrap();
-                let pool = sqlx::SqlitePool::connect_with(opts.create_if_missing(true)).await.unwrap();
-                old.run(&pool).await.unwrap();
-                for (key, record, payload) in queued {
-                    sqlx::query(insert)
-                        .bind(key)
-                        .bind(record)
-                        .bind(payload)
-                        .execute(&pool)
-                        .await
-                        .unwrap();
-                }
-                pool.close().await;
+                as_the_old_release_left_it!(sqlx::SqlitePool::connect_with(opts.create_if_missing(true)).await.unwrap())
             }
-            _ => {
-                let pool = sqlx::PgPool::connect(&url).await.unwrap();
-                old.run(&pool).await.unwrap();
-                for (key, record, payload) in queued {
-                    sqlx::query(insert)
-                        .bind(key)
-                        .bind(record)
-                        .bind(payload)
-                        .execute(&pool)
-                        .await
-                        .unwrap();
-                }
-                pool.close().await;
-            }
+            _ => as_the_old_release_left_it!(sqlx::PgPool::connect(&url).await.unwrap()),
         }
         // This release opens it and applies the rest.
         let store = ml_connector::store::Store::connect(&url).await.unwrap();
