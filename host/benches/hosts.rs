@@ -153,7 +153,8 @@ async fn one(url: &str, twilio: &str, hosts: usize) {
     let before = stand_in_created(twilio).await;
     let started = Instant::now();
     // Payloads first, under the ids the jobs are about to get (a fresh schema numbers them
-    // from 1, checked below): a host that claims a job finds its payload already there.
+    // from 1): a host that claims a job finds its payload already there. Were the ids other,
+    // the jobs would fail for want of a payload, and the wait below stops on that.
     store
         .execute_raw(&format!(
             "INSERT INTO job_payloads (job_id, payload)

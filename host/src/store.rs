@@ -189,6 +189,12 @@ macro_rules! insert_jobs {
     };
 }
 
+/// A job's payload as read from `job_payloads`; `Null` when missing or unreadable, which the
+/// dispatcher then fails by name ("the job's payload is not a delivery") rather than send.
+pub(crate) fn payload_from(text: Option<String>) -> Value {
+    text.and_then(|p| serde_json::from_str(&p).ok()).unwrap_or(Value::Null)
+}
+
 pub fn millis(t: DateTime<Utc>) -> i64 {
     t.timestamp_millis()
 }
@@ -847,7 +853,7 @@ impl Store {
                 .into_iter()
                 .map(|r| Job {
                     id: r.get(0), key: r.get(1), tenant: r.get(2), kind: r.get(3), record_kind: r.get(4), record_key: r.get(5),
-                    episode: r.get(6), payload: r.get::<Option<String>, _>(7).and_then(|p| serde_json::from_str(&p).ok()).unwrap_or(Value::Null),
+                    episode: r.get(6), payload: payload_from(r.get(7)),
                     attempt: r.get(8), reconcile: r.get(9), created_at: from_millis(r.get(10)),
                 })
                 .collect::<Vec<_>>()

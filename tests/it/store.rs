@@ -194,19 +194,7 @@ async fn the_wal_is_checkpointed_beside_the_writer_without_a_commit_crossing_a_t
 async fn jobs_queued_before_the_payloads_moved_keep_their_payloads() {
     const BEFORE: i64 = 8;
     for engine in engines() {
-        let dir = ml_connector_tests::TempDir::new("upgrade");
-        let url = match engine {
-            "sqlite" => format!("sqlite://{}", dir.0.join("old.db").display()),
-            _ => {
-                let base = std::env::var("ML_CONNECTOR_TEST_DATABASE_URL").unwrap();
-                let schema = format!("u_{}", uuid::Uuid::new_v4().simple());
-                let admin = ml_connector::store::Store::connect(&base).await.unwrap();
-                admin.execute_raw(&format!("CREATE SCHEMA {schema}")).await.unwrap();
-                admin.close().await;
-                let sep = if base.contains('?') { '&' } else { '?' };
-                format!("{base}{sep}options=-c%20search_path%3D{schema}")
-            }
-        };
+        let (url, _dir) = ml_connector_tests::empty_db(engine).await;
         // The database as the previous release left it: migrations up to 0008, two jobs queued.
         let folder = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../migrations").join(engine);
         let mut old = sqlx::migrate::Migrator::new(folder).await.unwrap();

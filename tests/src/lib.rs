@@ -67,18 +67,20 @@ impl TestDb {
 }
 
 pub async fn fresh_db(engine: &str) -> TestDb {
+    let (url, dir) = empty_db(engine).await;
+    let store = Store::connect(&url).await.unwrap();
+    store.migrate().await.unwrap();
+    TestDb { url, store, dir }
+}
+
+/// A database of `engine` with nothing in it yet, not even migrations: its URL, and the
+/// directory holding it (SQLite; removed when dropped).
+pub async fn empty_db(engine: &str) -> (String, Option<TempDir>) {
     init();
     match engine {
         "sqlite" => {
             let dir = TempDir::new("db");
-            let url = format!("sqlite://{}", dir.0.join("test.db").display());
-            let store = Store::connect(&url).await.unwrap();
-            store.migrate().await.unwrap();
-            TestDb {
-                url,
-                store,
-                dir: Some(dir),
-            }
+            (format!("sqlite://{}", dir.0.join("test.db").display()), Some(dir))
         }
         "postgres" => {
             let base = std::env::var("ML_CONNECTOR_TEST_DATABASE_URL").expect("postgres URL");
@@ -89,10 +91,7 @@ pub async fn fresh_db(engine: &str) -> TestDb {
             admin.execute_raw(&format!("CREATE SCHEMA {schema}")).await.unwrap();
             admin.close().await;
             let sep = if base.contains('?') { '&' } else { '?' };
-            let url = format!("{base}{sep}options=-c%20search_path%3D{schema}");
-            let store = Store::connect(&url).await.unwrap();
-            store.migrate().await.unwrap();
-            TestDb { url, store, dir: None }
+            (format!("{base}{sep}options=-c%20search_path%3D{schema}"), None)
         }
         other => panic!("unknown engine {other}"),
     }

@@ -209,7 +209,7 @@ impl Store {
         .bind(tenant).bind(id).fetch_optional(p).await?
         .map(|r| JobInfo {
             id: r.get(0), tenant: r.get(1), kind: r.get(2), record_kind: r.get(3), record_key: r.get(4), episode: r.get(5),
-            payload: r.get::<Option<String>, _>(6).and_then(|p| serde_json::from_str(&p).ok()).unwrap_or(Value::Null),
+            payload: super::payload_from(r.get(6)),
             state: r.get(7),
         })))
     }
