@@ -12,7 +12,6 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use rand::Rng;
-use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
@@ -43,6 +42,38 @@ struct Confirmation {
     #[serde(default)]
     from: String,
     body: String,
+}
+
+/// A claimed job's payload, read once, at claim, into what its kind is sent from.
+enum Work {
+    /// An alert: the plugin's delivery and the words it rendered (the alert beside them in
+    /// the payload is skipped, not read).
+    Send(Routed),
+    /// A confirmation of an answer.
+    Confirm(Confirmation),
+    /// A QAD write-back, its fields as queued (`Null` if the payload is missing).
+    Qad(Value),
+    /// Not what the job's kind needs: the job fails, naming why.
+    Unreadable(String),
+}
+
+impl Work {
+    fn of(job: &Job) -> Work {
+        match job.kind.as_str() {
+            "qad_comment" | "qad_decision" => Work::Qad(serde_json::from_str(&job.payload).unwrap_or(Value::Null)),
+            "confirm" => serde_json::from_str(&job.payload).map_or_else(|e| Work::Unreadable(e.to_string()), Work::Confirm),
+            _ => serde_json::from_str(&job.payload).map_or_else(|e| Work::Unreadable(e.to_string()), Work::Send),
+        }
+    }
+
+    /// The phone it goes to, for the opt-out check.
+    fn to(&self) -> Option<&str> {
+        match self {
+            Work::Send(r) => Some(&r.delivery.to.phone),
+            Work::Confirm(c) => Some(&c.to),
+            Work::Qad(_) | Work::Unreadable(_) => None,
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -238,17 +269,24 @@ impl Dispatcher {
     async fn claim_into(&self, limit: i64, held: &Held, unsent: &Unsent, tasks: &mut JoinSet<()>) -> Result<usize, StoreError> {
         let jobs = self.store.claim_jobs(&self.worker, self.clock.now(), self.lease, limit).await?;
         let n = jobs.len();
+        let jobs: Vec<(Job, Work)> = jobs
+            .into_iter()
+            .map(|job| {
+                let work = Work::of(&job);
+                (job, work)
+            })
+            .collect();
         let opted_out = match self.opted_out_among(&jobs).await {
             Ok(o) => Arc::new(o),
             Err(e) => {
                 // Not started: handed back at once rather than left to their leases.
-                for job in &jobs {
+                for (job, _) in &jobs {
                     let _ = self.store.release_job(job, self.clock.now()).await;
                 }
                 return Err(e);
             }
         };
-        for job in jobs {
+        for (job, work) in jobs {
             let job = Arc::new(job);
             let d = self.clone();
             let opted_out = opted_out.clone();
@@ -278,7 +316,7 @@ impl Dispatcher {
                     record = %job.record_key,
                     sid = tracing::field::Empty
                 );
-                if let Err(e) = tracing::Instrument::instrument(d.process(&job, &opted_out, turn), span).await {
+                if let Err(e) = tracing::Instrument::instrument(d.process(&job, work, &opted_out, turn), span).await {
                     tracing::warn!(job = %job.key, error = %e, "job left for its lease to expire");
                 }
             });
@@ -374,15 +412,25 @@ impl Dispatcher {
         watcher.abort();
     }
 
-    async fn finish(&self, job: &Arc<Job>, end: JobEnd, event: &str, detail: Value) -> Result<(), StoreError> {
-        self.finish_with(job, end, event, detail, None).await
+    /// End an attempt; `channel` (when the payload was read) labels its metric.
+    async fn finish(&self, job: &Arc<Job>, channel: Option<Channel>, end: JobEnd, event: &str, detail: Value) -> Result<(), StoreError> {
+        self.finish_with(job, channel, end, event, detail, None).await
     }
 
     async fn finish_sent(&self, job: &Arc<Job>, detail: Value, sent: &Sent) -> Result<(), StoreError> {
-        self.finish_with(job, JobEnd::Done, "sent", detail, Some(sent)).await
+        self.finish_with(job, Some(sent.channel), JobEnd::Done, "sent", detail, Some(sent))
+            .await
     }
 
-    async fn finish_with(&self, job: &Arc<Job>, end: JobEnd, event: &str, detail: Value, sent: Option<&Sent>) -> Result<(), StoreError> {
+    async fn finish_with(
+        &self,
+        job: &Arc<Job>,
+        channel: Option<Channel>,
+        end: JobEnd,
+        event: &str,
+        detail: Value,
+        sent: Option<&Sent>,
+    ) -> Result<(), StoreError> {
         let now = self.clock.now();
         let finish = Finish::of(job, &end, event, &detail, sent);
         if !self.finisher().submit(finish).await.map_err(StoreError::GroupCommit)? {
@@ -393,9 +441,7 @@ impl Dispatcher {
             tracing::Span::current().record("sid", s.sid.as_str());
             tracing::info!(sid = %s.sid, to = %s.to, "accepted by Twilio");
         }
-        let channel = sent
-            .map(|s| s.channel.as_str())
-            .or_else(|| job.payload["delivery"]["channel"].as_str());
+        let channel = channel.map(|c| c.as_str());
         let backoff = match &end {
             JobEnd::Retry { run_at, .. } => Some((*run_at - now).num_milliseconds().max(0) as f64 / 1000.0),
             _ => None,
@@ -415,7 +461,7 @@ impl Dispatcher {
 
     /// A QAD write-back: a comment on the record, or an approval decision. Transient QAD
     /// failures are retried with back-off; a refusal (`success:false`) is recorded, not retried.
-    async fn process_qad(&self, job: &Arc<Job>) -> Result<(), StoreError> {
+    async fn process_qad(&self, job: &Arc<Job>, p: &Value) -> Result<(), StoreError> {
         let tenant = self.store.tenant(&job.tenant).await?;
         let client = match crate::poller::qad_client(&self.store, &self.keys, &self.http, crate::qad::RetryPolicy::default(), &tenant).await
         {
@@ -423,11 +469,10 @@ impl Dispatcher {
             Err(crate::poller::PollError::Store(e)) => return Err(e),
             Err(e) => {
                 return self
-                    .finish(job, JobEnd::Failed, "qad_write_failed", json!({"error": e.to_string()}))
+                    .finish(job, None, JobEnd::Failed, "qad_write_failed", json!({"error": e.to_string()}))
                     .await;
             }
         };
-        let p = &job.payload;
         let (path, body, what) = if job.kind == "qad_comment" {
             (
                 "/api/erp/transactionComments",
@@ -446,12 +491,13 @@ impl Dispatcher {
         match client.write(path, &body).await {
             Ok(()) => {
                 let detail = json!({"what": what, "text": p["text"], "action": p["action"]});
-                self.finish(job, JobEnd::Done, "qad_written", detail).await
+                self.finish(job, None, JobEnd::Done, "qad_written", detail).await
             }
             Err(e) if e.is_transient() && job.attempt < MAX_ATTEMPTS => {
                 let run_at = self.retry_at(job, None);
                 self.finish(
                     job,
+                    None,
                     JobEnd::Retry { run_at, reconcile: false },
                     "qad_write_retrying",
                     json!({"what": what, "error": e.to_string(), "retry_at": run_at.to_rfc3339()}),
@@ -459,12 +505,13 @@ impl Dispatcher {
                 .await
             }
             Err(e) if e.is_transient() => {
-                self.finish(job, JobEnd::Dead, "dead", json!({"what": what, "error": e.to_string()}))
+                self.finish(job, None, JobEnd::Dead, "dead", json!({"what": what, "error": e.to_string()}))
                     .await
             }
             Err(e) => {
                 self.finish(
                     job,
+                    None,
                     JobEnd::Failed,
                     "qad_write_failed",
                     json!({"what": what, "error": e.to_string()}),
@@ -517,16 +564,10 @@ impl Dispatcher {
     /// The recipients of a claimed batch who opted out of their tenant's SMS: one read per
     /// tenant for the batch rather than one per send. (Twilio refuses an opted-out number
     /// itself, 21610, should a STOP land between this read and the send.)
-    async fn opted_out_among(&self, jobs: &[Job]) -> Result<HashSet<(String, String)>, StoreError> {
+    async fn opted_out_among(&self, jobs: &[(Job, Work)]) -> Result<HashSet<(String, String)>, StoreError> {
         let mut by_tenant: HashMap<&str, Vec<String>> = HashMap::new();
-        for job in jobs {
-            // Where `Confirmation::to` and `Routed::delivery.to.phone` live in the payload.
-            let to = match job.kind.as_str() {
-                "qad_comment" | "qad_decision" => None,
-                "confirm" => job.payload["to"].as_str(),
-                _ => job.payload["delivery"]["to"]["phone"].as_str(),
-            };
-            if let Some(to) = to {
+        for (job, work) in jobs {
+            if let Some(to) = work.to() {
                 by_tenant.entry(job.tenant.as_str()).or_default().push(to.to_string());
             }
         }
@@ -539,40 +580,27 @@ impl Dispatcher {
         Ok(out)
     }
 
-    async fn process(&self, job: &Arc<Job>, opted_out: &HashSet<(String, String)>, turn: SendTurn) -> Result<(), StoreError> {
-        if matches!(job.kind.as_str(), "qad_comment" | "qad_decision") {
-            return self.process_qad(job).await;
-        }
-        // A send carries the plugin's delivery and words; a confirmation only its words. Read
-        // in place: the payload is not copied to be parsed.
-        let parsed = match job.kind.as_str() {
-            "confirm" => Confirmation::deserialize(&job.payload).map(|c| {
-                (
-                    Channel::Sms,
-                    c.to,
-                    Message::Sms { body: c.body },
-                    Some(c.from).filter(|f| !f.is_empty()),
-                )
-            }),
-            _ => Routed::deserialize(&job.payload).map(|r| (r.delivery.channel, r.delivery.to.phone, r.message, None)),
-        };
-        let (channel, to, message, from_override) = match parsed {
-            Ok(p) => p,
-            Err(e) => {
-                return self
-                    .finish(
-                        job,
-                        JobEnd::Failed,
-                        "send_failed",
-                        json!({"error": format!("the job's payload is not a delivery: {e}")}),
-                    )
-                    .await;
+    async fn process(&self, job: &Arc<Job>, work: Work, opted_out: &HashSet<(String, String)>, turn: SendTurn) -> Result<(), StoreError> {
+        // A send carries the plugin's delivery and words; a confirmation only its words.
+        let (channel, to, message, from_override) = match work {
+            Work::Qad(fields) => return self.process_qad(job, &fields).await,
+            Work::Send(r) => (r.delivery.channel, r.delivery.to.phone, r.message, None),
+            Work::Confirm(c) => (
+                Channel::Sms,
+                c.to,
+                Message::Sms { body: c.body },
+                Some(c.from).filter(|f| !f.is_empty()),
+            ),
+            Work::Unreadable(e) => {
+                let detail = json!({"error": format!("the job's payload is not a delivery: {e}")});
+                return self.finish(job, None, JobEnd::Failed, "send_failed", detail).await;
             }
         };
         let Some((client, tenant_from)) = self.cached_client(&job.tenant).await? else {
             return self
                 .finish(
                     job,
+                    Some(channel),
                     JobEnd::Failed,
                     "send_failed",
                     json!({"error": "the tenant has no Twilio account and API key set"}),
@@ -587,6 +615,7 @@ impl Dispatcher {
                 return self
                     .finish(
                         job,
+                        Some(channel),
                         JobEnd::Failed,
                         "send_skipped",
                         json!({"to": to, "channel": channel, "why": "the number opted out of this tenant's SMS"}),
@@ -652,6 +681,7 @@ impl Dispatcher {
                                 return self
                                     .finish(
                                         job,
+                                        Some(channel),
                                         JobEnd::Retry { run_at, reconcile: true },
                                         "outcome_unknown",
                                         json!({"to": to, "channel": "voice", "why": why, "retry_at": run_at.to_rfc3339()}),
@@ -665,6 +695,7 @@ impl Dispatcher {
                         return self
                             .finish(
                                 job,
+                                Some(channel),
                                 JobEnd::Unknown,
                                 "outcome_unknown",
                                 json!({"to": to, "channel": "voice", "why": why}),
@@ -745,6 +776,7 @@ impl Dispatcher {
                 }
                 self.finish(
                     job,
+                    Some(channel),
                     JobEnd::Failed,
                     "send_failed",
                     with(json!({"code": code, "error": message, "opted_out": opted_out})),
@@ -754,6 +786,7 @@ impl Dispatcher {
             _ if job.attempt >= MAX_ATTEMPTS => {
                 self.finish(
                     job,
+                    Some(channel),
                     JobEnd::Dead,
                     "dead",
                     with(json!({"error": format!("no success after {} attempts", job.attempt)})),
@@ -764,6 +797,7 @@ impl Dispatcher {
                 let run_at = self.retry_at(job, retry_after);
                 self.finish(
                     job,
+                    Some(channel),
                     JobEnd::Retry { run_at, reconcile: false },
                     "throttled",
                     with(json!({"retry_at": run_at.to_rfc3339()})),
@@ -774,6 +808,7 @@ impl Dispatcher {
                 let run_at = self.retry_at(job, None);
                 self.finish(
                     job,
+                    Some(channel),
                     JobEnd::Retry { run_at, reconcile: false },
                     "retrying",
                     with(json!({"error": reason, "retry_at": run_at.to_rfc3339()})),
@@ -784,6 +819,7 @@ impl Dispatcher {
                 let run_at = self.retry_at(job, None);
                 self.finish(
                     job,
+                    Some(channel),
                     JobEnd::Retry { run_at, reconcile: true },
                     "outcome_unknown",
                     with(json!({"error": reason, "retry_at": run_at.to_rfc3339()})),

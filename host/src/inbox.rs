@@ -205,7 +205,8 @@ impl Inbox {
             kind: "qad_comment".into(),
             episode: job.episode,
             payload: json!({"reference_type": reference_type, "number": number, "text": text,
-                            "date": self.poller.clock.now().format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()}),
+                            "date": self.poller.clock.now().format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()})
+            .to_string(),
             run_at: self.poller.clock.now(),
             escalation_step: 0,
         }
@@ -367,7 +368,7 @@ impl Inbox {
                     key: format!("confirm/{}/{}", e.tenant, e.id),
                     kind: "confirm".into(),
                     episode: job.episode,
-                    payload: json!({"to": person, "from": our_number, "body": reply.confirmation, "name": name}),
+                    payload: json!({"to": person, "from": our_number, "body": reply.confirmation, "name": name}).to_string(),
                     run_at: now,
                     escalation_step: 0,
                 });
@@ -396,7 +397,8 @@ impl Inbox {
                     kind: "qad_decision".into(),
                     episode: job.episode,
                     payload: json!({"po": job.record_key, "action": if action == ReplyAction::Approve { "approve" } else { "deny" },
-                                    "approver": name, "comment": format!("{} by {name} through ml-connector", intake::action_word(action))}),
+                                    "approver": name, "comment": format!("{} by {name} through ml-connector", intake::action_word(action))})
+                    .to_string(),
                     run_at: now,
                     escalation_step: 0,
                 }),

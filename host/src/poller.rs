@@ -1102,6 +1102,15 @@ impl<'a> Cycle<'a> {
     }
 }
 
+/// A send job's payload: the [`Routed`](crate::core::routing::Routed) delivery and words, and
+/// the alert beside them. Written straight to text (no `Value` in between).
+#[derive(serde::Serialize)]
+struct SendPayload<'a> {
+    delivery: &'a crate::core::routing::Delivery,
+    message: &'a crate::core::routing::Message,
+    alert: &'a AlertInput,
+}
+
 /// One send job per routed delivery, due after its delay; the key is the alert's identity.
 /// One send job per delivery. The payload carries the alert as the plugin saw it, so an
 /// answer to it can be read by the same plugin later.
@@ -1122,11 +1131,12 @@ pub fn send_jobs(tenant: &str, alert: &AlertInput, episode: i64, routing: &Routi
                 key: crate::core::dispatch::send_job_id(tenant, kind, key, episode, d.channel, &d.to.phone, d.escalation_step),
                 kind: "send".into(),
                 episode,
-                payload: {
-                    let mut p = serde_json::to_value(r).expect("plain data serialises");
-                    p["alert"] = serde_json::to_value(alert).expect("plain data serialises");
-                    p
-                },
+                payload: serde_json::to_string(&SendPayload {
+                    delivery: &r.delivery,
+                    message: &r.message,
+                    alert,
+                })
+                .expect("plain data serialises"),
                 run_at: now + chrono::Duration::minutes(d.delay_minutes as i64),
                 escalation_step: d.escalation_step,
             }

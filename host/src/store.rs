@@ -179,7 +179,7 @@ macro_rules! insert_jobs {
             .bind(millis(j.run_at)).bind($at).bind(j.escalation_step as i64).fetch_optional(&mut *$tx).await?;
             if let Some(id) = added {
                 sqlx::query("INSERT INTO job_payloads (job_id, payload) VALUES ($1, $2)")
-                    .bind(id).bind(j.payload.to_string()).execute(&mut *$tx).await?;
+                    .bind(id).bind(j.payload.as_str()).execute(&mut *$tx).await?;
                 sqlx::query("INSERT INTO audit (tenant_id, kind, record_key, episode, at, event, detail) VALUES ($1, $2, $3, $4, $5, 'queued', $6)")
                     .bind($tenant).bind($kind).bind($key).bind(j.episode).bind($at)
                     .bind(serde_json::json!({"job": j.key, "due": j.run_at.to_rfc3339()}).to_string())
@@ -287,7 +287,8 @@ pub struct NewJob {
     pub key: String,
     pub kind: String,
     pub episode: i64,
-    pub payload: Value,
+    /// What the job needs to run, as JSON text: written once, as given, never re-encoded.
+    pub payload: String,
     pub run_at: DateTime<Utc>,
     /// 0 for a first alert; n > 0 for an escalation, which a reply cancels.
     pub escalation_step: u8,
@@ -303,7 +304,9 @@ pub struct Job {
     pub record_kind: String,
     pub record_key: String,
     pub episode: i64,
-    pub payload: Value,
+    /// The payload as it was queued, JSON text ("" if it is missing): the dispatcher reads
+    /// it once into the types it sends from, with no `Value` in between.
+    pub payload: String,
     pub attempt: i64,
     /// The previous attempt's outcome is unknown (a 5xx, a timeout, a worker that died):
     /// find out whether it was sent before sending again.
@@ -853,7 +856,7 @@ impl Store {
                 .into_iter()
                 .map(|r| Job {
                     id: r.get(0), key: r.get(1), tenant: r.get(2), kind: r.get(3), record_kind: r.get(4), record_key: r.get(5),
-                    episode: r.get(6), payload: payload_from(r.get(7)),
+                    episode: r.get(6), payload: r.get::<Option<String>, _>(7).unwrap_or_default(),
                     attempt: r.get(8), reconcile: r.get(9), created_at: from_millis(r.get(10)),
                 })
                 .collect::<Vec<_>>()

@@ -76,7 +76,7 @@ async fn enqueueing_twice_is_a_no_op_and_a_late_worker_is_fenced_out() {
             key: "send/t/x/1".into(),
             kind: "send".into(),
             episode: 1,
-            payload: json!({}),
+            payload: json!({}).to_string(),
             run_at: morning(),
             escalation_step: 0,
         };
@@ -129,7 +129,7 @@ async fn batches_keep_each_records_and_each_attempts_own_outcome() {
             key: format!("send/t/PO{n}/1"),
             kind: "send".into(),
             episode: 1,
-            payload: json!({}),
+            payload: json!({}).to_string(),
             run_at: morning(),
             escalation_step: 0,
         };
@@ -402,7 +402,7 @@ async fn an_opted_out_number_is_suppressed_and_never_texted_again() {
                 key: format!("send/x/{step}"),
                 kind: "send".into(),
                 episode: 1,
-                payload: routed(step),
+                payload: routed(step).to_string(),
                 run_at: morning(),
                 escalation_step: step,
             }],
@@ -420,6 +420,74 @@ async fn an_opted_out_number_is_suppressed_and_never_texted_again() {
             .map(|e| e.event)
             .collect();
     assert_eq!(events, ["queued", "send_failed", "queued", "send_skipped"]);
+}
+
+/// A job whose payload is not what its kind needs (a hand-made or corrupted row) fails on its
+/// record, naming the job and the cause; nothing reaches Twilio for it, and the sound job
+/// beside it is sent.
+#[tokio::test]
+async fn a_payload_that_is_not_a_delivery_fails_by_name_and_the_rest_is_sent() {
+    let h = harness("sqlite").await;
+    let (sb, d) = with_twilio(&h).await;
+    let sound = json!({"delivery": {"to": {"role": "buyer", "name": "B", "source": "x", "phone": "+13125550121"}, "channel": "sms", "delay_minutes": 0, "escalation_step": 0},
+                       "message": {"channel": "sms", "body": "hello"}});
+    let jobs = [
+        ("send/bad/no-delivery", "send", json!({"n": 1}).to_string()),
+        ("confirm/bad/not-an-object", "confirm", json!("just text").to_string()),
+        ("send/good", "send", sound.to_string()),
+    ];
+    let change = RecordChange {
+        kind: RecordKind::PurchaseOrder,
+        record_key: "PO7".into(),
+        seen: None,
+        episode: EpisodeChange::None,
+        audit: vec![],
+        jobs: jobs
+            .iter()
+            .map(|(key, kind, payload)| NewJob {
+                key: key.to_string(),
+                kind: kind.to_string(),
+                episode: 1,
+                payload: payload.clone(),
+                run_at: morning(),
+                escalation_step: 0,
+            })
+            .collect(),
+    };
+    h.db.store.apply(&h.tenant.id, &change, morning()).await.unwrap();
+    assert_eq!(d.run_once().await.unwrap(), 3);
+    let states: HashMap<String, String> =
+        h.db.store
+            .jobs(&h.tenant.id)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(k, st, _)| (k, st))
+            .collect();
+    assert_eq!(states["send/bad/no-delivery"], "failed");
+    assert_eq!(states["confirm/bad/not-an-object"], "failed");
+    assert_eq!(states["send/good"], "done");
+    let trail = h.db.store.audit_trail(&h.tenant.id, "purchase_order", "PO7").await.unwrap();
+    let failed: HashMap<&str, &str> = trail
+        .iter()
+        .filter(|e| e.event == "send_failed")
+        .map(|e| (e.detail["job"].as_str().unwrap(), e.detail["error"].as_str().unwrap()))
+        .collect();
+    assert_eq!(failed.len(), 2, "{trail:?}");
+    assert!(
+        failed["send/bad/no-delivery"].starts_with("the job's payload is not a delivery: missing field `delivery`"),
+        "{failed:?}"
+    );
+    assert!(
+        failed["confirm/bad/not-an-object"].starts_with("the job's payload is not a delivery: invalid type"),
+        "{failed:?}"
+    );
+    let stats = sb.stats();
+    assert_eq!(
+        (stats.requests, stats.messages_created),
+        (1, 1),
+        "only the sound job reached Twilio"
+    );
 }
 
 #[tokio::test]

@@ -247,14 +247,17 @@ async fn jobs_queued_before_the_payloads_moved_keep_their_payloads() {
                 key: "new-3".into(),
                 kind: "send".into(),
                 episode: 1,
-                payload: json!({"n": 3}),
+                payload: json!({"n": 3}).to_string(),
                 run_at: morning() - chrono::Duration::hours(1),
                 escalation_step: 0,
             }],
         };
         store.apply_batch("t", &[change], morning()).await.unwrap();
         let claimed = store.claim_jobs("w", morning(), chrono::Duration::seconds(60), 10).await.unwrap();
-        let mut got: Vec<(String, serde_json::Value)> = claimed.into_iter().map(|j| (j.key, j.payload)).collect();
+        let mut got: Vec<(String, serde_json::Value)> = claimed
+            .into_iter()
+            .map(|j| (j.key, serde_json::from_str(&j.payload).unwrap_or_default()))
+            .collect();
         got.sort_by(|a, b| a.0.cmp(&b.0));
         assert_eq!(
             got,

@@ -539,7 +539,7 @@ async fn stop_start_unmatched_replies_unproven_approvals_and_cancelled_escalatio
                 key: format!("send/{t}/{}/{latest_key}/{episode}/voice/{person}/1", kind.as_str()),
                 kind: "send".into(),
                 episode,
-                payload: json!({}),
+                payload: json!({}).to_string(),
                 run_at: l.h.clock.now() + Span::minutes(30),
                 escalation_step: 1,
             }],

@@ -197,11 +197,10 @@ impl Store {
             let new_jobs: Vec<(&RecordChange, &NewJob, i64)> =
                 jobs.iter().filter_map(|(c, j)| added.remove(&j.key).map(|id| (*c, *j, id))).collect();
             // Each new job's payload, written once: its state changes in a small row of its own.
-            let payloads: Vec<(i64, String)> = new_jobs.iter().map(|(_, j, id)| (*id, j.payload.to_string())).collect();
-            for chunk in payloads.chunks(ROWS_PER_STATEMENT) {
+            for chunk in new_jobs.chunks(ROWS_PER_STATEMENT) {
                 let mut q = QueryBuilder::new("INSERT INTO job_payloads (job_id, payload) ");
-                q.push_values(chunk, |mut b, (id, payload)| {
-                    b.push_bind(*id).push_bind(payload.as_str());
+                q.push_values(chunk, |mut b, (_, j, id)| {
+                    b.push_bind(*id).push_bind(j.payload.as_str());
                 });
                 q.build().execute(&mut *tx).await?;
             }
