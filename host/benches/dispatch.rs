@@ -1,7 +1,8 @@
 //! Dispatch: alerts per second from "this record needs a person" to "accepted by Twilio",
 //! with every step a production alert takes: the tenant's plugin routes and renders it (the
-//! default plugin, compiled beforehand as in a running host), the job is committed with its
-//! audit entry, a dispatcher claims it under a lease, POSTs it form-encoded to a Twilio
+//! default plugin, compiled beforehand as in a running host), the job is committed with the
+//! audit entries a poll writes (`routed`, with what the plugin saw and decided, and `queued`),
+//! a dispatcher claims it under a lease, POSTs it form-encoded to a Twilio
 //! stand-in in its own process (the release `ml-connector twilio-sandbox`, which answers at
 //! once), and commits the answer with its delivery and audit entry. Durable: SQLite in WAL
 //! mode, so every commit survives SIGKILL of the host (see ARCHITECTURE.md).
@@ -10,7 +11,10 @@
 //!
 //! `DISPATCH_BENCH_QUEUE_ONLY=1` stops after queueing; `DISPATCH_BENCH_PHASES=1` queues every
 //! alert first and only then starts the dispatcher, timing the two halves apart (to see which
-//! half limits, and what running them together costs).
+//! half limits, and what running them together costs). `DISPATCH_BENCH_FLOOR=1` measures
+//! the floor under every sender on this machine instead: the same number of SMS POSTed by the
+//! host's Twilio client, 32 in flight, to the same stand-in, with nothing else (no plugin, no
+//! queue, no store) — what the HTTP leg alone costs the two processes.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -58,6 +62,11 @@ async fn run() {
         .error_for_status()
         .unwrap();
 
+    if std::env::var("DISPATCH_BENCH_FLOOR").is_ok() {
+        return floor(&stand_in).await;
+    }
+    let stand_in_cpu_before = stand_in.cpu();
+
     let dir = std::env::temp_dir().join(format!("ml-connector-dispatch-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let store = Store::connect(&format!("sqlite://{}", dir.join("bench.db").display()))
@@ -104,6 +113,7 @@ async fn run() {
 
     let written_before = storage_written();
     let cpu_before = cpu_used();
+    let threads_before = thread_cpu();
     let started = Instant::now();
     // Producers: one per tenant, as a poll cycle decides records one after another.
     let mut producers = Vec::new();
@@ -140,6 +150,10 @@ async fn run() {
                 let ctx = PluginContext::at(&tenant, "{}", chrono::Utc::now(), chrono_tz::America::Chicago);
                 let out = plugins.route_and_render(&plugin, Limits::default(), &ctx, &alert).await.unwrap();
                 route_time += t0.elapsed();
+                // As the poller does after each plugin call (see `poller::Cycle::route`).
+                tokio::task::yield_now().await;
+                // The poller's entry: what the plugin saw and decided, for dry-run replays.
+                let routed_audit = serde_json::json!({"plugin": "default", "input": alert, "deliveries": out.routed, "logs": out.logs});
                 let routing = Routing::Routed {
                     plugin: "default".into(),
                     routed: out.routed,
@@ -151,7 +165,7 @@ async fn run() {
                     record_key: key,
                     seen: None,
                     episode: EpisodeChange::None,
-                    audit: vec![("routed".into(), serde_json::json!({"plugin": "default"}))],
+                    audit: vec![("routed".into(), routed_audit)],
                     jobs,
                 };
                 batch.push(change);
@@ -187,6 +201,7 @@ async fn run() {
         return;
     }
     let dispatch_started = Instant::now();
+    let (threads_at_dispatch, cpu_at_dispatch) = (thread_cpu(), cpu_used());
     let worker = worker.or_else(|| {
         let (d, stopped) = (dispatcher.clone(), stop.subscribe());
         Some(tokio::spawn(async move { d.run(stopped).await }))
@@ -227,9 +242,16 @@ async fn run() {
             due as f64 / enqueued.as_secs_f64(),
             due as f64 / dispatched
         );
+        println!(
+            "  the host's CPU per alert: queueing {:.0} µs, dispatching {:.0} µs",
+            (cpu_at_dispatch - cpu_before).as_secs_f64() * 1e6 / due as f64,
+            (cpu_used() - cpu_at_dispatch).as_secs_f64() * 1e6 / due as f64
+        );
+        print_busiest("dispatching", &threads_at_dispatch, dispatched);
     }
     let written = storage_written().zip(written_before).map(|(after, before)| after - before);
     let cpu = cpu_used() - cpu_before;
+    let stand_in_cpu = stand_in.cpu().zip(stand_in_cpu_before).map(|(after, before)| after - before);
     let _ = stop.send(true);
     if let Some(w) = worker {
         w.await.unwrap();
@@ -268,12 +290,21 @@ async fn run() {
         "  the host used {:.0} µs of CPU per alert (user + system, all its threads)",
         cpu.as_secs_f64() * 1e6 / due as f64
     );
+    if let Some(cpu) = stand_in_cpu {
+        println!(
+            "  the stand-in used {:.0} µs of CPU per alert (its own process)",
+            cpu.as_secs_f64() * 1e6 / due as f64
+        );
+    }
     if let Some(bytes) = written {
         // Steadier than the rate on a noisy machine: what the store wrote (WAL, checkpoints).
         println!(
             "  the host wrote {:.1} KiB to storage per alert",
             bytes as f64 / 1024.0 / due as f64
         );
+    }
+    if !phases {
+        print_busiest("the whole run", &threads_before, elapsed.as_secs_f64());
     }
     println!(
         "  the stand-in created {} messages and {} calls; {failed} jobs not done",
@@ -286,6 +317,91 @@ async fn run() {
     );
     store.close().await;
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The HTTP leg alone: ALERTS SMS through the host's own Twilio client (form encoding, Basic
+/// auth, the answer parsed), 32 in flight as in the dispatch run, nothing stored.
+async fn floor(stand_in: &support::Emulator) {
+    use ml_connector::core::dispatch::SendOutcome;
+    use ml_connector::twilio::{Sms, TwilioClient, TwilioConfig};
+    let account = TwilioSandboxConfig::default();
+    let client = TwilioClient::new(
+        reqwest::Client::new(),
+        TwilioConfig {
+            base_url: stand_in.base.clone(),
+            account_sid: account.account_sid.clone(),
+            api_key_sid: account.api_key_sid.clone(),
+            api_key_secret: SecretString::new(account.api_key_secret.clone()),
+        },
+    );
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(32));
+    let (cpu_before, stand_in_before) = (cpu_used(), stand_in.cpu());
+    let started = Instant::now();
+    let mut sends = tokio::task::JoinSet::new();
+    for n in 0..ALERTS {
+        let permit = in_flight.clone().acquire_owned().await.unwrap();
+        let client = client.clone();
+        sends.spawn(async move {
+            let sms = Sms {
+                to: format!("+1312{:07}", n % 10_000_000),
+                from: "+13125550100".into(),
+                // The default plugin's words for the dispatch run's invoices.
+                body: format!("Invoice SI-0{n:07} from Windy City Machining 12,500.00 USD: price 10.40 invoiced against 9.80 ordered on line 1. Due 2026-12-20. Reply SEEN K7QM2X when you are on it."),
+                status_callback: format!("http://127.0.0.1:9/twilio/t0/messages/status?delivery={n}"),
+            };
+            let outcome = client.send_sms(&sms).await;
+            drop(permit);
+            assert!(matches!(outcome, SendOutcome::Accepted { .. }), "{outcome:?}");
+        });
+        while sends.try_join_next().is_some() {}
+    }
+    while sends.join_next().await.is_some() {}
+    let elapsed = started.elapsed();
+    let cpu = cpu_used() - cpu_before;
+    println!("floor: {ALERTS} SMS POSTed by the host's Twilio client, 32 in flight, nothing else");
+    println!(
+        "  {:.2} s: {:.0} requests/s; the client used {:.0} µs of CPU per request",
+        elapsed.as_secs_f64(),
+        ALERTS as f64 / elapsed.as_secs_f64(),
+        cpu.as_secs_f64() * 1e6 / ALERTS as f64
+    );
+    if let Some(used) = stand_in.cpu().zip(stand_in_before).map(|(after, before)| after - before) {
+        println!(
+            "  the stand-in used {:.0} µs of CPU per request",
+            used.as_secs_f64() * 1e6 / ALERTS as f64
+        );
+    }
+}
+
+/// CPU time per thread of this process so far (Linux `/proc/self/task`), by thread id.
+fn thread_cpu() -> std::collections::HashMap<u32, (String, Duration)> {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return Default::default();
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| {
+            let tid: u32 = t.file_name().to_str()?.parse().ok()?;
+            let name = std::fs::read_to_string(t.path().join("comm")).ok()?.trim().to_string();
+            Some((tid, (name, support::process_cpu_of(&t.path().join("stat"))?)))
+        })
+        .collect()
+}
+
+/// The threads that were busiest since `before`, as shares of `wall` seconds: whether one
+/// thread (the store's writer) or the cores limit.
+fn print_busiest(what: &str, before: &std::collections::HashMap<u32, (String, Duration)>, wall: f64) {
+    let mut busy: Vec<(String, f64)> = thread_cpu()
+        .into_iter()
+        .map(|(tid, (name, cpu))| {
+            let earlier = before.get(&tid).map(|(_, c)| *c).unwrap_or_default();
+            (name, cpu.saturating_sub(earlier).as_secs_f64() / wall * 100.0)
+        })
+        .filter(|(_, share)| *share >= 1.0)
+        .collect();
+    busy.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let list: Vec<String> = busy.iter().take(6).map(|(name, share)| format!("{name} {share:.0} %")).collect();
+    println!("  busiest threads during {what} (share of one core): {}", list.join(", "));
 }
 
 /// Bytes this process has caused to be written to storage so far (Linux `/proc/self/io`).

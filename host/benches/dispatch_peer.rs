@@ -42,6 +42,7 @@ async fn run() {
         .await
         .and_then(|r| r.error_for_status())
         .expect("the stand-in takes its settings");
+    let (node_before, redis_before, stand_in_before) = (children_cpu(), redis_cpu(), stand_in.cpu());
     // The peer has the machine to itself while it runs: nothing of this process is busy.
     let out = Command::new("node")
         .arg("dispatch.mjs")
@@ -53,6 +54,9 @@ async fn run() {
         .env("PEER_KEY_SECRET", &account.api_key_secret)
         .output()
         .expect("node is installed");
+    let node_cpu = children_cpu() - node_before;
+    let redis_cpu = redis_cpu().zip(redis_before).map(|(after, before)| after - before);
+    let stand_in_cpu = stand_in.cpu().zip(stand_in_before).map(|(after, before)| after - before);
     assert!(out.status.success(), "the peer failed: {}", String::from_utf8_lossy(&out.stderr));
     let report: serde_json::Value = serde_json::from_slice(
         out.stdout
@@ -83,5 +87,42 @@ async fn run() {
         "  the stand-in created {} messages; {} jobs failed",
         stats["messages_created"], report["failed"]
     );
+    let per_alert = |d: std::time::Duration| d.as_secs_f64() * 1e6 / ALERTS as f64;
+    println!(
+        "  the peer used {:.0} µs of CPU per alert in Node{}",
+        per_alert(node_cpu),
+        redis_cpu
+            .map(|r| format!(" and {:.0} µs in Redis", per_alert(r)))
+            .unwrap_or_default()
+    );
+    if let Some(cpu) = stand_in_cpu {
+        println!("  the stand-in used {:.0} µs of CPU per alert (its own process)", per_alert(cpu));
+    }
     assert_eq!(stats["messages_created"].as_u64(), Some(ALERTS), "each alert sent once");
+}
+
+/// CPU time used by this process's children that ended and were waited for (here: Node).
+fn children_cpu() -> std::time::Duration {
+    // SAFETY: getrusage writes into the struct it is given and reads nothing else.
+    let usage = unsafe {
+        let mut u = std::mem::zeroed::<libc::rusage>();
+        libc::getrusage(libc::RUSAGE_CHILDREN, &mut u);
+        u
+    };
+    let tv = |t: libc::timeval| std::time::Duration::from_secs(t.tv_sec as u64) + std::time::Duration::from_micros(t.tv_usec as u64);
+    tv(usage.ru_utime) + tv(usage.ru_stime)
+}
+
+/// The CPU Redis has used so far, as it reports it (`INFO cpu`); `None` without `redis-cli`.
+fn redis_cpu() -> Option<std::time::Duration> {
+    let out = Command::new("redis-cli").args(["INFO", "cpu"]).output().ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let field = |name: &str| -> Option<f64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))?
+            .trim()
+            .parse()
+            .ok()
+    };
+    Some(std::time::Duration::from_secs_f64(field("used_cpu_user")? + field("used_cpu_sys")?))
 }

@@ -763,6 +763,10 @@ impl<'a> Cycle<'a> {
             timer.elapsed().as_secs_f64(),
             fault_kind.as_ref().map(|k| k.as_str().unwrap_or("unknown")),
         );
+        // The plugin ran on this worker without giving it up (tens of µs): a cycle deciding
+        // record after record would otherwise hold it, and the store's commits, whose every
+        // statement needs a worker to go on, would wait behind the whole batch.
+        tokio::task::yield_now().await;
         let fault = match outcome {
             Ok(o) => {
                 // The input is kept so a dry-run can replay exactly what the plugin saw.

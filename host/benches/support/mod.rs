@@ -17,6 +17,35 @@ impl Drop for Emulator {
     }
 }
 
+impl Emulator {
+    /// CPU time the emulator's process has used so far, user and system, all its threads
+    /// (Linux `/proc/<pid>/stat`; `None` elsewhere).
+    #[allow(dead_code)] // not every bench reads it
+    pub fn cpu(&self) -> Option<std::time::Duration> {
+        process_cpu(self.child.id())
+    }
+}
+
+/// CPU time a process has used so far, user and system (Linux `/proc/<pid>/stat`).
+#[allow(dead_code)]
+pub fn process_cpu(pid: u32) -> Option<std::time::Duration> {
+    process_cpu_of(std::path::Path::new(&format!("/proc/{pid}/stat")))
+}
+
+/// CPU time, user and system, from a `stat` file of `/proc` (a process's or a thread's).
+#[allow(dead_code)]
+pub fn process_cpu_of(stat: &std::path::Path) -> Option<std::time::Duration> {
+    let stat = std::fs::read_to_string(stat).ok()?;
+    // The command name may hold spaces; the fields after its closing parenthesis do not.
+    let mut fields = stat.rsplit_once(')')?.1.split_whitespace();
+    // utime and stime are the 14th and 15th fields, the 12th and 13th after the name.
+    let utime: u64 = fields.nth(11)?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    // SAFETY: sysconf reads a constant of the running system.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Some(std::time::Duration::from_micros((utime + stime) * 1_000_000 / ticks))
+}
+
 /// Run `ml-connector <args>` (release build) and wait for the URL it prints first.
 pub fn start(args: &[&str]) -> Emulator {
     let mut child = Command::new(env!("CARGO_BIN_EXE_ml-connector"))
