@@ -124,59 +124,6 @@ impl Drop for Holding {
     }
 }
 
-/// How many claimed jobs still wait for Twilio's answer (not yet sent, or in flight): what
-/// the claim loop refills by. Jobs whose answer is only waiting for its commit do not count,
-/// so a slow commit never leaves Twilio's slots idle.
-#[derive(Clone)]
-struct Unsent(Arc<UnsentCount>);
-
-struct UnsentCount {
-    count: std::sync::atomic::AtomicUsize,
-    /// Rung when the count falls below `low`: time to claim more.
-    low: usize,
-    fell_low: tokio::sync::Notify,
-}
-
-impl Unsent {
-    fn new(low: usize) -> Self {
-        Unsent(Arc::new(UnsentCount {
-            count: Default::default(),
-            low,
-            fell_low: Default::default(),
-        }))
-    }
-
-    fn get(&self) -> usize {
-        self.0.count.load(std::sync::atomic::Ordering::SeqCst)
-    }
-
-    /// Count one claimed job until the returned turn is dropped (once Twilio answered it).
-    fn one(&self) -> UnsentJob {
-        self.0.count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        UnsentJob(self.clone())
-    }
-}
-
-/// One claimed job's place in [`Unsent`].
-struct UnsentJob(Unsent);
-
-impl Drop for UnsentJob {
-    fn drop(&mut self) {
-        let c = &self.0.0;
-        // Only the drop that crosses the mark rings: one wake-up per refill, not per send.
-        if c.count.fetch_sub(1, std::sync::atomic::Ordering::SeqCst) == c.low {
-            c.fell_low.notify_one();
-        }
-    }
-}
-
-/// What a job holds until Twilio has answered it: one of its tenant's requests in flight, and
-/// its place among the claimed jobs still to be sent.
-struct SendTurn {
-    _slot: Option<tokio::sync::OwnedSemaphorePermit>,
-    _unsent: UnsentJob,
-}
-
 /// The most attempts' ends one commit takes.
 const FINISH_BATCH: usize = 256;
 
@@ -255,7 +202,7 @@ impl Dispatcher {
     pub async fn run_once(&self) -> Result<usize, StoreError> {
         let held = Held::default();
         let mut tasks = JoinSet::new();
-        let n = self.claim_into(self.batch, &held, &Unsent::new(0), &mut tasks).await?;
+        let n = self.claim_into(self.batch, &held, &mut tasks).await?;
         tokio::select! {
             _ = async { while tasks.join_next().await.is_some() {} } => {}
             _ = self.keep_leases(&held) => {}
@@ -264,9 +211,8 @@ impl Dispatcher {
     }
 
     /// Claim up to `limit` due jobs and start each in `tasks`; how many were claimed. Each
-    /// is in `held` (its lease renewed) until its task ends, and in `unsent` until Twilio
-    /// answered it.
-    async fn claim_into(&self, limit: i64, held: &Held, unsent: &Unsent, tasks: &mut JoinSet<()>) -> Result<usize, StoreError> {
+    /// is in `held` (its lease renewed) until its task ends.
+    async fn claim_into(&self, limit: i64, held: &Held, tasks: &mut JoinSet<()>) -> Result<usize, StoreError> {
         let jobs = self.store.claim_jobs(&self.worker, self.clock.now(), self.lease, limit).await?;
         let n = jobs.len();
         let jobs: Vec<(Job, Work)> = jobs
@@ -291,16 +237,12 @@ impl Dispatcher {
             let d = self.clone();
             let opted_out = opted_out.clone();
             let holding = Holding::new(held, &job);
-            let unsent = unsent.one();
             tasks.spawn(async move {
                 let _holding = holding;
                 let slot = d.slot(&job.tenant);
                 // Held while Twilio has the request, not while its answer is committed: the
                 // cap is on requests in flight, and commits are shared (group commit).
-                let turn = SendTurn {
-                    _slot: slot.acquire_owned().await.ok(),
-                    _unsent: unsent,
-                };
+                let permit = slot.acquire_owned().await.ok();
                 if d.stopping.load(std::sync::atomic::Ordering::SeqCst) {
                     if let Err(e) = d.store.release_job(&job, d.clock.now()).await {
                         tracing::warn!(job = %job.key, error = %e, "job left for its lease to expire");
@@ -316,7 +258,7 @@ impl Dispatcher {
                     record = %job.record_key,
                     sid = tracing::field::Empty
                 );
-                if let Err(e) = tracing::Instrument::instrument(d.process(&job, work, &opted_out, turn), span).await {
+                if let Err(e) = tracing::Instrument::instrument(d.process(&job, work, &opted_out, permit), span).await {
                     tracing::warn!(job = %job.key, error = %e, "job left for its lease to expire");
                 }
             });
@@ -359,8 +301,8 @@ impl Dispatcher {
 
     /// Work until `shutdown` turns true: sends under way finish, claimed jobs not yet started
     /// go back to the queue for the next host or run. A pipeline, not batch after batch:
-    /// once fewer than half a batch wait for Twilio's answer it claims more, so neither the
-    /// last sends of one claim nor the commit of their answers leave Twilio's slots idle.
+    /// once fewer than half a batch are under way it claims more, so the last sends of one
+    /// claim never leave Twilio's slots idle.
     pub async fn run(&self, mut shutdown: watch::Receiver<bool>) {
         let watcher = tokio::spawn({
             let (mut sd, stopping) = (shutdown.clone(), self.stopping.clone());
@@ -370,33 +312,25 @@ impl Dispatcher {
             }
         });
         let held = Held::default();
-        let refill_below = (self.batch.max(2) / 2) as usize;
-        let unsent = Unsent::new(refill_below);
-        // Answered jobs waiting for their commit are not counted in `unsent`; this bounds them
-        // should the store fall behind.
-        let most_tasks = 4 * self.batch.max(1) as usize;
         let work = async {
             let mut tasks = JoinSet::new();
+            let refill_below = (self.batch.max(2) / 2) as usize;
             loop {
                 if *shutdown.borrow() {
                     break;
                 }
-                while tasks.try_join_next().is_some() {}
                 let mut claimed = 0;
-                let waiting = unsent.get();
-                if waiting < refill_below && tasks.len() < most_tasks {
-                    match self.claim_into(self.batch - waiting as i64, &held, &unsent, &mut tasks).await {
+                if tasks.len() < refill_below {
+                    match self.claim_into(self.batch - tasks.len() as i64, &held, &mut tasks).await {
                         Ok(n) => claimed = n,
                         Err(e) => tracing::warn!(error = %e, "cannot claim jobs; retrying"),
                     }
                 }
-                if claimed > 0 && unsent.get() < refill_below && tasks.len() < most_tasks {
+                if claimed > 0 && tasks.len() < refill_below {
                     continue; // more may be due already
                 }
                 tokio::select! {
-                    _ = unsent.0.fell_low.notified() => {}
-                    // Only when the store holds answered jobs back: one commit frees many.
-                    Some(_) = tasks.join_next(), if tasks.len() >= most_tasks => {}
+                    Some(_) = tasks.join_next() => {}
                     _ = tokio::time::sleep(Duration::from_millis(200)) => {}
                     _ = self.wake.notified() => {}
                     _ = shutdown.changed() => {}
@@ -580,7 +514,13 @@ impl Dispatcher {
         Ok(out)
     }
 
-    async fn process(&self, job: &Arc<Job>, work: Work, opted_out: &HashSet<(String, String)>, turn: SendTurn) -> Result<(), StoreError> {
+    async fn process(
+        &self,
+        job: &Arc<Job>,
+        work: Work,
+        opted_out: &HashSet<(String, String)>,
+        twilio_slot: Option<tokio::sync::OwnedSemaphorePermit>,
+    ) -> Result<(), StoreError> {
         // A send carries the plugin's delivery and words; a confirmation only its words.
         let (channel, to, message, from_override) = match work {
             Work::Qad(fields) => return self.process_qad(job, &fields).await,
@@ -729,7 +669,7 @@ impl Dispatcher {
                     .await
             }
         };
-        drop(turn);
+        drop(twilio_slot);
         if let Some(n) = self.abort_after_send
             && self.sends.fetch_add(1, std::sync::atomic::Ordering::SeqCst) % n == n - 1
         {
