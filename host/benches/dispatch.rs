@@ -26,7 +26,7 @@ use ml_connector::core::people::{Recipient, Role};
 use ml_connector::core::routing::{AlertInput, PluginContext};
 use ml_connector::dispatcher::{Dispatcher, SECRET_TWILIO_API_KEY_SECRET, SECRET_TWILIO_API_KEY_SID};
 use ml_connector::plugin::{DEFAULT_PLUGIN, Limits, PluginRuntime};
-use ml_connector::poller::{APPLY_BATCH, Routing, send_jobs};
+use ml_connector::poller::{APPLY_BATCH, Routing, routed_entry, send_jobs};
 use ml_connector::qad_sandbox::SandboxConfig;
 use ml_connector::sandbox::{example_tenant, provision_example};
 use ml_connector::secrets::{Keyring, SecretString, generate_master_key};
@@ -153,7 +153,7 @@ async fn run() {
                 // As the poller does after each plugin call (see `poller::Cycle::route`).
                 tokio::task::yield_now().await;
                 // The poller's entry: what the plugin saw and decided, for dry-run replays.
-                let routed_audit = serde_json::json!({"plugin": "default", "input": alert, "deliveries": out.routed, "logs": out.logs});
+                let routed_audit = routed_entry("default", Some(&alert), &out.routed, &out.logs);
                 let routing = Routing::Routed {
                     plugin: "default".into(),
                     routed: out.routed,

@@ -588,7 +588,7 @@ impl<'a> Cycle<'a> {
         let summary = |a: &Attention| attention::summary(kind, &key, &supplier_name, amount.as_ref().map(|(v, c)| (*v, c.as_str())), a);
         let mut audit = Vec::new();
         let mut routing = None;
-        let opening = |a: Attention, episode: i64, audit: &mut Vec<(String, Value)>| {
+        let opening = |a: Attention, episode: i64, audit: &mut Vec<(String, String)>| {
             let reference = new_reference();
             let alert = AlertInput {
                 kind,
@@ -606,7 +606,10 @@ impl<'a> Cycle<'a> {
                 reference: reference.clone(),
             };
             for u in &people.unreachable {
-                audit.push(("unreachable".to_string(), json!({"role": u.role, "name": u.name, "error": u.error})));
+                audit.push((
+                    "unreachable".to_string(),
+                    json!({"role": u.role, "name": u.name, "error": u.error}).to_string(),
+                ));
             }
             (
                 NewEpisode {
@@ -629,8 +632,8 @@ impl<'a> Cycle<'a> {
             (Transition::Update { urgency_changed }, Some(a)) => {
                 let o = open.as_ref().expect("an update has an open episode");
                 match urgency_changed {
-                    Some((from, to)) => audit.push(("urgency_changed".to_string(), json!({"from": from, "to": to}))),
-                    None => audit.push(("people_changed".to_string(), json!({"people": people}))),
+                    Some((from, to)) => audit.push(("urgency_changed".to_string(), json!({"from": from, "to": to}).to_string())),
+                    None => audit.push(("people_changed".to_string(), json!({"people": people}).to_string())),
                 }
                 EpisodeChange::Update {
                     episode: o.episode,
@@ -749,7 +752,7 @@ impl<'a> Cycle<'a> {
 
     /// Ask the tenant's plugin whom to alert and with what words; every fault becomes an
     /// audit entry on the record, and the default plugin decides only if the tenant said so.
-    async fn route(&self, alert: &AlertInput, audit: &mut Vec<(String, Value)>) -> Routing {
+    async fn route(&self, alert: &AlertInput, audit: &mut Vec<(String, String)>) -> Routing {
         let r = &self.router;
         let ctx = PluginContext::at(&self.tenant.id, &r.settings.config.to_string(), self.p.clock.now(), self.tz);
         let timer = std::time::Instant::now();
@@ -770,10 +773,7 @@ impl<'a> Cycle<'a> {
         let fault = match outcome {
             Ok(o) => {
                 // The input is kept so a dry-run can replay exactly what the plugin saw.
-                audit.push((
-                    "routed".into(),
-                    json!({"plugin": r.label, "input": alert, "deliveries": o.routed, "logs": o.logs}),
-                ));
+                audit.push(("routed".into(), routed_entry(&r.label, Some(alert), &o.routed, &o.logs)));
                 return Routing::Routed {
                     plugin: r.label.clone(),
                     routed: o.routed,
@@ -784,7 +784,7 @@ impl<'a> Cycle<'a> {
         tracing::warn!(tenant = %self.tenant.id, record = %alert.key, plugin = %r.label, error = %fault, "plugin fault");
         audit.push((
             "plugin_fault".into(),
-            json!({"plugin": r.label, "input": alert, "kind": fault.kind, "call": fault.call, "error": fault.message}),
+            json!({"plugin": r.label, "input": alert, "kind": fault.kind, "call": fault.call, "error": fault.message}).to_string(),
         ));
         let fallback = if r.settings.fallback_to_default {
             match self
@@ -794,16 +794,13 @@ impl<'a> Cycle<'a> {
                 .await
             {
                 Ok(o) => {
-                    audit.push((
-                        "routed".into(),
-                        json!({"plugin": "default (fallback)", "deliveries": o.routed, "logs": o.logs}),
-                    ));
+                    audit.push(("routed".into(), routed_entry("default (fallback)", None, &o.routed, &o.logs)));
                     Some(o.routed)
                 }
                 Err(f) => {
                     audit.push((
                         "plugin_fault".into(),
-                        json!({"plugin": "default (fallback)", "kind": f.kind, "call": f.call, "error": f.message}),
+                        json!({"plugin": "default (fallback)", "kind": f.kind, "call": f.call, "error": f.message}).to_string(),
                     ));
                     None
                 }
@@ -1104,6 +1101,27 @@ impl<'a> Cycle<'a> {
         self.supplier_person(&r.supplier, &mut out).await?;
         Ok(self.finish_people(out, missing))
     }
+}
+
+/// A poll's `routed` audit entry: the plugin, what it saw (kept so a dry-run can replay it
+/// exactly; the fallback's entry leaves it out, it is the same input) and what it decided.
+/// Written straight to text: no `Value` tree of the alert and the deliveries in between.
+pub fn routed_entry(plugin: &str, input: Option<&AlertInput>, deliveries: &[Routed], logs: &[crate::plugin::PluginLog]) -> String {
+    #[derive(serde::Serialize)]
+    struct Entry<'a> {
+        plugin: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        input: Option<&'a AlertInput>,
+        deliveries: &'a [Routed],
+        logs: &'a [crate::plugin::PluginLog],
+    }
+    serde_json::to_string(&Entry {
+        plugin,
+        input,
+        deliveries,
+        logs,
+    })
+    .expect("plain data serialises")
 }
 
 /// A send job's payload: the [`Routed`](crate::core::routing::Routed) delivery and words, and

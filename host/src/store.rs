@@ -276,7 +276,8 @@ pub struct RecordChange {
     /// The row's new content version and data, when it was read from QAD.
     pub seen: Option<(String, Value)>,
     pub episode: EpisodeChange,
-    pub audit: Vec<(String, Value)>,
+    /// Entries for the record's trail: the event and its detail, already JSON text.
+    pub audit: Vec<(String, String)>,
     /// Jobs to enqueue with the change (an alert's sends); a job key seen before is a no-op.
     pub jobs: Vec<NewJob>,
 }

@@ -138,7 +138,7 @@ async fn batches_keep_each_records_and_each_attempts_own_outcome() {
             record_key: format!("PO{n}"),
             seen: Some((format!("v{n}"), json!({"n": n}))),
             episode: EpisodeChange::None,
-            audit: vec![("routed".into(), json!({"n": n}))],
+            audit: vec![("routed".into(), json!({"n": n}).to_string())],
             jobs,
         };
         s.apply_batch(&h.tenant.id, &[change(1, vec![job(1)])], morning()).await.unwrap();

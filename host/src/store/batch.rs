@@ -156,7 +156,7 @@ impl Store {
                         key: c.record_key.as_str(),
                         episode: *episode,
                         event: event.as_str(),
-                        detail: detail.to_string().into(),
+                        detail: Cow::Borrowed(detail.as_str()),
                     })
                 })
                 .collect();
