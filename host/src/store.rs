@@ -189,8 +189,9 @@ macro_rules! insert_jobs {
     };
 }
 
-/// A job's payload as read from `job_payloads`; `Null` when missing or unreadable, which the
-/// dispatcher then fails by name ("the job's payload is not a delivery") rather than send.
+/// A job's payload as `job_info` reads it from `job_payloads`; `Null` when missing or
+/// unreadable, so its readers find fields absent rather than fail. (The dispatcher reads a
+/// claimed job's text itself, and fails an unreadable one by name.)
 pub(crate) fn payload_from(text: Option<String>) -> Value {
     text.and_then(|p| serde_json::from_str(&p).ok()).unwrap_or(Value::Null)
 }
