@@ -422,12 +422,5 @@ fn storage_written() -> Option<u64> {
 
 /// CPU time this process has used so far, user and system, all threads.
 fn cpu_used() -> Duration {
-    // SAFETY: getrusage writes into the struct it is given and reads nothing else.
-    let usage = unsafe {
-        let mut u = std::mem::zeroed::<libc::rusage>();
-        libc::getrusage(libc::RUSAGE_SELF, &mut u);
-        u
-    };
-    let tv = |t: libc::timeval| Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64);
-    tv(usage.ru_utime) + tv(usage.ru_stime)
+    support::rusage_cpu(libc::RUSAGE_SELF)
 }

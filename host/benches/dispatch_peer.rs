@@ -103,14 +103,7 @@ async fn run() {
 
 /// CPU time used by this process's children that ended and were waited for (here: Node).
 fn children_cpu() -> std::time::Duration {
-    // SAFETY: getrusage writes into the struct it is given and reads nothing else.
-    let usage = unsafe {
-        let mut u = std::mem::zeroed::<libc::rusage>();
-        libc::getrusage(libc::RUSAGE_CHILDREN, &mut u);
-        u
-    };
-    let tv = |t: libc::timeval| std::time::Duration::from_secs(t.tv_sec as u64) + std::time::Duration::from_micros(t.tv_usec as u64);
-    tv(usage.ru_utime) + tv(usage.ru_stime)
+    support::rusage_cpu(libc::RUSAGE_CHILDREN)
 }
 
 /// The CPU Redis has used so far, as it reports it (`INFO cpu`); `None` without `redis-cli`.

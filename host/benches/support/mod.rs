@@ -26,6 +26,20 @@ impl Emulator {
     }
 }
 
+/// CPU time used so far, user and system, by this process (`RUSAGE_SELF`, all threads) or by
+/// its children that ended and were waited for (`RUSAGE_CHILDREN`).
+#[allow(dead_code)]
+pub fn rusage_cpu(who: libc::c_int) -> std::time::Duration {
+    // SAFETY: getrusage writes into the struct it is given and reads nothing else.
+    let usage = unsafe {
+        let mut u = std::mem::zeroed::<libc::rusage>();
+        libc::getrusage(who, &mut u);
+        u
+    };
+    let tv = |t: libc::timeval| std::time::Duration::from_secs(t.tv_sec as u64) + std::time::Duration::from_micros(t.tv_usec as u64);
+    tv(usage.ru_utime) + tv(usage.ru_stime)
+}
+
 /// CPU time a process has used so far, user and system (Linux `/proc/<pid>/stat`).
 #[allow(dead_code)]
 pub fn process_cpu(pid: u32) -> Option<std::time::Duration> {
