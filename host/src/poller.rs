@@ -1134,7 +1134,7 @@ struct SendPayload<'a> {
 }
 
 /// One send job per routed delivery, due after its delay; the key is the alert's identity.
-/// One send job per delivery. The payload carries the alert as the plugin saw it, so an
+/// The payload carries the alert as the plugin saw it, so an
 /// answer to it can be read by the same plugin later.
 pub fn send_jobs(tenant: &str, alert: &AlertInput, episode: i64, routing: &Routing, now: DateTime<Utc>) -> Vec<NewJob> {
     let (kind, key) = (alert.kind, alert.key.as_str());

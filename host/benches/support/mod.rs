@@ -22,7 +22,7 @@ impl Emulator {
     /// (Linux `/proc/<pid>/stat`; `None` elsewhere).
     #[allow(dead_code)] // not every bench reads it
     pub fn cpu(&self) -> Option<std::time::Duration> {
-        process_cpu(self.child.id())
+        process_cpu_of(std::path::Path::new(&format!("/proc/{}/stat", self.child.id())))
     }
 }
 
@@ -38,12 +38,6 @@ pub fn rusage_cpu(who: libc::c_int) -> std::time::Duration {
     };
     let tv = |t: libc::timeval| std::time::Duration::from_secs(t.tv_sec as u64) + std::time::Duration::from_micros(t.tv_usec as u64);
     tv(usage.ru_utime) + tv(usage.ru_stime)
-}
-
-/// CPU time a process has used so far, user and system (Linux `/proc/<pid>/stat`).
-#[allow(dead_code)]
-pub fn process_cpu(pid: u32) -> Option<std::time::Duration> {
-    process_cpu_of(std::path::Path::new(&format!("/proc/{pid}/stat")))
 }
 
 /// CPU time, user and system, from a `stat` file of `/proc` (a process's or a thread's).
