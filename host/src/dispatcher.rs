@@ -603,46 +603,50 @@ impl Dispatcher {
                 // A call carries nothing of ours that Twilio's list shows: it is placed again
                 // only when no call in the list could be it; otherwise it stays unknown, visible.
                 _ => {
-                    let unproven = match client.list_calls(&to, &from).await {
+                    let verdict = match client.list_calls(&to, &from).await {
                         Ok(listed) => {
+                            // Read after the list, and the deliveries being placed before
+                            // those recorded: a listed call of another delivery is then either
+                            // still being placed or already recorded (one commit does both).
+                            let placing = self.store.calls_being_placed(&to, job.id).await?;
                             let sids: Vec<String> = listed.iter().map(|c| c.sid.clone()).collect();
                             let known = self.store.known_call_sids(&sids).await?;
                             let since = (job.created_at - chrono::Duration::minutes(1)).timestamp();
-                            match reconcile_call(&listed, CALL_LIST_PAGE, &known, since) {
-                                CallReconciliation::NotPlaced => None,
-                                CallReconciliation::Unproven { why } => Some(why),
-                            }
+                            reconcile_call(&listed, CALL_LIST_PAGE, &known, &placing, since)
                         }
-                        Err(e) => {
-                            let why = format!("Twilio's call list could not be read: {e}");
-                            // The list may read next time: a blip should not settle the call.
-                            if job.attempt < MAX_ATTEMPTS {
-                                let run_at = self.retry_at(job, None);
-                                return self
-                                    .finish(
-                                        job,
-                                        Some(channel),
-                                        JobEnd::Retry { run_at, reconcile: true },
-                                        "outcome_unknown",
-                                        json!({"to": to, "channel": "voice", "why": why, "retry_at": run_at.to_rfc3339()}),
-                                    )
-                                    .await;
-                            }
-                            Some(why)
-                        }
+                        // The list may read next time: a blip should not settle the call.
+                        Err(e) => CallReconciliation::Wait {
+                            why: format!("Twilio's call list could not be read: {e}"),
+                        },
                     };
-                    if let Some(why) = unproven {
-                        return self
-                            .finish(
-                                job,
-                                Some(channel),
-                                JobEnd::Unknown,
-                                "outcome_unknown",
-                                json!({"to": to, "channel": "voice", "why": why}),
-                            )
-                            .await;
+                    match verdict {
+                        CallReconciliation::NotPlaced => {
+                            reconciled = Some("no call in Twilio's list can be this one: placed now");
+                        }
+                        CallReconciliation::Wait { why } if job.attempt < MAX_ATTEMPTS => {
+                            let run_at = self.retry_at(job, None);
+                            return self
+                                .finish(
+                                    job,
+                                    Some(channel),
+                                    JobEnd::Retry { run_at, reconcile: true },
+                                    "outcome_unknown",
+                                    json!({"to": to, "channel": "voice", "why": why, "retry_at": run_at.to_rfc3339()}),
+                                )
+                                .await;
+                        }
+                        CallReconciliation::Wait { why } | CallReconciliation::Unproven { why } => {
+                            return self
+                                .finish(
+                                    job,
+                                    Some(channel),
+                                    JobEnd::Unknown,
+                                    "outcome_unknown",
+                                    json!({"to": to, "channel": "voice", "why": why}),
+                                )
+                                .await;
+                        }
                     }
-                    reconciled = Some("no call in Twilio's list can be this one: placed now");
                 }
             }
         }

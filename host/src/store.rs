@@ -924,6 +924,15 @@ impl Store {
             .await
     }
 
+    /// The ids of call jobs to `phone` other than `except` that are being placed now (claimed,
+    /// their ends not yet committed), whichever their tenant: tenants may share a Twilio
+    /// account, so its list of calls to a number holds theirs too.
+    pub async fn calls_being_placed(&self, phone: &str, except: i64) -> Result<Vec<String>> {
+        let pattern = crate::core::dispatch::call_jobs_to(phone);
+        on_pool!(self, p => Ok(sqlx::query(r"SELECT job_key FROM jobs WHERE state = 'running' AND job_key LIKE $1 ESCAPE '\' AND id <> $2")
+            .bind(pattern).bind(except).fetch_all(p).await?.into_iter().map(|r| r.get(0)).collect()))
+    }
+
     /// Which of `values` the rows `select` reads hold in `column`: `select` ends where
     /// a bound tenant goes (when given), and is a constant of this module, as is `column`,
     /// never input. Read in chunks under the bind limits.

@@ -75,6 +75,10 @@ pub struct TwilioFaults {
     /// Create requests are received but left unanswered until this is turned off: a test
     /// holds sends in flight for exactly as long as it needs to (`in_flight` counts them).
     pub hold_creates: bool,
+    /// Create requests are processed (the message or call exists, is listed and counted) but
+    /// their answers are held until this is turned off: the moment Twilio has a resource its
+    /// creator has not heard of yet.
+    pub hold_answers: bool,
     /// Answer creates and nothing more: no status callbacks, no scripted people (a stand-in
     /// that only answers, as a benchmark's peer does; real Twilio's callbacks cost the host's
     /// machine nothing to produce).
@@ -165,6 +169,8 @@ pub struct TwilioSandbox {
     http: reqwest::Client,
     /// Whether create requests are held (the `hold_creates` fault), watched by those waiting.
     hold: Arc<tokio::sync::watch::Sender<bool>>,
+    /// Whether answers to processed creates are held (the `hold_answers` fault).
+    hold_answers: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 /// A create request being answered; counted in `in_flight` until dropped.
@@ -223,6 +229,7 @@ impl TwilioSandbox {
             http: reqwest::Client::new(),
             playing: Arc::default(),
             hold: Arc::new(tokio::sync::watch::channel(false).0),
+            hold_answers: Arc::new(tokio::sync::watch::channel(false).0),
         }
     }
 
@@ -253,6 +260,11 @@ impl TwilioSandbox {
         let _ = self.hold.subscribe().wait_for(|held| !*held).await;
         in_flight
     }
+    /// Answer a processed create, once answers are no longer held.
+    async fn answer(&self, response: Response) -> Response {
+        let _ = self.hold_answers.subscribe().wait_for(|held| !*held).await;
+        response
+    }
     /// Every status callback played, by idempotency token: whether the host answered it 2xx.
     pub fn callbacks(&self) -> std::collections::BTreeMap<String, bool> {
         self.lock().callbacks.clone()
@@ -282,9 +294,10 @@ impl TwilioSandbox {
         });
     }
     pub fn set_faults(&self, f: TwilioFaults) {
-        let hold = f.hold_creates;
+        let (hold, hold_answers) = (f.hold_creates, f.hold_answers);
         self.lock().faults = f;
         self.hold.send_replace(hold);
+        self.hold_answers.send_replace(hold_answers);
     }
     /// How the people reached answer, from now on.
     pub fn set_scripts(&self, scripts: Vec<Script>) {
@@ -639,20 +652,21 @@ async fn create_message(
     if let Some((resp, processed)) = sb.fault() {
         if processed {
             record(&sb, Resource::Message, to, from.unwrap_or(""), text, one(&form, "StatusCallback"));
+            return sb.answer(resp).await;
         }
         return resp;
     }
     let m = record(&sb, Resource::Message, to, from.unwrap_or(""), text, one(&form, "StatusCallback"));
-    let s = sb.lock();
+    let account_sid = sb.lock().cfg.account_sid.clone();
     let body = json!({
-        "account_sid": s.cfg.account_sid, "api_version": "2010-04-01", "body": m.body, "date_created": m.date_created,
+        "account_sid": account_sid, "api_version": "2010-04-01", "body": m.body, "date_created": m.date_created,
         "date_sent": null, "date_updated": m.date_created, "direction": "outbound-api", "error_code": null, "error_message": null,
         "from": m.from, "messaging_service_sid": null, "num_media": "0", "num_segments": ((m.body.chars().count().max(1) - 1) / 153 + 1).to_string(),
         "price": null, "price_unit": "USD", "sid": m.sid, "status": "queued",
-        "subresource_uris": {"media": format!("/2010-04-01/Accounts/{}/Messages/{}/Media.json", s.cfg.account_sid, m.sid)},
-        "to": m.to, "uri": format!("/2010-04-01/Accounts/{}/Messages/{}.json", s.cfg.account_sid, m.sid)
+        "subresource_uris": {"media": format!("/2010-04-01/Accounts/{account_sid}/Messages/{}/Media.json", m.sid)},
+        "to": m.to, "uri": format!("/2010-04-01/Accounts/{account_sid}/Messages/{}.json", m.sid)
     });
-    (StatusCode::CREATED, Json(body)).into_response()
+    sb.answer((StatusCode::CREATED, Json(body)).into_response()).await
 }
 
 #[derive(Clone, Copy)]
@@ -772,17 +786,18 @@ async fn create_call(
     if let Some((resp, processed)) = sb.fault() {
         if processed {
             record(&sb, Resource::Call, to, from, twiml, one(&form, "StatusCallback"));
+            return sb.answer(resp).await;
         }
         return resp;
     }
     let c = record(&sb, Resource::Call, to, from, twiml, one(&form, "StatusCallback"));
-    let s = sb.lock();
+    let account_sid = sb.lock().cfg.account_sid.clone();
     let body = json!({
-        "account_sid": s.cfg.account_sid, "api_version": "2010-04-01", "date_created": c.date_created, "date_updated": c.date_created,
+        "account_sid": account_sid, "api_version": "2010-04-01", "date_created": c.date_created, "date_updated": c.date_created,
         "direction": "outbound-api", "from": c.from, "to": c.to, "sid": c.sid, "status": "queued", "price_unit": "USD",
-        "uri": format!("/2010-04-01/Accounts/{}/Calls/{}.json", s.cfg.account_sid, c.sid)
+        "uri": format!("/2010-04-01/Accounts/{account_sid}/Calls/{}.json", c.sid)
     });
-    (StatusCode::CREATED, Json(body)).into_response()
+    sb.answer((StatusCode::CREATED, Json(body)).into_response()).await
 }
 
 async fn list_messages(

@@ -3,7 +3,10 @@
 use std::collections::HashMap;
 
 use chrono::Duration;
+use ml_connector::clock::Clock;
+use ml_connector::core::dispatch::send_job_id;
 use ml_connector::core::model::RecordKind;
+use ml_connector::core::routing::Channel;
 use ml_connector::dispatcher::{Dispatcher, SECRET_TWILIO_API_KEY_SECRET, SECRET_TWILIO_API_KEY_SID, SECRET_TWILIO_AUTH_TOKEN};
 use ml_connector::secrets::SecretString;
 use ml_connector::store::{EpisodeChange, Finish, JobEnd, NewJob, RecordChange, Sent, TwilioAccount};
@@ -381,6 +384,127 @@ async fn an_unknown_call_that_twilio_never_placed_is_placed_once_after_reading_i
         "{sent:?}"
     );
     assert!(sent.detail.get("possible_duplicate").is_none(), "{sent:?}");
+}
+
+/// A voice job to `phone` for purchase order `record`, due at `run_at`, with its real job id.
+fn call_job(tenant: &str, record: &str, phone: &str, run_at: chrono::DateTime<chrono::Utc>) -> RecordChange {
+    let routed = json!({
+        "delivery": {"to": {"role": "buyer", "name": "B", "source": "employee B-07", "phone": phone}, "channel": "voice", "delay_minutes": 0, "escalation_step": 0},
+        "message": {"channel": "voice", "say": format!("Purchase order {record} waits for your approval."), "choices": []}
+    });
+    RecordChange {
+        kind: RecordKind::PurchaseOrder,
+        record_key: record.into(),
+        seen: None,
+        episode: EpisodeChange::None,
+        audit: vec![],
+        jobs: vec![NewJob {
+            key: send_job_id(tenant, RecordKind::PurchaseOrder, record, 1, Channel::Voice, phone, 0),
+            kind: "send".into(),
+            episode: 1,
+            payload: routed.to_string(),
+            run_at,
+            escalation_step: 0,
+        }],
+    }
+}
+
+#[tokio::test]
+async fn an_unknown_call_waits_while_another_call_to_its_number_is_being_placed() {
+    for engine in engines() {
+        let h = harness(engine).await;
+        let (sb, mut d) = with_twilio(&h).await;
+        // Long leases: the clock moves past the unknown call's retry while the other is held.
+        d.lease = Duration::hours(1);
+        let phone = "+13125550140";
+        // PO1's create answers 503 unprocessed: its outcome is unknown, to be reconciled.
+        sb.set_faults(TwilioFaults {
+            fail_share: 1.0,
+            fail_processed: false,
+            ..Default::default()
+        });
+        h.db.store
+            .apply(&h.tenant.id, &call_job(&h.tenant.id, "PO1", phone, morning()), morning())
+            .await
+            .unwrap();
+        assert_eq!(d.run_once().await.unwrap(), 1);
+        assert_eq!(sb.stats().calls_created, 0, "{engine}");
+        let state = |jobs: &[(String, String, i64)], record: &str| {
+            jobs.iter()
+                .find(|(k, _, _)| k.contains(&format!("/{record}/")))
+                .map(|(_, st, _)| st.clone())
+                .unwrap()
+        };
+        let jobs = h.db.store.jobs(&h.tenant.id).await.unwrap();
+        assert_eq!(state(&jobs, "PO1"), "queued", "{engine}: PO1 is to be reconciled: {jobs:?}");
+
+        // PO2's call to the same number is created at Twilio, its answer held: listed, not recorded.
+        sb.set_faults(TwilioFaults {
+            hold_answers: true,
+            ..Default::default()
+        });
+        let now = h.clock.now();
+        h.db.store
+            .apply(&h.tenant.id, &call_job(&h.tenant.id, "PO2", phone, now), now)
+            .await
+            .unwrap();
+        let placing = tokio::spawn({
+            let d = d.clone();
+            async move { d.run_once().await.unwrap() }
+        });
+        for _ in 0..1000 {
+            if sb.stats().calls_created == 1 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert_eq!(sb.stats().calls_created, 1, "{engine}: PO2's call exists at Twilio");
+
+        // Another host reconciles PO1 now: the listed call may be PO2's, whose answer is not in.
+        h.clock.advance(Duration::minutes(6));
+        let other_host = Dispatcher::new(
+            h.db.store.clone(),
+            h.keys.clone(),
+            reqwest::Client::new(),
+            h.clock.clone(),
+            "http://127.0.0.1:9",
+        );
+        assert_eq!(other_host.run_once().await.unwrap(), 1, "{engine}: PO1 was due");
+        let jobs = h.db.store.jobs(&h.tenant.id).await.unwrap();
+        assert_eq!(
+            state(&jobs, "PO1"),
+            "queued",
+            "{engine}: PO1 waits, neither unknown nor placed: {jobs:?}"
+        );
+        assert_eq!(sb.stats().calls_created, 1, "{engine}");
+        let trail = h.db.store.audit_trail(&h.tenant.id, "purchase_order", "PO1").await.unwrap();
+        let waited = trail.last().unwrap();
+        assert_eq!(waited.event, "outcome_unknown", "{engine}: {trail:?}");
+        assert!(
+            waited.detail["why"]
+                .as_str()
+                .is_some_and(|w| w.contains("/PO2/") && w.contains("being placed")),
+            "{engine}: the wait names the call it waits for: {waited:?}"
+        );
+
+        // PO2's answer arrives and is recorded; PO1's next look finds the listed call is PO2's.
+        sb.set_faults(TwilioFaults::default());
+        assert_eq!(placing.await.unwrap(), 1);
+        drain(&h, &d).await;
+        let jobs = h.db.store.jobs(&h.tenant.id).await.unwrap();
+        assert!(jobs.iter().all(|(_, st, _)| st == "done"), "{engine}: {jobs:?}");
+        assert_eq!(sb.stats().calls_created, 2, "{engine}: each call placed once");
+        let trail = h.db.store.audit_trail(&h.tenant.id, "purchase_order", "PO1").await.unwrap();
+        let sent = trail
+            .iter()
+            .find(|e| e.event == "sent")
+            .unwrap_or_else(|| panic!("{engine}: {trail:?}"));
+        assert!(
+            sent.detail["reconciled"].as_str().is_some_and(|r| r.contains("no call")),
+            "{sent:?}"
+        );
+        assert!(sent.detail.get("possible_duplicate").is_none(), "{sent:?}");
+    }
 }
 
 #[tokio::test]

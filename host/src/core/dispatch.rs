@@ -17,6 +17,19 @@ pub fn send_job_id(tenant: &str, kind: RecordKind, key: &str, episode: i64, chan
     format!("send/{tenant}/{}/{key}/{episode}/{ch}/{phone}/{step}", kind.as_str())
 }
 
+/// A `LIKE` pattern (escape character `\`) matching the id of every call job to `phone`,
+/// whichever its tenant, record, episode or step.
+pub fn call_jobs_to(phone: &str) -> String {
+    let escaped: String = phone
+        .chars()
+        .flat_map(|c| match c {
+            '%' | '_' | '\\' => vec!['\\', c],
+            c => vec![c],
+        })
+        .collect();
+    format!("send/%/voice/{escaped}/%")
+}
+
 /// Error codes that no retry can fix: record them on the alert and move on.
 pub const PERMANENT_CODES: &[u32] = &[
     20003, // authentication
@@ -101,6 +114,9 @@ pub struct ListedCall {
 pub enum CallReconciliation {
     /// No call there could be this one: it was not placed, and placing it now is no duplicate.
     NotPlaced,
+    /// A call there may be this one, or may be one another delivery to the same number is
+    /// placing right now, whose answer is not recorded yet: ask again once that one is.
+    Wait { why: String },
     /// A call there may be this one; a call carries no id of ours to tell, so it is not
     /// placed again and stays visibly unknown.
     Unproven { why: String },
@@ -109,14 +125,27 @@ pub enum CallReconciliation {
 /// Reconcile an unknown call against `listed`, the calls to its number from its number, one
 /// page of `page_size`. A call created before `since` (the job's creation, less clock skew)
 /// is not this one; nor is a call another delivery of ours already holds (`known` sids).
-/// Anything else may be this one. Deciding "not placed" wrongly would call a person twice,
-/// so every doubt (an unreadable date, a full page that may hide more) is "unproven".
-pub fn reconcile_call(listed: &[ListedCall], page_size: usize, known: &[String], since: i64) -> CallReconciliation {
+/// Anything else may be this one — unless other deliveries to the number are being placed
+/// (`placing`, their job keys, read after the list): such a call may be theirs, with its
+/// answer not yet recorded, so the question waits for them. Deciding "not placed" wrongly
+/// would call a person twice, so every other doubt (an unreadable date, a full page that may
+/// hide more) is "unproven".
+pub fn reconcile_call(listed: &[ListedCall], page_size: usize, known: &[String], placing: &[String], since: i64) -> CallReconciliation {
     let maybe_ours: Vec<&str> = listed
         .iter()
         .filter(|c| c.created_at.is_none_or(|t| t >= since) && !known.contains(&c.sid))
         .map(|c| c.sid.as_str())
         .collect();
+    if !maybe_ours.is_empty() && !placing.is_empty() {
+        return CallReconciliation::Wait {
+            why: format!(
+                "Twilio lists {} call(s) to this number no delivery of ours accounts for yet ({}) while {} is being placed",
+                maybe_ours.len(),
+                maybe_ours.join(", "),
+                placing.join(", ")
+            ),
+        };
+    }
     if !maybe_ours.is_empty() {
         return CallReconciliation::Unproven {
             why: format!(
@@ -138,6 +167,37 @@ pub fn reconcile_call(listed: &[ListedCall], page_size: usize, known: &[String],
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_calls_to_a_number_pattern_matches_its_call_ids_alone() {
+        let like = |pattern: &str, id: &str| {
+            // LIKE as both engines read it: % any run, _ any one character, \ escapes.
+            fn m(p: &[char], s: &[char]) -> bool {
+                match p {
+                    [] => s.is_empty(),
+                    ['\\', c, rest @ ..] => s.first() == Some(c) && m(rest, &s[1..]),
+                    ['%', rest @ ..] => (0..=s.len()).any(|i| m(rest, &s[i..])),
+                    ['_', rest @ ..] => !s.is_empty() && m(rest, &s[1..]),
+                    [c, rest @ ..] => s.first() == Some(c) && m(rest, &s[1..]),
+                }
+            }
+            m(&pattern.chars().collect::<Vec<_>>(), &id.chars().collect::<Vec<_>>())
+        };
+        let pattern = call_jobs_to("+13125550140");
+        let id = |tenant, phone, channel, step| send_job_id(tenant, RecordKind::PurchaseOrder, "PO/1", 2, channel, phone, step);
+        let cases = [
+            ("a call to the number", id("t", "+13125550140", Channel::Voice, 0), true),
+            ("an escalation call", id("t", "+13125550140", Channel::Voice, 1), true),
+            ("another tenant's call", id("u", "+13125550140", Channel::Voice, 0), true),
+            ("an SMS to the number", id("t", "+13125550140", Channel::Sms, 0), false),
+            ("a call to another number", id("t", "+131255501400", Channel::Voice, 0), false),
+            ("a confirmation", "confirm/t/x/+13125550140".to_string(), false),
+        ];
+        for (name, job, matches) in cases {
+            assert_eq!(like(&pattern, &job), matches, "{name}: {job} against {pattern}");
+        }
+        assert_eq!(call_jobs_to("a_b%c\\"), "send/%/voice/a\\_b\\%c\\\\/%");
+    }
 
     #[test]
     fn job_ids_separate_what_must_be_separate() {
@@ -244,33 +304,70 @@ mod tests {
         };
         let known = vec!["CA-other".to_string()];
         let since = 1_000;
-        let not_placed = CallReconciliation::NotPlaced;
-        let cases: Vec<(&str, Vec<ListedCall>, usize, bool)> = vec![
-            ("no call at all", vec![], 1000, true),
-            ("only calls from before the job", vec![call("CA-old", Some(999))], 1000, true),
-            ("only another delivery's call", vec![call("CA-other", Some(1_500))], 1000, true),
-            ("an unaccounted call since the job", vec![call("CA-x", Some(1_000))], 1000, false),
-            ("an unreadable date may be ours", vec![call("CA-x", None)], 1000, false),
+        let other = "send/t/purchase_order/PO1/1/voice/+13125550140/0";
+        let (none, one) = (false, true);
+        // (case, listed, page size, another delivery to the number being placed, expected)
+        let cases: Vec<(&str, Vec<ListedCall>, usize, bool, &str)> = vec![
+            ("no call at all", vec![], 1000, none, "not placed"),
+            ("no call at all, another being placed", vec![], 1000, one, "not placed"),
+            (
+                "only calls from before the job",
+                vec![call("CA-old", Some(999))],
+                1000,
+                none,
+                "not placed",
+            ),
+            (
+                "only another delivery's call",
+                vec![call("CA-other", Some(1_500))],
+                1000,
+                none,
+                "not placed",
+            ),
+            (
+                "an unaccounted call since the job",
+                vec![call("CA-x", Some(1_000))],
+                1000,
+                none,
+                "unproven",
+            ),
+            (
+                "an unaccounted call while another is being placed",
+                vec![call("CA-x", Some(1_000))],
+                1000,
+                one,
+                "wait",
+            ),
+            ("an unreadable date may be ours", vec![call("CA-x", None)], 1000, none, "unproven"),
             (
                 "a full page of ours that may hide more",
                 vec![call("CA-other", Some(1_500)), call("CA-other", Some(1_200))],
                 2,
-                false,
+                none,
+                "unproven",
             ),
             (
                 "a full page reaching back before the job",
                 vec![call("CA-other", Some(1_500)), call("CA-old", Some(900))],
                 2,
-                true,
+                none,
+                "not placed",
             ),
         ];
-        for (name, listed, page, placed_not) in cases {
-            let got = reconcile_call(&listed, page, &known, since);
-            assert_eq!(got == not_placed, placed_not, "{name}: {got:?}");
-            if let CallReconciliation::Unproven { why } = &got
-                && listed.iter().any(|c| c.sid == "CA-x")
-            {
+        for (name, listed, page, another_placing, expected) in cases {
+            let placing: Vec<String> = another_placing.then(|| other.to_string()).into_iter().collect();
+            let got = reconcile_call(&listed, page, &known, &placing, since);
+            let (kind, why) = match &got {
+                CallReconciliation::NotPlaced => ("not placed", ""),
+                CallReconciliation::Wait { why } => ("wait", why.as_str()),
+                CallReconciliation::Unproven { why } => ("unproven", why.as_str()),
+            };
+            assert_eq!(kind, expected, "{name}: {got:?}");
+            if listed.iter().any(|c| c.sid == "CA-x") {
                 assert!(why.contains("CA-x"), "{name}: the unaccounted call is named: {why}");
+            }
+            if kind == "wait" {
+                assert!(why.contains(other), "{name}: the delivery waited for is named: {why}");
             }
         }
     }
