@@ -17,12 +17,12 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
 use crate::clock::Clock;
-use crate::core::dispatch::{CallReconciliation, SendOutcome, reconcile_call, retry_delay};
+use crate::core::dispatch::{CallReconciliation, SendOutcome, SmsReconciliation, reconcile_call, reconcile_sms, retry_delay};
 use crate::core::routing::{Channel, Message, Routed};
 use crate::core::twiml;
 use crate::group_commit::GroupCommit;
 use crate::secrets::Keyring;
-use crate::store::{Finish, Job, JobEnd, Sent, Store, StoreError};
+use crate::store::{Finish, InFlight, Job, JobEnd, Sent, Store, StoreError};
 use crate::twilio::{CALL_LIST_PAGE, Call, Sms, TwilioClient, TwilioConfig};
 
 pub const SECRET_TWILIO_API_KEY_SID: &str = "twilio.api_key_sid";
@@ -73,6 +73,18 @@ impl Work {
             Work::Confirm(c) => Some(&c.to),
             Work::Qad(_) | Work::Unreadable(_) => None,
         }
+    }
+}
+
+/// The words an in-flight SMS job sends, when its payload reads (a message with other words
+/// cannot be the one an unknown SMS is looking for; one that does not read might be).
+fn sms_words(job: &InFlight) -> Option<String> {
+    match job.kind.as_str() {
+        "confirm" => serde_json::from_str::<Confirmation>(&job.payload).ok().map(|c| c.body),
+        _ => match serde_json::from_str::<Routed>(&job.payload).ok()?.message {
+            Message::Sms { body } => Some(body),
+            Message::Voice { .. } => None,
+        },
     }
 }
 
@@ -583,18 +595,51 @@ impl Dispatcher {
         if job.reconcile {
             match (&message, channel) {
                 (Message::Sms { body }, Channel::Sms) => {
-                    match client.list_messages(&to, &from, job.created_at - chrono::Duration::days(1)).await {
-                        Ok(found) => {
-                            if let Some(m) = found.iter().find(|m| &m.body == body) {
-                                let sent = Sent {
-                                    sid: m.sid.clone(),
-                                    channel,
-                                    to: to.clone(),
-                                    from: from.clone(),
-                                };
-                                let detail =
-                                    json!({"sid": m.sid, "to": to, "channel": "sms", "reconciled": "found in Twilio's message list"});
-                                return self.finish_sent(job, detail, &sent).await;
+                    let since = job.created_at - chrono::Duration::days(1);
+                    match client.list_messages(&to, &from, since).await {
+                        Ok(listed) => {
+                            // In this order, as for calls: a listed message of another
+                            // delivery is then either still being sent or already recorded.
+                            let placing: Vec<String> = self
+                                .store
+                                .sends_being_placed(Channel::Sms, &job.tenant, &to, job.id)
+                                .await?
+                                .into_iter()
+                                .filter(|other| sms_words(other).is_none_or(|w| &w == body))
+                                .map(|other| other.key)
+                                .collect();
+                            let known = self.store.sms_sids_to(&job.tenant, &to, &from, since).await?;
+                            let listed = listed.iter().map(|m| (m.sid.as_str(), m.body.as_str()));
+                            match reconcile_sms(listed, body, &known, &placing) {
+                                SmsReconciliation::Sent { sid } => {
+                                    let sent = Sent {
+                                        sid: sid.clone(),
+                                        channel,
+                                        to: to.clone(),
+                                        from: from.clone(),
+                                    };
+                                    let detail =
+                                        json!({"sid": sid, "to": to, "channel": "sms", "reconciled": "found in Twilio's message list"});
+                                    return self.finish_sent(job, detail, &sent).await;
+                                }
+                                SmsReconciliation::NotSent => {
+                                    reconciled = Some("no message in Twilio's list can be this one: sent now");
+                                }
+                                SmsReconciliation::Wait { why } if job.attempt < MAX_ATTEMPTS => {
+                                    let run_at = self.retry_at(job, None);
+                                    return self
+                                        .finish(
+                                            job,
+                                            Some(channel),
+                                            JobEnd::Retry { run_at, reconcile: true },
+                                            "outcome_unknown",
+                                            json!({"to": to, "channel": "sms", "why": why, "retry_at": run_at.to_rfc3339()}),
+                                        )
+                                        .await;
+                                }
+                                // Still in doubt after every attempt: sent, flagged as the
+                                // possible duplicate it may be, as when the list cannot be read.
+                                SmsReconciliation::Wait { why } => audit_dup = Some(why),
                             }
                         }
                         Err(e) => audit_dup = Some(e),
@@ -608,7 +653,13 @@ impl Dispatcher {
                             // Read after the list, and the deliveries being placed before
                             // those recorded: a listed call of another delivery is then either
                             // still being placed or already recorded (one commit does both).
-                            let placing = self.store.calls_being_placed(&to, job.id).await?;
+                            let placing: Vec<String> = self
+                                .store
+                                .sends_being_placed(Channel::Voice, &job.tenant, &to, job.id)
+                                .await?
+                                .into_iter()
+                                .map(|other| other.key)
+                                .collect();
                             let sids: Vec<String> = listed.iter().map(|c| c.sid.clone()).collect();
                             let known = self.store.known_call_sids(&sids).await?;
                             let since = (job.created_at - chrono::Duration::minutes(1)).timestamp();

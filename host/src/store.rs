@@ -296,6 +296,15 @@ pub struct NewJob {
     pub escalation_step: u8,
 }
 
+/// A job being sent right now by some worker: what reconciliation must not mistake for its own.
+#[derive(Debug, Clone)]
+pub struct InFlight {
+    pub key: String,
+    pub kind: String,
+    /// Its payload as queued (JSON text).
+    pub payload: String,
+}
+
 /// A claimed job. `attempt` is the fencing token every later change must carry.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Job {
@@ -924,13 +933,33 @@ impl Store {
             .await
     }
 
-    /// The ids of call jobs to `phone` other than `except` that are being placed now (claimed,
-    /// their ends not yet committed), whichever their tenant: tenants may share a Twilio
-    /// account, so its list of calls to a number holds theirs too.
-    pub async fn calls_being_placed(&self, phone: &str, except: i64) -> Result<Vec<String>> {
-        let pattern = crate::core::dispatch::call_jobs_to(phone);
-        on_pool!(self, p => Ok(sqlx::query(r"SELECT job_key FROM jobs WHERE state = 'running' AND job_key LIKE $1 ESCAPE '\' AND id <> $2")
-            .bind(pattern).bind(except).fetch_all(p).await?.into_iter().map(|r| r.get(0)).collect()))
+    /// The jobs other than `except` sending on `channel` to `phone` now (claimed, their ends
+    /// not yet committed): id, kind and payload. Calls of any tenant: tenants may share a
+    /// Twilio account, so its list of calls to a number holds theirs too. Messages: `tenant`'s
+    /// sends to the number and any of its confirmations (whose ids do not name the number).
+    pub async fn sends_being_placed(&self, channel: Channel, tenant: &str, phone: &str, except: i64) -> Result<Vec<InFlight>> {
+        let pattern = crate::core::dispatch::send_jobs_to(channel, phone);
+        let confirmations = match channel {
+            Channel::Sms => "confirm",
+            Channel::Voice => "",
+        };
+        on_pool!(self, p => Ok(sqlx::query(
+            r"SELECT job_key, kind, (SELECT payload FROM job_payloads p WHERE p.job_id = jobs.id) FROM jobs
+              WHERE state = 'running' AND id <> $1 AND (job_key LIKE $2 ESCAPE '\' OR (kind = $3 AND tenant_id = $4))",
+        )
+        .bind(except).bind(pattern).bind(confirmations).bind(tenant).fetch_all(p).await?.into_iter()
+        .map(|r| InFlight { key: r.get(0), kind: r.get(1), payload: r.get::<Option<String>, _>(2).unwrap_or_default() })
+        .collect()))
+    }
+
+    /// The sids of `tenant`'s messages to `to` from `from` recorded since `since`: what an SMS
+    /// found by its words in Twilio's list may already belong to.
+    pub async fn sms_sids_to(&self, tenant: &str, to: &str, from: &str, since: DateTime<Utc>) -> Result<Vec<String>> {
+        on_pool!(self, p => Ok(sqlx::query(
+            "SELECT sid FROM deliveries WHERE tenant_id = $1 AND to_phone = $2 AND from_phone = $3 AND sent_at >= $4
+              AND channel = 'sms' AND sid IS NOT NULL",
+        )
+        .bind(tenant).bind(to).bind(from).bind(millis(since)).fetch_all(p).await?.into_iter().map(|r| r.get(0)).collect()))
     }
 
     /// Which of `values` the rows `select` reads hold in `column`: `select` ends where

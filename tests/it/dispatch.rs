@@ -10,7 +10,7 @@ use ml_connector::core::routing::Channel;
 use ml_connector::dispatcher::{Dispatcher, SECRET_TWILIO_API_KEY_SECRET, SECRET_TWILIO_API_KEY_SID, SECRET_TWILIO_AUTH_TOKEN};
 use ml_connector::secrets::SecretString;
 use ml_connector::store::{EpisodeChange, Finish, JobEnd, NewJob, RecordChange, Sent, TwilioAccount};
-use ml_connector::twilio_sandbox::{TwilioFaults, TwilioSandbox, TwilioSandboxConfig};
+use ml_connector::twilio_sandbox::{TwilioFaults, TwilioSandbox, TwilioSandboxConfig, TwilioStats};
 use ml_connector_tests::{Harness, engines, harness, morning};
 use serde_json::json;
 
@@ -409,101 +409,220 @@ fn call_job(tenant: &str, record: &str, phone: &str, run_at: chrono::DateTime<ch
     }
 }
 
+/// An unknown send, and another to the same number whose create Twilio has processed but not
+/// yet answered: a call (PO1 unknown, PO2 held), or an SMS with the same words (SI-1's
+/// episode 2 unknown, episode 1 held).
+struct Race {
+    channel: Channel,
+    record: (&'static str, &'static str),
+    /// The held send's record (the same one for the SMS: another episode of it).
+    held_record: &'static str,
+    unknown: fn(&str, &str, chrono::DateTime<chrono::Utc>) -> RecordChange,
+    held: fn(&str, &str, chrono::DateTime<chrono::Utc>) -> RecordChange,
+    held_id: &'static str,
+    created: fn(&TwilioStats) -> u64,
+}
+
+const SAME_WORDS: &str = "Invoice SI-1 is held: no goods receipt for PO10010 yet.";
+
 #[tokio::test]
-async fn an_unknown_call_waits_while_another_call_to_its_number_is_being_placed() {
+async fn an_unknown_send_waits_while_another_to_its_number_is_being_placed() {
+    let races = [
+        Race {
+            channel: Channel::Voice,
+            record: ("purchase_order", "PO1"),
+            held_record: "PO2",
+            unknown: |t, phone, at| call_job(t, "PO1", phone, at),
+            held: |t, phone, at| call_job(t, "PO2", phone, at),
+            held_id: "/PO2/",
+            created: |s| s.calls_created,
+        },
+        Race {
+            channel: Channel::Sms,
+            record: ("supplier_invoice", "SI-1"),
+            held_record: "SI-1",
+            unknown: |t, phone, at| sms_job(t, "SI-1", 2, phone, SAME_WORDS, at),
+            held: |t, phone, at| sms_job(t, "SI-1", 1, phone, SAME_WORDS, at),
+            held_id: "/SI-1/1/",
+            created: |s| s.messages_created,
+        },
+    ];
+    for engine in engines() {
+        for race in &races {
+            let h = harness(engine).await;
+            let (sb, mut d) = with_twilio(&h).await;
+            let ch = race.channel.as_str();
+            let (kind, record) = race.record;
+            // Long leases: the clock moves past the unknown send's retry while the other is held.
+            d.lease = Duration::hours(1);
+            let phone = "+13125550140";
+            // The first create answers 503 unprocessed: its outcome is unknown, to be reconciled.
+            sb.set_faults(TwilioFaults {
+                fail_share: 1.0,
+                fail_processed: false,
+                ..Default::default()
+            });
+            h.db.store
+                .apply(&h.tenant.id, &(race.unknown)(&h.tenant.id, phone, morning()), morning())
+                .await
+                .unwrap();
+            assert_eq!(d.run_once().await.unwrap(), 1);
+            assert_eq!((race.created)(&sb.stats()), 0, "{engine} {ch}");
+            let jobs = h.db.store.jobs(&h.tenant.id).await.unwrap();
+            assert_eq!(jobs[0].1, "queued", "{engine} {ch}: to be reconciled: {jobs:?}");
+            let unknown_id = jobs[0].0.clone();
+
+            // The other send to the number is created at Twilio, its answer held: listed, not recorded.
+            sb.set_faults(TwilioFaults {
+                hold_answers: true,
+                ..Default::default()
+            });
+            let now = h.clock.now();
+            h.db.store
+                .apply(&h.tenant.id, &(race.held)(&h.tenant.id, phone, now), now)
+                .await
+                .unwrap();
+            let placing = tokio::spawn({
+                let d = d.clone();
+                async move { d.run_once().await.unwrap() }
+            });
+            for _ in 0..1000 {
+                if (race.created)(&sb.stats()) == 1 {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            assert_eq!((race.created)(&sb.stats()), 1, "{engine} {ch}: the other send exists at Twilio");
+
+            // Another host reconciles the unknown one now: what Twilio lists may be the other's.
+            h.clock.advance(Duration::minutes(6));
+            let other_host = Dispatcher::new(
+                h.db.store.clone(),
+                h.keys.clone(),
+                reqwest::Client::new(),
+                h.clock.clone(),
+                "http://127.0.0.1:9",
+            );
+            assert_eq!(other_host.run_once().await.unwrap(), 1, "{engine} {ch}: the unknown send was due");
+            let jobs = h.db.store.jobs(&h.tenant.id).await.unwrap();
+            let state = |jobs: &[(String, String, i64)]| jobs.iter().find(|(k, _, _)| *k == unknown_id).unwrap().1.clone();
+            assert_eq!(
+                state(&jobs),
+                "queued",
+                "{engine} {ch}: it waits, neither unknown nor sent: {jobs:?}"
+            );
+            assert_eq!((race.created)(&sb.stats()), 1, "{engine} {ch}");
+            let trail = h.db.store.audit_trail(&h.tenant.id, kind, record).await.unwrap();
+            let waited = trail.last().unwrap();
+            assert_eq!(
+                (waited.event.as_str(), waited.detail["job"].as_str()),
+                ("outcome_unknown", Some(unknown_id.as_str())),
+                "{engine} {ch}: {trail:?}"
+            );
+            assert!(
+                waited.detail["why"]
+                    .as_str()
+                    .is_some_and(|w| w.contains(race.held_id) && w.contains("being")),
+                "{engine} {ch}: the wait names the send it waits for: {waited:?}"
+            );
+
+            // The other's answer arrives and is recorded; the next look finds what is listed is its.
+            sb.set_faults(TwilioFaults::default());
+            assert_eq!(placing.await.unwrap(), 1);
+            drain(&h, &d).await;
+            let jobs = h.db.store.jobs(&h.tenant.id).await.unwrap();
+            assert!(jobs.iter().all(|(_, st, _)| st == "done"), "{engine} {ch}: {jobs:?}");
+            assert_eq!((race.created)(&sb.stats()), 2, "{engine} {ch}: each sent once");
+            let trail = h.db.store.audit_trail(&h.tenant.id, kind, record).await.unwrap();
+            let sent = trail
+                .iter()
+                .find(|e| e.event == "sent" && e.detail["job"] == unknown_id.as_str())
+                .unwrap_or_else(|| panic!("{engine} {ch}: {trail:?}"));
+            assert!(
+                sent.detail["reconciled"].as_str().is_some_and(|r| r.starts_with("no ")),
+                "{engine} {ch}: {sent:?}"
+            );
+            assert!(sent.detail.get("possible_duplicate").is_none(), "{sent:?}");
+            let mut sids = std::collections::BTreeSet::new();
+            for r in std::collections::BTreeSet::from([record, race.held_record]) {
+                for e in h.db.store.audit_trail(&h.tenant.id, kind, r).await.unwrap() {
+                    if e.event == "sent" {
+                        assert!(
+                            sids.insert(e.detail["sid"].as_str().unwrap().to_string()),
+                            "{engine} {ch}: one sid twice: {e:?}"
+                        );
+                    }
+                }
+            }
+            assert_eq!(sids.len(), 2, "{engine} {ch}: each send its own Twilio resource: {sids:?}");
+        }
+    }
+}
+
+/// An SMS job to `phone` for supplier invoice `record` in `episode`, due at `run_at`.
+fn sms_job(tenant: &str, record: &str, episode: i64, phone: &str, body: &str, run_at: chrono::DateTime<chrono::Utc>) -> RecordChange {
+    let routed = json!({
+        "delivery": {"to": {"role": "ap_clerk", "name": "C", "source": "employee C-01", "phone": phone}, "channel": "sms", "delay_minutes": 0, "escalation_step": 0},
+        "message": {"channel": "sms", "body": body}
+    });
+    RecordChange {
+        kind: RecordKind::SupplierInvoice,
+        record_key: record.into(),
+        seen: None,
+        episode: EpisodeChange::None,
+        audit: vec![],
+        jobs: vec![NewJob {
+            key: send_job_id(tenant, RecordKind::SupplierInvoice, record, episode, Channel::Sms, phone, 0),
+            kind: "send".into(),
+            episode,
+            payload: routed.to_string(),
+            run_at,
+            escalation_step: 0,
+        }],
+    }
+}
+
+#[tokio::test]
+async fn an_unknown_sms_is_not_proven_sent_by_an_earlier_message_with_the_same_words() {
     for engine in engines() {
         let h = harness(engine).await;
-        let (sb, mut d) = with_twilio(&h).await;
-        // Long leases: the clock moves past the unknown call's retry while the other is held.
-        d.lease = Duration::hours(1);
-        let phone = "+13125550140";
-        // PO1's create answers 503 unprocessed: its outcome is unknown, to be reconciled.
+        let (sb, d) = with_twilio(&h).await;
+        let (phone, body) = ("+13125550130", SAME_WORDS);
+        // Episode 1's alert goes out; the record recurs the same morning with the same words.
+        h.db.store
+            .apply(&h.tenant.id, &sms_job(&h.tenant.id, "SI-1", 1, phone, body, morning()), morning())
+            .await
+            .unwrap();
+        drain(&h, &d).await;
+        assert_eq!(sb.stats().messages_created, 1, "{engine}");
+        h.clock.advance(Duration::hours(2));
+        let now = h.clock.now();
         sb.set_faults(TwilioFaults {
             fail_share: 1.0,
             fail_processed: false,
             ..Default::default()
         });
         h.db.store
-            .apply(&h.tenant.id, &call_job(&h.tenant.id, "PO1", phone, morning()), morning())
+            .apply(&h.tenant.id, &sms_job(&h.tenant.id, "SI-1", 2, phone, body, now), now)
             .await
             .unwrap();
         assert_eq!(d.run_once().await.unwrap(), 1);
-        assert_eq!(sb.stats().calls_created, 0, "{engine}");
-        let state = |jobs: &[(String, String, i64)], record: &str| {
-            jobs.iter()
-                .find(|(k, _, _)| k.contains(&format!("/{record}/")))
-                .map(|(_, st, _)| st.clone())
-                .unwrap()
-        };
-        let jobs = h.db.store.jobs(&h.tenant.id).await.unwrap();
-        assert_eq!(state(&jobs, "PO1"), "queued", "{engine}: PO1 is to be reconciled: {jobs:?}");
-
-        // PO2's call to the same number is created at Twilio, its answer held: listed, not recorded.
-        sb.set_faults(TwilioFaults {
-            hold_answers: true,
-            ..Default::default()
-        });
-        let now = h.clock.now();
-        h.db.store
-            .apply(&h.tenant.id, &call_job(&h.tenant.id, "PO2", phone, now), now)
-            .await
-            .unwrap();
-        let placing = tokio::spawn({
-            let d = d.clone();
-            async move { d.run_once().await.unwrap() }
-        });
-        for _ in 0..1000 {
-            if sb.stats().calls_created == 1 {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
-        assert_eq!(sb.stats().calls_created, 1, "{engine}: PO2's call exists at Twilio");
-
-        // Another host reconciles PO1 now: the listed call may be PO2's, whose answer is not in.
-        h.clock.advance(Duration::minutes(6));
-        let other_host = Dispatcher::new(
-            h.db.store.clone(),
-            h.keys.clone(),
-            reqwest::Client::new(),
-            h.clock.clone(),
-            "http://127.0.0.1:9",
-        );
-        assert_eq!(other_host.run_once().await.unwrap(), 1, "{engine}: PO1 was due");
-        let jobs = h.db.store.jobs(&h.tenant.id).await.unwrap();
-        assert_eq!(
-            state(&jobs, "PO1"),
-            "queued",
-            "{engine}: PO1 waits, neither unknown nor placed: {jobs:?}"
-        );
-        assert_eq!(sb.stats().calls_created, 1, "{engine}");
-        let trail = h.db.store.audit_trail(&h.tenant.id, "purchase_order", "PO1").await.unwrap();
-        let waited = trail.last().unwrap();
-        assert_eq!(waited.event, "outcome_unknown", "{engine}: {trail:?}");
-        assert!(
-            waited.detail["why"]
-                .as_str()
-                .is_some_and(|w| w.contains("/PO2/") && w.contains("being placed")),
-            "{engine}: the wait names the call it waits for: {waited:?}"
-        );
-
-        // PO2's answer arrives and is recorded; PO1's next look finds the listed call is PO2's.
         sb.set_faults(TwilioFaults::default());
-        assert_eq!(placing.await.unwrap(), 1);
         drain(&h, &d).await;
+
+        // Twilio's list holds episode 1's message with the same words: it is that delivery's,
+        // so it proves nothing about episode 2's, which is sent.
+        assert_eq!(sb.stats().messages_created, 2, "{engine}: episode 2's alert was sent");
         let jobs = h.db.store.jobs(&h.tenant.id).await.unwrap();
         assert!(jobs.iter().all(|(_, st, _)| st == "done"), "{engine}: {jobs:?}");
-        assert_eq!(sb.stats().calls_created, 2, "{engine}: each call placed once");
-        let trail = h.db.store.audit_trail(&h.tenant.id, "purchase_order", "PO1").await.unwrap();
-        let sent = trail
+        let trail = h.db.store.audit_trail(&h.tenant.id, "supplier_invoice", "SI-1").await.unwrap();
+        let sids: Vec<&str> = trail
             .iter()
-            .find(|e| e.event == "sent")
-            .unwrap_or_else(|| panic!("{engine}: {trail:?}"));
-        assert!(
-            sent.detail["reconciled"].as_str().is_some_and(|r| r.contains("no call")),
-            "{sent:?}"
-        );
-        assert!(sent.detail.get("possible_duplicate").is_none(), "{sent:?}");
+            .filter(|e| e.event == "sent")
+            .filter_map(|e| e.detail["sid"].as_str())
+            .collect();
+        assert_eq!(sids.len(), 2, "{engine}: {trail:?}");
+        assert_ne!(sids[0], sids[1], "{engine}: each episode's alert is its own message");
     }
 }
 

@@ -17,9 +17,9 @@ pub fn send_job_id(tenant: &str, kind: RecordKind, key: &str, episode: i64, chan
     format!("send/{tenant}/{}/{key}/{episode}/{ch}/{phone}/{step}", kind.as_str())
 }
 
-/// A `LIKE` pattern (escape character `\`) matching the id of every call job to `phone`,
-/// whichever its tenant, record, episode or step.
-pub fn call_jobs_to(phone: &str) -> String {
+/// A `LIKE` pattern (escape character `\`) matching the id of every send job of `channel`
+/// to `phone`, whichever its tenant, record, episode or step.
+pub fn send_jobs_to(channel: Channel, phone: &str) -> String {
     let escaped: String = phone
         .chars()
         .flat_map(|c| match c {
@@ -27,7 +27,11 @@ pub fn call_jobs_to(phone: &str) -> String {
             c => vec![c],
         })
         .collect();
-    format!("send/%/voice/{escaped}/%")
+    let ch = match channel {
+        Channel::Sms => "sms",
+        Channel::Voice => "voice",
+    };
+    format!("send/%/{ch}/{escaped}/%")
 }
 
 /// Error codes that no retry can fix: record them on the alert and move on.
@@ -101,6 +105,49 @@ pub fn retry_delay(attempt: u32, retry_after: Option<Duration>, jitter: f64) -> 
     retry_after.map_or(jittered, |r| jittered.max(r))
 }
 
+/// What Twilio's message list says about an SMS whose create had an unknown outcome.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SmsReconciliation {
+    /// A message with its words that no other delivery of ours holds: it was sent.
+    Sent { sid: String },
+    /// No such message: it was not sent, and sending it now is no duplicate.
+    NotSent,
+    /// Such a message may be one another delivery to the same number is sending right now,
+    /// whose answer is not recorded yet: ask again once that one is.
+    Wait { why: String },
+}
+
+/// Reconcile an unknown SMS of `body` against `listed` (sid, body), the messages to its number
+/// from its number since it was queued, newest first. A message with other words is not this
+/// one; nor is one another delivery of ours already holds (`known` sids) — an earlier
+/// episode's alert or a confirmation may well have had the same words. Anything else with its
+/// words is this one — unless other sends to the number are in flight (`placing`, their job
+/// ids, read after the list): then it may be theirs, and taking it would lose this alert.
+pub fn reconcile_sms<'a>(
+    listed: impl IntoIterator<Item = (&'a str, &'a str)>,
+    body: &str,
+    known: &[String],
+    placing: &[String],
+) -> SmsReconciliation {
+    let unaccounted: Vec<&str> = listed
+        .into_iter()
+        .filter(|(sid, b)| *b == body && !known.iter().any(|k| k == sid))
+        .map(|(sid, _)| sid)
+        .collect();
+    match unaccounted.first() {
+        None => SmsReconciliation::NotSent,
+        Some(_) if !placing.is_empty() => SmsReconciliation::Wait {
+            why: format!(
+                "Twilio lists {} message(s) with its words no delivery of ours accounts for yet ({}) while {} is being sent",
+                unaccounted.len(),
+                unaccounted.join(", "),
+                placing.join(", ")
+            ),
+        },
+        Some(sid) => SmsReconciliation::Sent { sid: sid.to_string() },
+    }
+}
+
 /// A call in Twilio's list of calls to one number from one number (newest first).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListedCall {
@@ -169,7 +216,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_calls_to_a_number_pattern_matches_its_call_ids_alone() {
+    fn the_sends_to_a_number_pattern_matches_their_ids_alone() {
         let like = |pattern: &str, id: &str| {
             // LIKE as both engines read it: % any run, _ any one character, \ escapes.
             fn m(p: &[char], s: &[char]) -> bool {
@@ -183,7 +230,7 @@ mod tests {
             }
             m(&pattern.chars().collect::<Vec<_>>(), &id.chars().collect::<Vec<_>>())
         };
-        let pattern = call_jobs_to("+13125550140");
+        let pattern = send_jobs_to(Channel::Voice, "+13125550140");
         let id = |tenant, phone, channel, step| send_job_id(tenant, RecordKind::PurchaseOrder, "PO/1", 2, channel, phone, step);
         let cases = [
             ("a call to the number", id("t", "+13125550140", Channel::Voice, 0), true),
@@ -196,7 +243,11 @@ mod tests {
         for (name, job, matches) in cases {
             assert_eq!(like(&pattern, &job), matches, "{name}: {job} against {pattern}");
         }
-        assert_eq!(call_jobs_to("a_b%c\\"), "send/%/voice/a\\_b\\%c\\\\/%");
+        assert!(like(
+            &send_jobs_to(Channel::Sms, "+13125550140"),
+            &id("t", "+13125550140", Channel::Sms, 0)
+        ));
+        assert_eq!(send_jobs_to(Channel::Voice, "a_b%c\\"), "send/%/voice/a\\_b\\%c\\\\/%");
     }
 
     #[test]
@@ -293,6 +344,64 @@ mod tests {
                 "{attempt} {ra:?} {jitter}: {:?}",
                 retry_delay(attempt, ra, jitter)
             );
+        }
+    }
+
+    #[test]
+    fn sms_reconciliation_table() {
+        let body = "Invoice SI-1 is held.";
+        let known = vec!["SM-earlier".to_string()];
+        let other = "send/t/supplier_invoice/SI-2/1/sms/+13125550130/0";
+        // (case, listed (sid, body) newest first, another send to the number in flight, expected)
+        type Listed<'a> = Vec<(&'a str, &'a str)>;
+        let cases: Vec<(&str, Listed, bool, SmsReconciliation)> = vec![
+            ("nothing listed", vec![], false, SmsReconciliation::NotSent),
+            (
+                "only other words",
+                vec![("SM-x", "Invoice SI-2 is held.")],
+                false,
+                SmsReconciliation::NotSent,
+            ),
+            (
+                "its words, held by an earlier delivery",
+                vec![("SM-earlier", body)],
+                false,
+                SmsReconciliation::NotSent,
+            ),
+            (
+                "its words, held by no one",
+                vec![("SM-x", body), ("SM-earlier", body)],
+                false,
+                SmsReconciliation::Sent { sid: "SM-x".into() },
+            ),
+            (
+                "the newest of two unaccounted",
+                vec![("SM-new", body), ("SM-old", body)],
+                false,
+                SmsReconciliation::Sent { sid: "SM-new".into() },
+            ),
+            (
+                "held by no one while another send is in flight",
+                vec![("SM-x", body)],
+                true,
+                SmsReconciliation::Wait { why: String::new() },
+            ),
+            (
+                "nothing unaccounted while another send is in flight",
+                vec![("SM-earlier", body)],
+                true,
+                SmsReconciliation::NotSent,
+            ),
+        ];
+        for (name, listed, another_placing, expected) in cases {
+            let placing: Vec<String> = another_placing.then(|| other.to_string()).into_iter().collect();
+            let got = reconcile_sms(listed.iter().copied(), body, &known, &placing);
+            match (&got, &expected) {
+                (SmsReconciliation::Wait { why }, SmsReconciliation::Wait { .. }) => {
+                    assert!(why.contains("SM-x") && why.contains(other), "{name}: names both: {why}");
+                }
+                _ => assert_eq!(got, expected, "{name}"),
+            }
         }
     }
 
