@@ -76,6 +76,14 @@ impl Work {
     }
 }
 
+/// Where reconciling an unknown send left it.
+enum Reconciled {
+    /// Its attempt ended there: proven sent, to ask again later, or unknown for good.
+    Ended,
+    /// Send it now: `why` that is no duplicate; `doubt`, why it may be one.
+    SendNow { why: Option<&'static str>, doubt: Option<String> },
+}
+
 /// The words an in-flight SMS job sends, when its payload reads (a message with other words
 /// cannot be the one an unknown SMS is looking for; one that does not read might be).
 fn sms_words(job: &InFlight) -> Option<String> {
@@ -502,6 +510,125 @@ impl Dispatcher {
         Ok(Some((TwilioClient::new(self.http.clone(), cfg), account.from)))
     }
 
+    /// Reconcile a send whose last outcome was unknown, before anything is sent again: a
+    /// status callback that carried the job's id proves it sent; else Twilio's list of
+    /// messages or calls to the number decides (`core::dispatch`). Ends the attempt itself
+    /// unless the send is to go out now.
+    async fn reconcile(
+        &self,
+        job: &Arc<Job>,
+        client: &TwilioClient,
+        message: &Message,
+        channel: Channel,
+        to: &str,
+        from: &str,
+    ) -> Result<Reconciled, StoreError> {
+        let sent = |sid: &str| Sent {
+            sid: sid.to_string(),
+            channel,
+            to: to.to_string(),
+            from: from.to_string(),
+        };
+        if let Some((Some(sid), _)) = self.store.delivery(job.id).await? {
+            let detail = json!({"sid": sid, "to": to, "channel": channel, "reconciled": "its status callback arrived"});
+            self.finish_sent(job, detail, &sent(&sid)).await?;
+            return Ok(Reconciled::Ended);
+        }
+        match (message, channel) {
+            (Message::Sms { body }, Channel::Sms) => {
+                let since = job.created_at - chrono::Duration::days(1);
+                let listed = match client.list_messages(to, from, since).await {
+                    Ok(listed) => listed,
+                    Err(e) => return Ok(Reconciled::SendNow { why: None, doubt: Some(e) }),
+                };
+                // In this order, as for calls: a listed message of another delivery is then
+                // either still being sent or already recorded.
+                let placing: Vec<String> = self
+                    .store
+                    .sends_being_placed(Channel::Sms, &job.tenant, to, job.id)
+                    .await?
+                    .into_iter()
+                    .filter(|other| sms_words(other).is_none_or(|w| &w == body))
+                    .map(|other| other.key)
+                    .collect();
+                let known = self.store.sms_sids_to(&job.tenant, to, from, since).await?;
+                let listed = listed.iter().map(|m| (m.sid.as_str(), m.body.as_str()));
+                match reconcile_sms(listed, body, &known, &placing) {
+                    SmsReconciliation::Sent { sid } => {
+                        let detail = json!({"sid": sid, "to": to, "channel": "sms", "reconciled": "found in Twilio's message list"});
+                        self.finish_sent(job, detail, &sent(&sid)).await?;
+                        Ok(Reconciled::Ended)
+                    }
+                    SmsReconciliation::NotSent => Ok(Reconciled::SendNow {
+                        why: Some("no message in Twilio's list can be this one: sent now"),
+                        doubt: None,
+                    }),
+                    SmsReconciliation::Wait { why } if job.attempt < MAX_ATTEMPTS => self.ask_again(job, channel, to, why).await,
+                    // Still in doubt after every attempt: sent, flagged as the possible
+                    // duplicate it may be, as when the list cannot be read.
+                    SmsReconciliation::Wait { why } => Ok(Reconciled::SendNow {
+                        why: None,
+                        doubt: Some(why),
+                    }),
+                }
+            }
+            // A call carries nothing of ours that Twilio's list shows: it is placed again only
+            // when no call in the list could be it; otherwise it stays unknown, visible.
+            _ => {
+                let verdict = match client.list_calls(to, from).await {
+                    Ok(listed) => {
+                        // Read after the list, and the deliveries being placed before those
+                        // recorded: a listed call of another delivery is then either still
+                        // being placed or already recorded (one commit does both).
+                        let placing: Vec<String> = self
+                            .store
+                            .sends_being_placed(Channel::Voice, &job.tenant, to, job.id)
+                            .await?
+                            .into_iter()
+                            .map(|other| other.key)
+                            .collect();
+                        let sids: Vec<String> = listed.iter().map(|c| c.sid.clone()).collect();
+                        let known = self.store.known_call_sids(&sids).await?;
+                        let since = (job.created_at - chrono::Duration::minutes(1)).timestamp();
+                        reconcile_call(&listed, CALL_LIST_PAGE, &known, &placing, since)
+                    }
+                    // The list may read next time: a blip should not settle the call.
+                    Err(e) => CallReconciliation::Wait {
+                        why: format!("Twilio's call list could not be read: {e}"),
+                    },
+                };
+                match verdict {
+                    CallReconciliation::NotPlaced => Ok(Reconciled::SendNow {
+                        why: Some("no call in Twilio's list can be this one: placed now"),
+                        doubt: None,
+                    }),
+                    CallReconciliation::Wait { why } if job.attempt < MAX_ATTEMPTS => self.ask_again(job, channel, to, why).await,
+                    CallReconciliation::Wait { why } | CallReconciliation::Unproven { why } => {
+                        let detail = json!({"to": to, "channel": "voice", "why": why});
+                        self.finish(job, Some(channel), JobEnd::Unknown, "outcome_unknown", detail).await?;
+                        Ok(Reconciled::Ended)
+                    }
+                }
+            }
+        }
+    }
+
+    /// The outcome is still unknown and may be known later: the job is tried again, to be
+    /// reconciled again.
+    async fn ask_again(&self, job: &Arc<Job>, channel: Channel, to: &str, why: String) -> Result<Reconciled, StoreError> {
+        let run_at = self.retry_at(job, None);
+        let detail = json!({"to": to, "channel": channel, "why": why, "retry_at": run_at.to_rfc3339()});
+        self.finish(
+            job,
+            Some(channel),
+            JobEnd::Retry { run_at, reconcile: true },
+            "outcome_unknown",
+            detail,
+        )
+        .await?;
+        Ok(Reconciled::Ended)
+    }
+
     fn retry_at(&self, job: &Job, retry_after: Option<Duration>) -> DateTime<Utc> {
         let jitter: f64 = rand::thread_rng().r#gen();
         self.clock.now() + chrono::Duration::from_std(retry_delay(job.attempt as u32, retry_after, jitter)).unwrap_or_default()
@@ -577,128 +704,11 @@ impl Dispatcher {
             note = Some("the number opted out of SMS; the tenant's setting lets calls through (STOP blocks messages only)");
         }
         let callback = |path: &str| format!("{}/twilio/{}/{path}?delivery={}", self.public_url, job.tenant, job.id);
-        let mut audit_dup = None;
-        let mut reconciled = None;
-        // A status callback that carried this job's id proves the unknown send was made.
-        if job.reconcile
-            && let Some((Some(sid), _)) = self.store.delivery(job.id).await?
-        {
-            let sent = Sent {
-                sid: sid.clone(),
-                channel,
-                to: to.clone(),
-                from: from.clone(),
-            };
-            let detail = json!({"sid": sid, "to": to, "channel": channel, "reconciled": "its status callback arrived"});
-            return self.finish_sent(job, detail, &sent).await;
-        }
+        let (mut reconciled, mut audit_dup) = (None, None);
         if job.reconcile {
-            match (&message, channel) {
-                (Message::Sms { body }, Channel::Sms) => {
-                    let since = job.created_at - chrono::Duration::days(1);
-                    match client.list_messages(&to, &from, since).await {
-                        Ok(listed) => {
-                            // In this order, as for calls: a listed message of another
-                            // delivery is then either still being sent or already recorded.
-                            let placing: Vec<String> = self
-                                .store
-                                .sends_being_placed(Channel::Sms, &job.tenant, &to, job.id)
-                                .await?
-                                .into_iter()
-                                .filter(|other| sms_words(other).is_none_or(|w| &w == body))
-                                .map(|other| other.key)
-                                .collect();
-                            let known = self.store.sms_sids_to(&job.tenant, &to, &from, since).await?;
-                            let listed = listed.iter().map(|m| (m.sid.as_str(), m.body.as_str()));
-                            match reconcile_sms(listed, body, &known, &placing) {
-                                SmsReconciliation::Sent { sid } => {
-                                    let sent = Sent {
-                                        sid: sid.clone(),
-                                        channel,
-                                        to: to.clone(),
-                                        from: from.clone(),
-                                    };
-                                    let detail =
-                                        json!({"sid": sid, "to": to, "channel": "sms", "reconciled": "found in Twilio's message list"});
-                                    return self.finish_sent(job, detail, &sent).await;
-                                }
-                                SmsReconciliation::NotSent => {
-                                    reconciled = Some("no message in Twilio's list can be this one: sent now");
-                                }
-                                SmsReconciliation::Wait { why } if job.attempt < MAX_ATTEMPTS => {
-                                    let run_at = self.retry_at(job, None);
-                                    return self
-                                        .finish(
-                                            job,
-                                            Some(channel),
-                                            JobEnd::Retry { run_at, reconcile: true },
-                                            "outcome_unknown",
-                                            json!({"to": to, "channel": "sms", "why": why, "retry_at": run_at.to_rfc3339()}),
-                                        )
-                                        .await;
-                                }
-                                // Still in doubt after every attempt: sent, flagged as the
-                                // possible duplicate it may be, as when the list cannot be read.
-                                SmsReconciliation::Wait { why } => audit_dup = Some(why),
-                            }
-                        }
-                        Err(e) => audit_dup = Some(e),
-                    }
-                }
-                // A call carries nothing of ours that Twilio's list shows: it is placed again
-                // only when no call in the list could be it; otherwise it stays unknown, visible.
-                _ => {
-                    let verdict = match client.list_calls(&to, &from).await {
-                        Ok(listed) => {
-                            // Read after the list, and the deliveries being placed before
-                            // those recorded: a listed call of another delivery is then either
-                            // still being placed or already recorded (one commit does both).
-                            let placing: Vec<String> = self
-                                .store
-                                .sends_being_placed(Channel::Voice, &job.tenant, &to, job.id)
-                                .await?
-                                .into_iter()
-                                .map(|other| other.key)
-                                .collect();
-                            let sids: Vec<String> = listed.iter().map(|c| c.sid.clone()).collect();
-                            let known = self.store.known_call_sids(&sids).await?;
-                            let since = (job.created_at - chrono::Duration::minutes(1)).timestamp();
-                            reconcile_call(&listed, CALL_LIST_PAGE, &known, &placing, since)
-                        }
-                        // The list may read next time: a blip should not settle the call.
-                        Err(e) => CallReconciliation::Wait {
-                            why: format!("Twilio's call list could not be read: {e}"),
-                        },
-                    };
-                    match verdict {
-                        CallReconciliation::NotPlaced => {
-                            reconciled = Some("no call in Twilio's list can be this one: placed now");
-                        }
-                        CallReconciliation::Wait { why } if job.attempt < MAX_ATTEMPTS => {
-                            let run_at = self.retry_at(job, None);
-                            return self
-                                .finish(
-                                    job,
-                                    Some(channel),
-                                    JobEnd::Retry { run_at, reconcile: true },
-                                    "outcome_unknown",
-                                    json!({"to": to, "channel": "voice", "why": why, "retry_at": run_at.to_rfc3339()}),
-                                )
-                                .await;
-                        }
-                        CallReconciliation::Wait { why } | CallReconciliation::Unproven { why } => {
-                            return self
-                                .finish(
-                                    job,
-                                    Some(channel),
-                                    JobEnd::Unknown,
-                                    "outcome_unknown",
-                                    json!({"to": to, "channel": "voice", "why": why}),
-                                )
-                                .await;
-                        }
-                    }
-                }
+            match self.reconcile(job, &client, &message, channel, &to, &from).await? {
+                Reconciled::Ended => return Ok(()),
+                Reconciled::SendNow { why, doubt } => (reconciled, audit_dup) = (why, doubt),
             }
         }
         let outcome = match &message {
