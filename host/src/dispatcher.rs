@@ -23,7 +23,7 @@ use crate::core::twiml;
 use crate::group_commit::GroupCommit;
 use crate::secrets::Keyring;
 use crate::store::{Finish, InFlight, Job, JobEnd, Sent, Store, StoreError};
-use crate::twilio::{CALL_LIST_PAGE, Call, Sms, TwilioClient, TwilioConfig};
+use crate::twilio::{Call, LIST_PAGE, Sms, TwilioClient, TwilioConfig};
 
 pub const SECRET_TWILIO_API_KEY_SID: &str = "twilio.api_key_sid";
 pub const SECRET_TWILIO_API_KEY_SECRET: &str = "twilio.api_key_secret";
@@ -536,8 +536,8 @@ impl Dispatcher {
         }
         match (message, channel) {
             (Message::Sms { body }, Channel::Sms) => {
-                let since = job.created_at - chrono::Duration::days(1);
-                let listed = match client.list_messages(to, from, since).await {
+                let since = job.created_at - chrono::Duration::minutes(1);
+                let listed = match client.list_messages(to, from).await {
                     Ok(listed) => listed,
                     Err(e) => return Ok(Reconciled::SendNow { why: None, doubt: Some(e) }),
                 };
@@ -551,9 +551,9 @@ impl Dispatcher {
                     .filter(|other| sms_words(other).is_none_or(|w| &w == body))
                     .map(|other| other.key)
                     .collect();
-                let known = self.store.sms_sids_to(&job.tenant, to, from, since).await?;
-                let listed = listed.iter().map(|m| (m.sid.as_str(), m.body.as_str()));
-                match reconcile_sms(listed, body, &known, &placing) {
+                let same_words: Vec<String> = listed.iter().filter(|m| &m.body == body).map(|m| m.sid.clone()).collect();
+                let known = self.store.sms_sids_among(&job.tenant, to, from, &same_words).await?;
+                match reconcile_sms(&listed, LIST_PAGE, body, &known, &placing, since.timestamp()) {
                     SmsReconciliation::Sent { sid } => {
                         let detail = json!({"sid": sid, "to": to, "channel": "sms", "reconciled": "found in Twilio's message list"});
                         self.finish_sent(job, detail, &sent(&sid)).await?;
@@ -564,9 +564,9 @@ impl Dispatcher {
                         doubt: None,
                     }),
                     SmsReconciliation::Wait { why } if job.attempt < MAX_ATTEMPTS => self.ask_again(job, channel, to, why).await,
-                    // Still in doubt after every attempt: sent, flagged as the possible
-                    // duplicate it may be, as when the list cannot be read.
-                    SmsReconciliation::Wait { why } => Ok(Reconciled::SendNow {
+                    // In doubt after every attempt, or the list may not show it all: sent,
+                    // flagged as the possible duplicate it may be, as when it cannot be read.
+                    SmsReconciliation::Wait { why } | SmsReconciliation::Unproven { why } => Ok(Reconciled::SendNow {
                         why: None,
                         doubt: Some(why),
                     }),
@@ -590,7 +590,7 @@ impl Dispatcher {
                         let sids: Vec<String> = listed.iter().map(|c| c.sid.clone()).collect();
                         let known = self.store.known_call_sids(&sids).await?;
                         let since = (job.created_at - chrono::Duration::minutes(1)).timestamp();
-                        reconcile_call(&listed, CALL_LIST_PAGE, &known, &placing, since)
+                        reconcile_call(&listed, LIST_PAGE, &known, &placing, since)
                     }
                     // The list may read next time: a blip should not settle the call.
                     Err(e) => CallReconciliation::Wait {

@@ -952,14 +952,28 @@ impl Store {
         .collect()))
     }
 
-    /// The sids of `tenant`'s messages to `to` from `from` recorded since `since`: what an SMS
-    /// found by its words in Twilio's list may already belong to.
-    pub async fn sms_sids_to(&self, tenant: &str, to: &str, from: &str, since: DateTime<Utc>) -> Result<Vec<String>> {
-        on_pool!(self, p => Ok(sqlx::query(
-            "SELECT sid FROM deliveries WHERE tenant_id = $1 AND to_phone = $2 AND from_phone = $3 AND sent_at >= $4
-              AND channel = 'sms' AND sid IS NOT NULL",
-        )
-        .bind(tenant).bind(to).bind(from).bind(millis(since)).fetch_all(p).await?.into_iter().map(|r| r.get(0)).collect()))
+    /// Which of `sids` a delivery of `tenant`'s messages to `to` from `from` already holds:
+    /// what an SMS found by its words in Twilio's list may belong to. No time bound: Twilio's
+    /// dates and ours need not agree; the few candidates are looked up among the number's
+    /// deliveries (its index), not by sid (message sids are not indexed: 0008).
+    pub async fn sms_sids_among(&self, tenant: &str, to: &str, from: &str, sids: &[String]) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        for chunk in sids.chunks(500) {
+            on_pool!(self, pool => {
+                let mut q = sqlx::QueryBuilder::new("SELECT sid FROM deliveries WHERE tenant_id = ");
+                q.push_bind(tenant).push(" AND to_phone = ").push_bind(to).push(" AND from_phone = ").push_bind(from);
+                q.push(" AND channel = 'sms' AND sid IN (");
+                let mut list = q.separated(", ");
+                for sid in chunk {
+                    list.push_bind(sid);
+                }
+                q.push(")");
+                for r in q.build().fetch_all(pool).await? {
+                    out.push(r.get::<String, _>(0));
+                }
+            });
+        }
+        Ok(out)
     }
 
     /// Which of `values` the rows `select` reads hold in `column`: `select` ends where

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::core::dispatch::{self, ListedCall, SendOutcome};
+use crate::core::dispatch::{self, ListedCall, ListedMessage, SendOutcome};
 use crate::secrets::SecretString;
 
 pub const DEFAULT_BASE_URL: &str = "https://api.twilio.com";
@@ -44,18 +44,8 @@ pub struct Call {
 /// The status events a call reports to its StatusCallback.
 pub const CALL_EVENTS: &[&str] = &["initiated", "ringing", "answered", "completed"];
 
-/// Calls read per page when reconciling one (Twilio's maximum).
-pub const CALL_LIST_PAGE: usize = 1000;
-
-/// A message as Twilio's list returns it (for reconciling a send whose outcome is unknown).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ListedMessage {
-    pub sid: String,
-    pub to: String,
-    pub from: String,
-    pub body: String,
-    pub status: String,
-}
+/// Messages or calls read per page when reconciling one (Twilio's maximum).
+pub const LIST_PAGE: usize = 1000;
 
 #[derive(Clone)]
 pub struct TwilioClient {
@@ -162,35 +152,34 @@ impl TwilioClient {
         self.create("Calls.json", &call.form()).await
     }
 
-    /// Messages sent to `to` from `from` after `since`: how a send whose outcome is unknown is
-    /// reconciled. One page of 1,000 is plenty for one recipient. (The OpenAPI file types
-    /// `DateSent>` as a date-time, so an RFC 3339 instant is sent, not a bare date.)
-    pub async fn list_messages(&self, to: &str, from: &str, since: chrono::DateTime<chrono::Utc>) -> Result<Vec<ListedMessage>, String> {
-        let date = since.format("%Y-%m-%dT%H:%M:%SZ").to_string();
-        let query = [("To", to), ("From", from), ("DateSent>", date.as_str()), ("PageSize", "1000")];
-        let v = self.read_list("Messages.json", &query).await?;
-        let s = |m: &Value, k: &str| m[k].as_str().unwrap_or("").to_string();
+    /// Messages to `to` from `from`, newest first, one page of [`LIST_PAGE`]: how an SMS whose
+    /// outcome is unknown is reconciled. No date filter: Twilio filters messages by
+    /// `DateSent`, which a message still waiting in the sender's queue does not have yet (and
+    /// would be sent again), so the creation dates are compared here, as for calls.
+    pub async fn list_messages(&self, to: &str, from: &str) -> Result<Vec<ListedMessage>, String> {
+        let page = LIST_PAGE.to_string();
+        let v = self
+            .read_list("Messages.json", &[("To", to), ("From", from), ("PageSize", page.as_str())])
+            .await?;
         Ok(v["messages"]
             .as_array()
             .map(|ms| {
                 ms.iter()
                     .map(|m| ListedMessage {
-                        sid: s(m, "sid"),
-                        to: s(m, "to"),
-                        from: s(m, "from"),
-                        body: s(m, "body"),
-                        status: s(m, "status"),
+                        sid: m["sid"].as_str().unwrap_or("").to_string(),
+                        body: m["body"].as_str().unwrap_or("").to_string(),
+                        created_at: created_at(m),
                     })
                     .collect()
             })
             .unwrap_or_default())
     }
 
-    /// Calls to `to` from `from`, newest first, one page of [`CALL_LIST_PAGE`]: how a call whose
+    /// Calls to `to` from `from`, newest first, one page of [`LIST_PAGE`]: how a call whose
     /// outcome is unknown is reconciled. No date filter: Twilio filters calls by `StartTime`,
     /// which a call still queued does not have yet, so the dates are compared here.
     pub async fn list_calls(&self, to: &str, from: &str) -> Result<Vec<ListedCall>, String> {
-        let page = CALL_LIST_PAGE.to_string();
+        let page = LIST_PAGE.to_string();
         let v = self
             .read_list("Calls.json", &[("To", to), ("From", from), ("PageSize", page.as_str())])
             .await?;
@@ -200,10 +189,7 @@ impl TwilioClient {
                 cs.iter()
                     .map(|c| ListedCall {
                         sid: c["sid"].as_str().unwrap_or("").to_string(),
-                        created_at: c["date_created"]
-                            .as_str()
-                            .and_then(|d| chrono::DateTime::parse_from_rfc2822(d).ok())
-                            .map(|d| d.timestamp()),
+                        created_at: created_at(c),
                     })
                     .collect()
             })
@@ -269,4 +255,12 @@ async fn answered(resp: reqwest::Response, done: &str) -> Result<String, String>
         v["code"].as_u64().map(|c| c.to_string()).unwrap_or_else(|| "none".into()),
         v["message"].as_str().unwrap_or("no message")
     ))
+}
+
+/// A listed resource's `date_created` (RFC 2822, as Twilio writes it), Unix seconds.
+fn created_at(resource: &Value) -> Option<i64> {
+    resource["date_created"]
+        .as_str()
+        .and_then(|d| chrono::DateTime::parse_from_rfc2822(d).ok())
+        .map(|d| d.timestamp())
 }

@@ -79,6 +79,10 @@ pub struct TwilioFaults {
     /// their answers are held until this is turned off: the moment Twilio has a resource its
     /// creator has not heard of yet.
     pub hold_answers: bool,
+    /// Messages are created `queued` and stay so — no `date_sent`, no status callbacks — until
+    /// this is turned off, which sends them: a sender's queue backed up (Twilio sends about one
+    /// message a second from a long code). A list filtered by `DateSent` does not show them.
+    pub queue_messages: bool,
     /// Answer creates and nothing more: no status callbacks, no scripted people (a stand-in
     /// that only answers, as a benchmark's peer does; real Twilio's callbacks cost the host's
     /// machine nothing to produce).
@@ -143,6 +147,10 @@ pub struct Created {
     pub body: String,
     pub status_callback: Option<String>,
     pub date_created: String,
+    /// `queued` or `sent` (a message); `queued` (a call, as its create answered).
+    pub status: String,
+    /// When a message left the sender's queue (RFC 2822); none while queued, none for calls.
+    pub date_sent: Option<String>,
 }
 
 struct Inner {
@@ -295,7 +303,16 @@ impl TwilioSandbox {
     }
     pub fn set_faults(&self, f: TwilioFaults) {
         let (hold, hold_answers) = (f.hold_creates, f.hold_answers);
-        self.lock().faults = f;
+        {
+            let mut s = self.lock();
+            if !f.queue_messages {
+                for m in s.messages.iter_mut().filter(|m| m.date_sent.is_none()) {
+                    m.status = "sent".into();
+                    m.date_sent = Some(rfc2822_now());
+                }
+            }
+            s.faults = f;
+        }
         self.hold.send_replace(hold);
         self.hold_answers.send_replace(hold_answers);
     }
@@ -675,9 +692,10 @@ enum Resource {
     Call,
 }
 
-/// Keep a created message or call, count it, and play its status callbacks.
+/// Keep a created message or call, count it, and play its status callbacks (a message held
+/// in the sender's queue plays none).
 fn record(sb: &TwilioSandbox, res: Resource, to: &str, from: &str, body: &str, callback: Option<&str>) -> Created {
-    let c = Created {
+    let mut c = Created {
         sid: sb.new_sid(match res {
             Resource::Message => "SM",
             Resource::Call => "CA",
@@ -687,9 +705,16 @@ fn record(sb: &TwilioSandbox, res: Resource, to: &str, from: &str, body: &str, c
         body: body.into(),
         status_callback: callback.map(String::from),
         date_created: rfc2822_now(),
+        status: "queued".into(),
+        date_sent: None,
     };
-    let account = {
+    let (account, queued) = {
         let mut s = sb.lock();
+        let queued = matches!(res, Resource::Message) && s.faults.queue_messages;
+        if matches!(res, Resource::Message) && !queued {
+            c.status = "sent".into();
+            c.date_sent = Some(c.date_created.clone());
+        }
         match res {
             Resource::Message => {
                 s.stats.messages_created += 1;
@@ -700,8 +725,11 @@ fn record(sb: &TwilioSandbox, res: Resource, to: &str, from: &str, body: &str, c
                 s.calls.push(c.clone());
             }
         }
-        s.cfg.account_sid.clone()
+        (s.cfg.account_sid.clone(), queued)
     };
+    if queued {
+        return c;
+    }
     let common = |status_key: &str, status: &str| {
         vec![
             ("AccountSid".to_string(), account.clone()),
@@ -830,6 +858,22 @@ fn list(sb: TwilioSandbox, resource: Resource, account: String, headers: HeaderM
         .and_then(|p| p.parse::<usize>().ok())
         .unwrap_or(50)
         .clamp(1, 1000);
+    // `DateSent` filters (messages): `DateSent>` is on or after, `DateSent<` on or before, a
+    // date or an instant; a message still queued has no `date_sent` and matches none.
+    let sent_filters: Vec<(&str, &String)> = ["DateSent", "DateSent>", "DateSent<"]
+        .into_iter()
+        .filter_map(|k| params.get(k).map(|v| (k, v)))
+        .collect();
+    let sent_matches = |date_sent: Option<&str>| {
+        sent_filters.is_empty()
+            || date_sent
+                .and_then(|d| chrono::DateTime::parse_from_rfc2822(d).ok())
+                .is_some_and(|sent| {
+                    sent_filters
+                        .iter()
+                        .all(|(k, v)| date_filter_matches(k, v, sent.with_timezone(&Utc)))
+                })
+    };
     let s = sb.lock();
     let created = match resource {
         Resource::Message => &s.messages,
@@ -839,15 +883,33 @@ fn list(sb: TwilioSandbox, resource: Resource, account: String, headers: HeaderM
         .iter()
         .rev()
         .filter(|m| params.get("To").is_none_or(|t| t == &m.to) && params.get("From").is_none_or(|f| f == &m.from))
+        .filter(|m| matches!(resource, Resource::Call) || sent_matches(m.date_sent.as_deref()))
         .take(page_size)
         .map(|m| match resource {
-            Resource::Message => {
-                json!({"sid": m.sid, "to": m.to, "from": m.from, "body": m.body, "status": "sent", "date_created": m.date_created})
-            }
-            Resource::Call => json!({"sid": m.sid, "to": m.to, "from": m.from, "status": "queued", "date_created": m.date_created}),
+            Resource::Message => json!({"sid": m.sid, "to": m.to, "from": m.from, "body": m.body, "status": m.status,
+                                        "date_created": m.date_created, "date_sent": m.date_sent}),
+            Resource::Call => json!({"sid": m.sid, "to": m.to, "from": m.from, "status": m.status, "date_created": m.date_created}),
         })
         .collect();
     Json(json!({key: listed, "page": 0, "page_size": listed.len(), "next_page_uri": null})).into_response()
+}
+
+/// Whether `sent` passes a `DateSent` filter `key` (`DateSent`, `DateSent>`, `DateSent<`) of
+/// `value`: a date (`YYYY-MM-DD`, compared by day) or an instant (RFC 3339).
+fn date_filter_matches(key: &str, value: &str, sent: chrono::DateTime<Utc>) -> bool {
+    use std::cmp::Ordering::*;
+    let order = if let Ok(at) = chrono::DateTime::parse_from_rfc3339(value) {
+        sent.cmp(&at.with_timezone(&Utc))
+    } else if let Ok(day) = chrono::NaiveDate::parse_from_str(value, "%Y-%m-%d") {
+        sent.date_naive().cmp(&day)
+    } else {
+        return false;
+    };
+    match key {
+        "DateSent>" => order != Less,
+        "DateSent<" => order != Greater,
+        _ => order == Equal,
+    }
 }
 
 /// `GET /2010-04-01/Accounts/{Sid}.json`. Like Twilio, a standard API key may not read the

@@ -627,6 +627,52 @@ async fn an_unknown_sms_is_not_proven_sent_by_an_earlier_message_with_the_same_w
 }
 
 #[tokio::test]
+async fn an_unknown_sms_still_in_the_senders_queue_is_found_and_not_sent_again() {
+    for engine in engines() {
+        let h = harness(engine).await;
+        let (sb, d) = with_twilio(&h).await;
+        // Twilio answers 503 but created the message, which waits in the sender's queue.
+        sb.set_faults(TwilioFaults {
+            fail_share: 1.0,
+            fail_processed: true,
+            queue_messages: true,
+            ..Default::default()
+        });
+        let phone = "+13125550130";
+        h.db.store
+            .apply(
+                &h.tenant.id,
+                &sms_job(&h.tenant.id, "SI-1", 1, phone, SAME_WORDS, morning()),
+                morning(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(d.run_once().await.unwrap(), 1);
+        assert_eq!(sb.stats().messages_created, 1, "{engine}");
+        sb.set_faults(TwilioFaults {
+            queue_messages: true,
+            ..Default::default()
+        });
+        h.clock.advance(Duration::minutes(6));
+        drain(&h, &d).await;
+        assert_eq!(
+            sb.stats().messages_created,
+            1,
+            "{engine}: the queued message was found, not sent again"
+        );
+        let jobs = h.db.store.jobs(&h.tenant.id).await.unwrap();
+        assert_eq!(jobs[0].1, "done", "{engine}: {jobs:?}");
+        let trail = h.db.store.audit_trail(&h.tenant.id, "supplier_invoice", "SI-1").await.unwrap();
+        let sent = trail
+            .iter()
+            .find(|e| e.event == "sent")
+            .unwrap_or_else(|| panic!("{engine}: {trail:?}"));
+        assert_eq!(sent.detail["reconciled"], "found in Twilio's message list", "{engine}: {sent:?}");
+        assert_eq!(sent.detail["sid"], sb.messages()[0].sid.as_str());
+    }
+}
+
+#[tokio::test]
 async fn an_opted_out_number_is_suppressed_and_never_texted_again() {
     let h = harness("sqlite").await;
     let (_sb, d) = with_twilio(&h).await;

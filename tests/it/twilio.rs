@@ -219,11 +219,47 @@ async fn every_error_class_is_told_apart() {
     ));
     // Reconciliation: the list shows what reached Twilio for a recipient.
     sb.set_faults(TwilioFaults::default());
-    let listed = good
-        .list_messages("+13125550120", "+13125550100", ml_connector_tests::morning())
-        .await
-        .unwrap();
+    let listed = good.list_messages("+13125550120", "+13125550100").await.unwrap();
     assert_eq!(listed.len(), 1, "only the processed 503 created a message to this number");
+}
+
+#[tokio::test]
+async fn a_message_waiting_in_the_senders_queue_is_listed_by_creation_not_by_date_sent() {
+    let (sb, base) = sandbox().await;
+    let c = client(&sb, &base, &sb.config().api_key_secret);
+    let cb = "https://hooks.example.com/twilio/lakeshore/messages/status?delivery=1";
+    sb.set_faults(TwilioFaults {
+        queue_messages: true,
+        ..Default::default()
+    });
+    assert!(matches!(c.send_sms(&sms("+13125550120", cb)).await, SendOutcome::Accepted { .. }));
+    let cfg = sb.config();
+    let by_date_sent = |date: String| {
+        let (url, cfg) = (format!("{base}/2010-04-01/Accounts/{}/Messages.json", cfg.account_sid), cfg.clone());
+        async move {
+            let v: serde_json::Value = reqwest::Client::new()
+                .get(url)
+                .basic_auth(&cfg.api_key_sid, Some(&cfg.api_key_secret))
+                .query(&[("To", "+13125550120"), ("DateSent>", date.as_str())])
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            v["messages"].as_array().unwrap().len()
+        }
+    };
+    let today = chrono::Utc::now().format("%Y-%m-%d").to_string();
+    // The trap: queued, it has no date_sent, so Twilio's DateSent filter does not show it.
+    assert_eq!(by_date_sent(today.clone()).await, 0, "a queued message has no date_sent");
+    let listed = c.list_messages("+13125550120", "+13125550100").await.unwrap();
+    assert_eq!(listed.len(), 1, "the host's list reads by creation: the queued message is there");
+    assert!(listed[0].created_at.is_some(), "{listed:?}");
+    // Once the queue moves, it is sent and the filter shows it.
+    sb.set_faults(TwilioFaults::default());
+    assert_eq!(by_date_sent(today).await, 1);
+    assert_eq!(by_date_sent("2999-01-01".into()).await, 0, "the filter is applied, not ignored");
 }
 
 /// Every request the host sent, judged by openapi-core against twilio_api_v2010.yaml.
@@ -268,9 +304,7 @@ async fn every_request_the_host_sends_is_valid_against_twilios_openapi_file() {
         status_callback: "https://hooks.example.com/twilio/lakeshore/calls/status?delivery=2".into(),
     };
     assert!(matches!(c.place_call(&call).await, SendOutcome::Accepted { .. }));
-    c.list_messages("+13125550120", "+13125550100", ml_connector_tests::morning())
-        .await
-        .unwrap();
+    c.list_messages("+13125550120", "+13125550100").await.unwrap();
     let listed = c.list_calls("+13125550140", "+13125550100").await.unwrap();
     assert_eq!(listed.len(), 1, "the call placed above, read back: {listed:?}");
     assert!(listed[0].sid.starts_with("CA") && listed[0].created_at.is_some(), "{listed:?}");

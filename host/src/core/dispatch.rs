@@ -105,6 +105,15 @@ pub fn retry_delay(attempt: u32, retry_after: Option<Duration>, jitter: f64) -> 
     retry_after.map_or(jittered, |r| jittered.max(r))
 }
 
+/// A message in Twilio's list of messages to one number from one number (newest first).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListedMessage {
+    pub sid: String,
+    pub body: String,
+    /// `date_created`, Unix seconds; `None` when Twilio's date could not be read.
+    pub created_at: Option<i64>,
+}
+
 /// What Twilio's message list says about an SMS whose create had an unknown outcome.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SmsReconciliation {
@@ -115,26 +124,36 @@ pub enum SmsReconciliation {
     /// Such a message may be one another delivery to the same number is sending right now,
     /// whose answer is not recorded yet: ask again once that one is.
     Wait { why: String },
+    /// Not found, but the list may not show it all: sending it may be a duplicate.
+    Unproven { why: String },
 }
 
-/// Reconcile an unknown SMS of `body` against `listed` (sid, body), the messages to its number
-/// from its number since it was queued, newest first. A message with other words is not this
-/// one; nor is one another delivery of ours already holds (`known` sids) — an earlier
-/// episode's alert or a confirmation may well have had the same words. Anything else with its
-/// words is this one — unless other sends to the number are in flight (`placing`, their job
-/// ids, read after the list): then it may be theirs, and taking it would lose this alert.
-pub fn reconcile_sms<'a>(
-    listed: impl IntoIterator<Item = (&'a str, &'a str)>,
+/// Reconcile an unknown SMS of `body` against `listed`, the messages to its number from its
+/// number, one page of `page_size`, newest first — every message, queued ones included: a
+/// message waiting in a sender's queue has no `date_sent`, so the list is read by creation.
+/// A message created before `since` (the job's creation, less clock skew) is not this one;
+/// nor is one with other words, nor one another delivery of ours already holds (`known`
+/// sids) — a confirmation may well have had the same words. Anything else with its words is
+/// this one — unless other sends to the number are in flight (`placing`, their job ids, read
+/// after the list): then it may be theirs, and taking it would lose this alert.
+pub fn reconcile_sms(
+    listed: &[ListedMessage],
+    page_size: usize,
     body: &str,
     known: &[String],
     placing: &[String],
+    since: i64,
 ) -> SmsReconciliation {
     let unaccounted: Vec<&str> = listed
-        .into_iter()
-        .filter(|(sid, b)| *b == body && !known.iter().any(|k| k == sid))
-        .map(|(sid, _)| sid)
+        .iter()
+        .filter(|m| m.created_at.is_none_or(|t| t >= since) && m.body == body && !known.contains(&m.sid))
+        .map(|m| m.sid.as_str())
         .collect();
+    let oldest_listed = listed.iter().filter_map(|m| m.created_at).min();
     match unaccounted.first() {
+        None if listed.len() >= page_size && oldest_listed.is_none_or(|t| t >= since) => SmsReconciliation::Unproven {
+            why: format!("Twilio's list holds more than one page ({page_size}) of messages to this number since the job was queued"),
+        },
         None => SmsReconciliation::NotSent,
         Some(_) if !placing.is_empty() => SmsReconciliation::Wait {
             why: format!(
@@ -350,57 +369,101 @@ mod tests {
     #[test]
     fn sms_reconciliation_table() {
         let body = "Invoice SI-1 is held.";
-        let known = vec!["SM-earlier".to_string()];
+        let m = |sid: &str, words: &str, at: Option<i64>| ListedMessage {
+            sid: sid.into(),
+            body: words.into(),
+            created_at: at,
+        };
+        let known = vec!["SM-other".to_string()];
+        let since = 1_000;
         let other = "send/t/supplier_invoice/SI-2/1/sms/+13125550130/0";
-        // (case, listed (sid, body) newest first, another send to the number in flight, expected)
-        type Listed<'a> = Vec<(&'a str, &'a str)>;
-        let cases: Vec<(&str, Listed, bool, SmsReconciliation)> = vec![
-            ("nothing listed", vec![], false, SmsReconciliation::NotSent),
+        let sent = |sid: &str| SmsReconciliation::Sent { sid: sid.into() };
+        let (wait, unproven) = ("wait", "unproven");
+        // (case, listed newest first, page size, another send to the number in flight, expected)
+        type Case<'a> = (&'a str, Vec<ListedMessage>, usize, bool, Result<SmsReconciliation, &'a str>);
+        let cases: Vec<Case> = vec![
+            ("nothing listed", vec![], 1000, false, Ok(SmsReconciliation::NotSent)),
             (
                 "only other words",
-                vec![("SM-x", "Invoice SI-2 is held.")],
+                vec![m("SM-x", "Invoice SI-2 is held.", Some(1_500))],
+                1000,
                 false,
-                SmsReconciliation::NotSent,
+                Ok(SmsReconciliation::NotSent),
             ),
             (
-                "its words, held by an earlier delivery",
-                vec![("SM-earlier", body)],
+                "its words, before the job",
+                vec![m("SM-x", body, Some(999))],
+                1000,
                 false,
-                SmsReconciliation::NotSent,
+                Ok(SmsReconciliation::NotSent),
+            ),
+            (
+                "its words, held by another delivery",
+                vec![m("SM-other", body, Some(1_500))],
+                1000,
+                false,
+                Ok(SmsReconciliation::NotSent),
             ),
             (
                 "its words, held by no one",
-                vec![("SM-x", body), ("SM-earlier", body)],
+                vec![m("SM-x", body, Some(1_000)), m("SM-other", body, Some(999))],
+                1000,
                 false,
-                SmsReconciliation::Sent { sid: "SM-x".into() },
+                Ok(sent("SM-x")),
             ),
             (
-                "the newest of two unaccounted",
-                vec![("SM-new", body), ("SM-old", body)],
+                "an unreadable date may be ours",
+                vec![m("SM-x", body, None)],
+                1000,
                 false,
-                SmsReconciliation::Sent { sid: "SM-new".into() },
+                Ok(sent("SM-x")),
+            ),
+            (
+                "the newest of two",
+                vec![m("SM-new", body, Some(1_200)), m("SM-old", body, Some(1_100))],
+                1000,
+                false,
+                Ok(sent("SM-new")),
             ),
             (
                 "held by no one while another send is in flight",
-                vec![("SM-x", body)],
+                vec![m("SM-x", body, Some(1_500))],
+                1000,
                 true,
-                SmsReconciliation::Wait { why: String::new() },
+                Err(wait),
             ),
             (
-                "nothing unaccounted while another send is in flight",
-                vec![("SM-earlier", body)],
+                "nothing unaccounted while another is in flight",
+                vec![m("SM-other", body, Some(1_500))],
+                1000,
                 true,
-                SmsReconciliation::NotSent,
+                Ok(SmsReconciliation::NotSent),
+            ),
+            (
+                "a full page that may hide more",
+                vec![m("SM-a", "a", Some(1_500)), m("SM-b", "b", Some(1_200))],
+                2,
+                false,
+                Err(unproven),
+            ),
+            (
+                "a full page reaching back before the job",
+                vec![m("SM-a", "a", Some(1_500)), m("SM-b", "b", Some(900))],
+                2,
+                false,
+                Ok(SmsReconciliation::NotSent),
             ),
         ];
-        for (name, listed, another_placing, expected) in cases {
+        for (name, listed, page, another_placing, expected) in cases {
             let placing: Vec<String> = another_placing.then(|| other.to_string()).into_iter().collect();
-            let got = reconcile_sms(listed.iter().copied(), body, &known, &placing);
-            match (&got, &expected) {
-                (SmsReconciliation::Wait { why }, SmsReconciliation::Wait { .. }) => {
+            let got = reconcile_sms(&listed, page, body, &known, &placing, since);
+            match (&got, expected) {
+                (SmsReconciliation::Wait { why }, Err("wait")) => {
                     assert!(why.contains("SM-x") && why.contains(other), "{name}: names both: {why}");
                 }
-                _ => assert_eq!(got, expected, "{name}"),
+                (SmsReconciliation::Unproven { why }, Err("unproven")) => assert!(why.contains("page"), "{name}: {why}"),
+                (got, Ok(expected)) => assert_eq!(got, &expected, "{name}"),
+                (got, Err(kind)) => panic!("{name}: expected {kind}, got {got:?}"),
             }
         }
     }
