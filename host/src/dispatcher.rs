@@ -536,7 +536,10 @@ impl Dispatcher {
         }
         match (message, channel) {
             (Message::Sms { body }, Channel::Sms) => {
-                let since = job.created_at - chrono::Duration::minutes(1);
+                // Twilio's clock against ours, generously: a message of this job taken for
+                // older would be sent twice, while an older one with its words that no
+                // delivery of ours holds is rare, and was then this person's words anyway.
+                let since = job.created_at - chrono::Duration::hours(1);
                 let listed = match client.list_messages(to, from).await {
                     Ok(listed) => listed,
                     Err(e) => return Ok(Reconciled::SendNow { why: None, doubt: Some(e) }),
