@@ -154,8 +154,9 @@ impl TwilioClient {
 
     /// Messages to `to` from `from`, newest first, one page of [`LIST_PAGE`]: how an SMS whose
     /// outcome is unknown is reconciled. No date filter: Twilio filters messages by
-    /// `DateSent`, which a message still waiting in the sender's queue does not have yet (and
-    /// would be sent again), so the creation dates are compared here, as for calls.
+    /// `DateSent`, which a message still waiting in the sender's queue does not have yet —
+    /// filtered so, it would be missed and sent again — so creation dates are compared here,
+    /// as for calls.
     pub async fn list_messages(&self, to: &str, from: &str) -> Result<Vec<ListedMessage>, String> {
         let page = LIST_PAGE.to_string();
         let v = self
