@@ -1,7 +1,8 @@
 //! Dispatch: alerts per second from "this record needs a person" to "accepted by Twilio",
 //! with every step a production alert takes: the tenant's plugin routes and renders it (the
-//! default plugin, compiled beforehand as in a running host), the job is committed with the
-//! audit entries a poll writes (`routed`, with what the plugin saw and decided, and `queued`),
+//! default plugin, compiled beforehand as in a running host), the job is committed with what
+//! a first poll writes for the record: its attention episode opened (audited
+//! `needs_attention`), the `routed` entry (what the plugin saw and decided) and `queued`;
 //! a dispatcher claims it under a lease, POSTs it form-encoded to a Twilio
 //! stand-in in its own process (the release `ml-connector twilio-sandbox`, which answers at
 //! once), and commits the answer with its delivery and audit entry. Durable: SQLite in WAL
@@ -15,14 +16,16 @@
 //! the floor under every sender on this machine instead: the same number of SMS POSTed by the
 //! host's Twilio client, 32 in flight, to the same stand-in, with nothing else (no plugin, no
 //! queue, no store) — what the HTTP leg alone costs the two processes.
+//! `DISPATCH_BENCH_OPEN_EPISODES=0` leaves the episodes out, as this bench did before
+//! 2026-11-29 09:00 (to compare with the figures of then).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ml_connector::clock::SystemClock;
-use ml_connector::core::attention::Urgency;
+use ml_connector::core::attention::{Attention, Reason, Urgency};
 use ml_connector::core::model::RecordKind;
-use ml_connector::core::people::{Recipient, Role};
+use ml_connector::core::people::{People, Recipient, Role};
 use ml_connector::core::routing::{AlertInput, PluginContext};
 use ml_connector::dispatcher::{Dispatcher, SECRET_TWILIO_API_KEY_SECRET, SECRET_TWILIO_API_KEY_SID};
 use ml_connector::plugin::{DEFAULT_PLUGIN, Limits, PluginRuntime};
@@ -30,7 +33,7 @@ use ml_connector::poller::{APPLY_BATCH, Routing, routed_entry, send_jobs};
 use ml_connector::qad_sandbox::SandboxConfig;
 use ml_connector::sandbox::{example_tenant, provision_example};
 use ml_connector::secrets::{Keyring, SecretString, generate_master_key};
-use ml_connector::store::{EpisodeChange, RecordChange, Store, TwilioAccount};
+use ml_connector::store::{EpisodeChange, NewEpisode, RecordChange, Store, TwilioAccount};
 use ml_connector::twilio_sandbox::TwilioSandboxConfig;
 
 const ALERTS: usize = 20_000;
@@ -124,6 +127,7 @@ async fn run() {
             let mut route_time = Duration::ZERO;
             // Committed in batches, as a poll cycle commits the records it decided.
             let mut batch = Vec::with_capacity(APPLY_BATCH);
+            let open_episodes = std::env::var("DISPATCH_BENCH_OPEN_EPISODES").map_or(true, |v| v != "0");
             for n in 0..ALERTS / TENANTS {
                 let key = format!("SI-{ti}{n:07}");
                 let alert = AlertInput {
@@ -159,12 +163,39 @@ async fn run() {
                     routed: out.routed,
                 };
                 let jobs = send_jobs(&tenant, &alert, 1, &routing, chrono::Utc::now());
+                let episode = if open_episodes {
+                    EpisodeChange::Open {
+                        opened: NewEpisode {
+                            episode: 1,
+                            attention: Attention {
+                                reason: Reason::PriceVariance {
+                                    po: "PO10010".into(),
+                                    receiver: "RCV50007".into(),
+                                    line: 1,
+                                    invoiced: rust_decimal::Decimal::new(1040, 2),
+                                    ordered: rust_decimal::Decimal::new(980, 2),
+                                    variance_pct: rust_decimal::Decimal::new(612, 2),
+                                },
+                                urgency: Urgency::Low,
+                                due_date: chrono::NaiveDate::from_ymd_opt(2026, 12, 20),
+                            },
+                            summary: format!("Invoice {key} from Windy City Machining: {}", alert.reason),
+                            people: People {
+                                recipients: alert.people.clone(),
+                                unreachable: Vec::new(),
+                            },
+                            reference: alert.reference.clone(),
+                        },
+                    }
+                } else {
+                    EpisodeChange::None
+                };
                 due += jobs.iter().filter(|j| j.escalation_step == 0).count();
                 let change = RecordChange {
                     kind: RecordKind::SupplierInvoice,
                     record_key: key,
                     seen: None,
-                    episode: EpisodeChange::None,
+                    episode,
                     audit: vec![("routed".into(), routed_audit)],
                     jobs,
                 };

@@ -271,3 +271,75 @@ async fn jobs_queued_before_the_payloads_moved_keep_their_payloads() {
         store.close().await;
     }
 }
+
+/// A first poll opens an episode per record, many to a statement; a later change of the same
+/// record in the same batch (resolved, then opened again) still sees its episode, and each
+/// record's trail keeps its order.
+#[tokio::test]
+async fn episodes_opened_many_to_a_statement_keep_each_records_order() {
+    use ml_connector::core::attention::{Attention, Reason, Urgency};
+    use ml_connector::core::model::RecordKind;
+    use ml_connector::store::{EpisodeChange, NewEpisode, RecordChange};
+    for engine in engines() {
+        let h = harness(engine).await;
+        let s = &h.db.store;
+        let opened = |po: &str, episode: i64| NewEpisode {
+            episode,
+            attention: Attention {
+                reason: serde_json::from_value::<Reason>(json!({"code": "pending_approval", "total": "1200.00", "currency": "USD"}))
+                    .unwrap(),
+                urgency: Urgency::Normal,
+                due_date: None,
+            },
+            summary: format!("{po} waits for approval"),
+            people: Default::default(),
+            reference: po.into(),
+        };
+        let change = |po: &str, episode: EpisodeChange| RecordChange {
+            kind: RecordKind::PurchaseOrder,
+            record_key: po.into(),
+            seen: None,
+            episode,
+            audit: vec![],
+            jobs: vec![],
+        };
+        let batch = [
+            change("PO1", EpisodeChange::Open { opened: opened("PO1", 1) }),
+            change("PO2", EpisodeChange::Open { opened: opened("PO2", 1) }),
+            change(
+                "PO1",
+                EpisodeChange::Resolve {
+                    episode: 1,
+                    cause: "approved".into(),
+                },
+            ),
+            change("PO1", EpisodeChange::Open { opened: opened("PO1", 2) }),
+            change("PO3", EpisodeChange::Open { opened: opened("PO3", 1) }),
+        ];
+        let applied = s.apply_batch(&h.tenant.id, &batch, morning()).await.unwrap();
+        let got: Vec<(Option<i64>, Option<i64>)> = applied.iter().map(|a| (a.opened, a.resolved)).collect();
+        assert_eq!(
+            got,
+            [(Some(1), None), (Some(1), None), (None, Some(1)), (Some(2), None), (Some(1), None)],
+            "{engine}"
+        );
+        let rows: Vec<(String, i64, String)> = s
+            .attention(&h.tenant.id, None)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.record_key, r.episode, r.state))
+            .collect();
+        let expected = [("PO1", 1, "resolved"), ("PO1", 2, "open"), ("PO2", 1, "open"), ("PO3", 1, "open")];
+        assert_eq!(rows, expected.map(|(k, e, st)| (k.to_string(), e, st.to_string())), "{engine}");
+        let trail: Vec<(String, Option<i64>)> = s
+            .audit_trail(&h.tenant.id, "purchase_order", "PO1")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.event, e.episode))
+            .collect();
+        let expected = [("needs_attention", Some(1)), ("resolved", Some(1)), ("needs_attention", Some(2))];
+        assert_eq!(trail, expected.map(|(e, n)| (e.to_string(), n)), "{engine}");
+    }
+}

@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 use sqlx::{QueryBuilder, Row};
 
-use super::{Applied, Backend, EpisodeChange, Job, JobEnd, NewJob, RecordChange, Result, Sent, Store, json as to_json, millis};
+use super::{Applied, Backend, EpisodeChange, Job, JobEnd, NewEpisode, NewJob, RecordChange, Result, Sent, Store, json as to_json, millis};
 
 /// Rows per multi-row statement: well under both engines' bind limits (SQLite 32,766,
 /// PostgreSQL 65,535) at ten columns a row.
@@ -49,6 +49,41 @@ struct AuditRow<'a> {
     episode: Option<i64>,
     event: &'a str,
     detail: Cow<'a, str>,
+}
+
+/// Open the episodes in `$opens` (index into `$changes`, episode), many rows per statement,
+/// each audited `needs_attention` on its record in the same order; `$opens` is left empty.
+macro_rules! insert_episodes {
+    ($tx:ident, $tenant:expr, $changes:expr, $opens:ident, $at:expr) => {
+        for chunk in $opens.chunks(ROWS_PER_STATEMENT) {
+            let mut q = QueryBuilder::new(
+                "INSERT INTO attention (tenant_id, kind, record_key, episode, state, reason_code, reason, summary, urgency, people, due_date, opened_at, updated_at, reference) ",
+            );
+            q.push_values(chunk, |mut b, (i, o)| {
+                let (c, a) = (&$changes[*i], &o.attention);
+                b.push_bind($tenant).push_bind(c.kind.as_str()).push_bind(c.record_key.as_str()).push_bind(o.episode).push_bind("open")
+                    .push_bind(a.reason.code()).push_bind(to_json(&a.reason)).push_bind(o.summary.as_str()).push_bind(a.urgency.as_str())
+                    .push_bind(to_json(&o.people)).push_bind(a.due_date.map(|d| d.to_string())).push_bind($at).push_bind($at)
+                    .push_bind(o.reference.as_str());
+            });
+            q.build().execute(&mut *$tx).await?;
+        }
+        let audit: Vec<AuditRow<'_>> = $opens
+            .iter()
+            .map(|(i, o)| AuditRow {
+                tenant: $tenant,
+                kind: $changes[*i].kind.as_str(),
+                key: $changes[*i].record_key.as_str(),
+                episode: Some(o.episode),
+                event: "needs_attention",
+                detail: json!({ "reason": o.attention.reason, "urgency": o.attention.urgency, "summary": o.summary, "people": o.people })
+                    .to_string()
+                    .into(),
+            })
+            .collect();
+        insert_audit_rows!($tx, audit, $at);
+        $opens.clear();
+    };
 }
 
 /// Append audit rows in order (ids follow the order given), many per statement.
@@ -99,9 +134,15 @@ impl Store {
                 q.push(" ON CONFLICT (tenant_id, kind, record_key) DO UPDATE SET version = excluded.version, data = excluded.data, last_seen = excluded.last_seen");
                 q.build().execute(&mut *tx).await?;
             }
-            // Episodes: rarer than rows, one record at a time.
+            // Episodes: resolutions and updates one record at a time; episodes opened (a first
+            // poll opens one per record) many to a statement, held back until a later change
+            // of the same record needs them written first, so each record's order stands.
+            let mut opens: Vec<(usize, &NewEpisode)> = Vec::new();
             for (i, change) in changes.iter().enumerate() {
                 let (kind, key) = (change.kind.as_str(), change.record_key.as_str());
+                if opens.iter().any(|(j, _)| changes[*j].kind == change.kind && changes[*j].record_key == change.record_key) {
+                    insert_episodes!(tx, tenant, changes, opens, at);
+                }
                 let (resolve, open, update) = match &change.episode {
                     EpisodeChange::None => (None, None, None),
                     EpisodeChange::Open { opened } => (None, Some(opened), None),
@@ -128,23 +169,12 @@ impl Store {
                     episode_for_audit[i] = Some(episode);
                 }
                 if let Some(o) = open {
-                    let (a, next) = (&o.attention, o.episode);
-                    sqlx::query(
-                        "INSERT INTO attention (tenant_id, kind, record_key, episode, state, reason_code, reason, summary, urgency, people,
-                                                due_date, opened_at, updated_at, reference)
-                         VALUES ($1, $2, $3, $4, 'open', $5, $6, $7, $8, $9, $10, $11, $11, $12)",
-                    )
-                    .bind(tenant).bind(kind).bind(key).bind(next).bind(a.reason.code()).bind(to_json(&a.reason)).bind(&o.summary)
-                    .bind(a.urgency.as_str()).bind(to_json(&o.people)).bind(a.due_date.map(|d| d.to_string())).bind(at).bind(&o.reference)
-                    .execute(&mut *tx).await?;
-                    sqlx::query("INSERT INTO audit (tenant_id, kind, record_key, episode, at, event, detail) VALUES ($1, $2, $3, $4, $5, 'needs_attention', $6)")
-                        .bind(tenant).bind(kind).bind(key).bind(next).bind(at)
-                        .bind(json!({ "reason": a.reason, "urgency": a.urgency, "summary": o.summary, "people": o.people }).to_string())
-                        .execute(&mut *tx).await?;
-                    applied[i].opened = Some(next);
-                    episode_for_audit[i] = Some(next);
+                    opens.push((i, o));
+                    applied[i].opened = Some(o.episode);
+                    episode_for_audit[i] = Some(o.episode);
                 }
             }
+            insert_episodes!(tx, tenant, changes, opens, at);
             // What the poller noted on each record (routing, faults, who was unreachable).
             let noted: Vec<AuditRow<'_>> = changes
                 .iter()
