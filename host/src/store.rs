@@ -921,15 +921,20 @@ impl Store {
 
     /// Which of `phones` opted out of the tenant's messages.
     pub async fn suppressed_among(&self, tenant: &str, phones: &[String]) -> Result<Vec<String>> {
-        self.present_among("SELECT phone FROM suppressions WHERE tenant_id = ", Some(tenant), "phone", phones)
-            .await
+        self.present_among(
+            "SELECT phone FROM suppressions WHERE",
+            &[(" tenant_id = ", tenant)],
+            "phone",
+            phones,
+        )
+        .await
     }
 
     /// The call sids among `sids` that a delivery already holds, whichever its tenant:
     /// tenants may share a Twilio account, and a sid is unique across Twilio. (The channel
     /// is a literal so both engines' planners take the partial index of call sids.)
     pub async fn known_call_sids(&self, sids: &[String]) -> Result<Vec<String>> {
-        self.present_among("SELECT sid FROM deliveries WHERE channel = 'voice'", None, "sid", sids)
+        self.present_among("SELECT sid FROM deliveries WHERE channel = 'voice'", &[], "sid", sids)
             .await
     }
 
@@ -957,35 +962,32 @@ impl Store {
     /// dates and ours need not agree; the few candidates are looked up among the number's
     /// deliveries (its index), not by sid (message sids are not indexed: 0008).
     pub async fn sms_sids_among(&self, tenant: &str, to: &str, from: &str, sids: &[String]) -> Result<Vec<String>> {
-        let mut out = Vec::new();
-        for chunk in sids.chunks(500) {
-            on_pool!(self, pool => {
-                let mut q = sqlx::QueryBuilder::new("SELECT sid FROM deliveries WHERE tenant_id = ");
-                q.push_bind(tenant).push(" AND to_phone = ").push_bind(to).push(" AND from_phone = ").push_bind(from);
-                q.push(" AND channel = 'sms' AND sid IN (");
-                let mut list = q.separated(", ");
-                for sid in chunk {
-                    list.push_bind(sid);
-                }
-                q.push(")");
-                for r in q.build().fetch_all(pool).await? {
-                    out.push(r.get::<String, _>(0));
-                }
-            });
-        }
-        Ok(out)
+        let number = [
+            (" AND tenant_id = ", tenant),
+            (" AND to_phone = ", to),
+            (" AND from_phone = ", from),
+        ];
+        self.present_among("SELECT sid FROM deliveries WHERE channel = 'sms'", &number, "sid", sids)
+            .await
     }
 
-    /// Which of `values` the rows `select` reads hold in `column`: `select` ends where
-    /// a bound tenant goes (when given), and is a constant of this module, as is `column`,
-    /// never input. Read in chunks under the bind limits.
-    async fn present_among(&self, select: &'static str, tenant: Option<&str>, column: &str, values: &[String]) -> Result<Vec<String>> {
+    /// Which of `values` the rows `select` reads hold in `column`: `select` is followed by
+    /// each of `filters` (SQL, then its bound value) and then `AND column IN (…)`. The SQL
+    /// parts are constants of this module, as is `column`, never input. Read in chunks
+    /// under the bind limits.
+    async fn present_among(
+        &self,
+        select: &'static str,
+        filters: &[(&'static str, &str)],
+        column: &str,
+        values: &[String],
+    ) -> Result<Vec<String>> {
         let mut out = Vec::new();
         for chunk in values.chunks(500) {
             on_pool!(self, pool => {
                 let mut q = sqlx::QueryBuilder::new(select);
-                if let Some(tenant) = tenant {
-                    q.push_bind(tenant);
+                for (sql, value) in filters {
+                    q.push(*sql).push_bind(*value);
                 }
                 q.push(format!(" AND {column} IN ("));
                 let mut list = q.separated(", ");
