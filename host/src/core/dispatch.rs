@@ -10,11 +10,11 @@ use super::routing::Channel;
 /// escalation step). Enqueueing the same id twice is a no-op; a second recipient, an
 /// escalation call or a new episode of the same record are other ids.
 pub fn send_job_id(tenant: &str, kind: RecordKind, key: &str, episode: i64, channel: Channel, phone: &str, step: u8) -> String {
-    let ch = match channel {
-        Channel::Sms => "sms",
-        Channel::Voice => "voice",
-    };
-    format!("send/{tenant}/{}/{key}/{episode}/{ch}/{phone}/{step}", kind.as_str())
+    format!(
+        "send/{tenant}/{}/{key}/{episode}/{}/{phone}/{step}",
+        kind.as_str(),
+        channel.as_str()
+    )
 }
 
 /// A `LIKE` pattern (escape character `\`) matching the id of every send job of `channel`
@@ -27,11 +27,7 @@ pub fn send_jobs_to(channel: Channel, phone: &str) -> String {
             c => vec![c],
         })
         .collect();
-    let ch = match channel {
-        Channel::Sms => "sms",
-        Channel::Voice => "voice",
-    };
-    format!("send/%/{ch}/{escaped}/%")
+    format!("send/%/{}/{escaped}/%", channel.as_str())
 }
 
 /// Error codes that no retry can fix: record them on the alert and move on.

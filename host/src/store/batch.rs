@@ -13,8 +13,8 @@ use sqlx::{QueryBuilder, Row};
 
 use super::{Applied, Backend, EpisodeChange, Job, JobEnd, NewEpisode, NewJob, RecordChange, Result, Sent, Store, json as to_json, millis};
 
-/// Rows per multi-row statement: well under both engines' bind limits (SQLite 32,766,
-/// PostgreSQL 65,535) at ten columns a row.
+/// Rows per multi-row statement: under both engines' bind limits (SQLite 32,766,
+/// PostgreSQL 65,535) at the widest row written so (an episode: fourteen columns).
 const ROWS_PER_STATEMENT: usize = 1000;
 
 /// How one attempt of a job ended, as [`Store::finish_sends`] records it.
