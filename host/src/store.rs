@@ -835,29 +835,7 @@ impl Store {
     /// ones whose lease expired (their worker died: the outcome of that attempt is unknown).
     /// Each claim bumps `attempt`, the fencing token.
     pub async fn claim_jobs(&self, worker: &str, now: DateTime<Utc>, lease: chrono::Duration, limit: i64) -> Result<Vec<Job>> {
-        // Each kind of due job from the index in its own order, then the two merged: one
-        // `OR` would read every queued job and sort them all, on every claim (a backlog of
-        // 20,000 made each claim scan 20,000 rows).
-        let lock = match self.backend {
-            Backend::Sqlite(_) => "",
-            Backend::Postgres(_) => "FOR UPDATE SKIP LOCKED",
-        };
-        let select = format!(
-            "SELECT id FROM (
-               SELECT id, run_at FROM (SELECT id, run_at FROM jobs WHERE state = 'queued' AND run_at <= $1
-                                       ORDER BY run_at, id LIMIT $4 {lock}) AS due
-               UNION ALL
-               SELECT id, run_at FROM (SELECT id, run_at FROM jobs WHERE state = 'running' AND lease_until < $1
-                                       ORDER BY run_at, id LIMIT $4 {lock}) AS expired
-             ) AS claimable ORDER BY run_at, id LIMIT $4"
-        );
-        let sql = format!(
-            "UPDATE jobs SET reconcile = CASE WHEN state = 'running' THEN TRUE ELSE reconcile END,
-                 state = 'running', attempt = attempt + 1, lease_until = $2, worker = $3, updated_at = $1
-             WHERE id IN ({select})
-             RETURNING id, job_key, tenant_id, kind, record_kind, record_key, episode,
-                       (SELECT payload FROM job_payloads p WHERE p.job_id = jobs.id), attempt, reconcile, created_at"
-        );
+        let sql = self.claim_jobs_sql();
         // One statement, so atomic without a transaction around it: it takes SQLite's write
         // lock as it starts (as `BEGIN IMMEDIATE` would) and saves the writer two round trips.
         let rows = on_writer!(self, pool => {
@@ -873,6 +851,38 @@ impl Store {
                 .collect::<Vec<_>>()
         });
         Ok(rows)
+    }
+
+    /// The claim statement of [`Store::claim_jobs`]: `$1` now, `$2` the lease's end, `$3` the
+    /// worker, `$4` how many at most.
+    pub(super) fn claim_jobs_sql(&self) -> String {
+        // Each kind of due job from the index in its own order, then the two merged: one
+        // `OR` would read every queued job and sort them all, on every claim (a backlog of
+        // 20,000 made each claim scan 20,000 rows).
+        let lock = match self.backend {
+            Backend::Sqlite(_) => "",
+            Backend::Postgres(_) => "FOR UPDATE SKIP LOCKED",
+        };
+        // Read when the statement runs: bound bare, SQLite compiles a LIMIT's value into the
+        // statement, and re-prepares it on every run (sqlx clears the bindings before each):
+        // a twentieth of the writer's time in `benches/dispatch.rs` went to re-preparing this.
+        let limit = "CAST($4 AS BIGINT)";
+        let select = format!(
+            "SELECT id FROM (
+               SELECT id, run_at FROM (SELECT id, run_at FROM jobs WHERE state = 'queued' AND run_at <= $1
+                                       ORDER BY run_at, id LIMIT {limit} {lock}) AS due
+               UNION ALL
+               SELECT id, run_at FROM (SELECT id, run_at FROM jobs WHERE state = 'running' AND lease_until < $1
+                                       ORDER BY run_at, id LIMIT {limit} {lock}) AS expired
+             ) AS claimable ORDER BY run_at, id LIMIT {limit}"
+        );
+        format!(
+            "UPDATE jobs SET reconcile = CASE WHEN state = 'running' THEN TRUE ELSE reconcile END,
+                 state = 'running', attempt = attempt + 1, lease_until = $2, worker = $3, updated_at = $1
+             WHERE id IN ({select})
+             RETURNING id, job_key, tenant_id, kind, record_kind, record_key, episode,
+                       (SELECT payload FROM job_payloads p WHERE p.job_id = jobs.id), attempt, reconcile, created_at"
+        )
     }
 
     /// End an attempt and append its audit entry, atomically; false when a newer attempt
@@ -1065,3 +1075,56 @@ pub use admin::*;
 pub use batch::*;
 pub use hosts::*;
 pub use intake::*;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The program SQLite runs for `sql` with these values bound (`EXPLAIN`), as (opcode, p1).
+    async fn compiled(store: &Store, sql: &str, (now, until, third, limit): (i64, i64, &str, i64)) -> Vec<(String, i64)> {
+        let pool = store.sqlite_writer.as_ref().expect("an SQLite store");
+        let explain = format!("EXPLAIN {sql}");
+        let mut program = Vec::new();
+        // Twice: the second run is the one a cached statement makes, after sqlx has cleared
+        // and bound the values again.
+        for _ in 0..2 {
+            program = sqlx::query(sqlx::AssertSqlSafe(explain.as_str()))
+                .bind(now)
+                .bind(until)
+                .bind(third)
+                .bind(limit)
+                .fetch_all(pool)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|r| (r.get::<String, _>("opcode"), r.get::<i64, _>("p1")))
+                .collect();
+        }
+        program
+    }
+
+    /// Claims run again and again with different limits. SQLite compiles a bare bound LIMIT
+    /// into the statement as the value bound, so the statement had to be prepared anew on
+    /// every claim; the limit must be read from its parameter when the claim runs.
+    #[tokio::test]
+    async fn a_claims_limit_is_read_when_the_claim_runs_not_compiled_into_it() {
+        let dir = std::env::temp_dir().join(format!("ml-connector-claim-sql-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let store = Store::connect(&format!("sqlite://{}", dir.join("s.db").display())).await.unwrap();
+        store.migrate().await.unwrap();
+        let limit = 4093;
+        for (what, sql) in [("jobs", store.claim_jobs_sql()), ("webhooks", store.claim_webhooks_sql())] {
+            let program = compiled(&store, &sql, (0, 0, "0", limit)).await;
+            assert!(
+                !program.iter().any(|(op, p1)| op == "Integer" && *p1 == limit),
+                "the {what} claim has the limit {limit} compiled in: {program:?}"
+            );
+            assert!(
+                program.iter().any(|(op, p1)| op == "Variable" && *p1 == 4),
+                "the {what} claim does not read its limit ($4) when it runs: {program:?}"
+            );
+        }
+        store.close().await;
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

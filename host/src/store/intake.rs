@@ -151,17 +151,7 @@ impl Store {
         gather_grace: chrono::Duration,
         limit: i64,
     ) -> Result<Vec<WebhookEvent>> {
-        let lock = match self.backend {
-            Backend::Sqlite(_) => "",
-            Backend::Postgres(_) => " FOR UPDATE SKIP LOCKED",
-        };
-        let sql = format!(
-            "UPDATE webhook_events SET state = 'running', lease_until = $2
-             WHERE id IN (SELECT id FROM webhook_events
-                          WHERE (state = 'queued' AND (kind <> 'gather' OR received_at < $3)) OR (state = 'running' AND lease_until < $1)
-                          ORDER BY id LIMIT $4{lock})
-             RETURNING {EVENT_COLUMNS}"
-        );
+        let sql = self.claim_webhooks_sql();
         let mut rows = in_tx!(self, tx => sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
             .bind(millis(now)).bind(millis(now + lease)).bind(millis(now - gather_grace)).bind(limit)
             .fetch_all(&mut *tx).await?.into_iter().map(event_from).collect::<Vec<_>>());
@@ -169,8 +159,28 @@ impl Store {
         Ok(rows)
     }
 
+    /// The claim statement of [`Store::claim_webhooks`]: `$1` now, `$2` the lease's end, `$3`
+    /// the gather grace's start, `$4` how many at most.
+    pub(super) fn claim_webhooks_sql(&self) -> String {
+        let lock = match self.backend {
+            Backend::Sqlite(_) => "",
+            Backend::Postgres(_) => " FOR UPDATE SKIP LOCKED",
+        };
+        // The limit is cast to be read when the statement runs, not compiled into it (and
+        // the statement re-prepared on every claim): see `Store::claim_jobs_sql`.
+        format!(
+            "UPDATE webhook_events SET state = 'running', lease_until = $2
+             WHERE id IN (SELECT id FROM webhook_events
+                          WHERE (state = 'queued' AND (kind <> 'gather' OR received_at < $3)) OR (state = 'running' AND lease_until < $1)
+                          ORDER BY id LIMIT CAST($4 AS BIGINT){lock})
+             RETURNING {EVENT_COLUMNS}"
+        )
+    }
+
     /// Claim one event for processing now; `None` when another processor holds it or it is done.
     pub async fn claim_webhook(&self, id: i64, now: DateTime<Utc>, lease: chrono::Duration) -> Result<Option<WebhookEvent>> {
+        // The limit is cast to be read when the statement runs, not compiled into it (and
+        // the statement re-prepared on every claim): see `Store::claim_jobs_sql`.
         let sql = format!(
             "UPDATE webhook_events SET state = 'running', lease_until = $2
              WHERE id = $3 AND (state = 'queued' OR (state = 'running' AND lease_until < $1)) RETURNING {EVENT_COLUMNS}"
