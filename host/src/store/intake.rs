@@ -179,8 +179,6 @@ impl Store {
 
     /// Claim one event for processing now; `None` when another processor holds it or it is done.
     pub async fn claim_webhook(&self, id: i64, now: DateTime<Utc>, lease: chrono::Duration) -> Result<Option<WebhookEvent>> {
-        // The limit is cast to be read when the statement runs, not compiled into it (and
-        // the statement re-prepared on every claim): see `Store::claim_jobs_sql`.
         let sql = format!(
             "UPDATE webhook_events SET state = 'running', lease_until = $2
              WHERE id = $3 AND (state = 'queued' OR (state = 'running' AND lease_until < $1)) RETURNING {EVENT_COLUMNS}"
