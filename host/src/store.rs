@@ -630,7 +630,7 @@ impl Store {
     pub async fn polls(&self, tenant: &str, limit: i64) -> Result<Vec<PollRow>> {
         on_pool!(self, p => Ok(sqlx::query(
             "SELECT id, tenant_id, requested_by, started_at, finished_at, outcome, rows_read, rows_changed, opened, resolved,
-                    row_errors, error FROM polls WHERE tenant_id = $1 ORDER BY id DESC LIMIT $2",
+                    row_errors, error FROM polls WHERE tenant_id = $1 ORDER BY id DESC LIMIT CAST($2 AS BIGINT)",
         ).bind(tenant).bind(limit).fetch_all(p).await?.into_iter().map(|r| PollRow {
             id: r.get(0), tenant_id: r.get(1), requested_by: r.get(2), started_at: from_millis(r.get(3)),
             finished_at: r.get::<Option<i64>, _>(4).map(from_millis), outcome: r.get(5), rows_read: r.get(6),
@@ -738,7 +738,7 @@ impl Store {
     /// Audit entries of a tenant after `after_id`, oldest first.
     pub async fn audit_since(&self, tenant: &str, after_id: i64, limit: i64) -> Result<Vec<AuditEntry>> {
         on_pool!(self, p => Ok(sqlx::query(
-            "SELECT id, kind, record_key, episode, at, event, detail FROM audit WHERE tenant_id = $1 AND id > $2 ORDER BY id LIMIT $3",
+            "SELECT id, kind, record_key, episode, at, event, detail FROM audit WHERE tenant_id = $1 AND id > $2 ORDER BY id LIMIT CAST($3 AS BIGINT)",
         ).bind(tenant).bind(after_id).bind(limit).fetch_all(p).await?.into_iter().map(audit_from).collect()))
     }
 
@@ -1126,5 +1126,25 @@ mod tests {
         }
         store.close().await;
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// The same holds for every statement of the store, not only the claims: each one with a
+    /// bound limit runs again and again (audit pages, the feed, lists), so none binds it bare.
+    #[test]
+    fn no_statement_of_the_store_binds_a_bare_limit() {
+        let bare = ["LIMIT", " $"].concat();
+        for (file, text) in [
+            ("store.rs", include_str!("store.rs")),
+            ("store/admin.rs", include_str!("store/admin.rs")),
+            ("store/batch.rs", include_str!("store/batch.rs")),
+            ("store/hosts.rs", include_str!("store/hosts.rs")),
+            ("store/intake.rs", include_str!("store/intake.rs")),
+        ] {
+            let found: Vec<&str> = text.lines().filter(|l| l.contains(&bare)).collect();
+            assert!(
+                found.is_empty(),
+                "{file} binds a bare limit (cast it: `CAST($n AS BIGINT)`): {found:?}"
+            );
+        }
     }
 }

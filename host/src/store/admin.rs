@@ -275,7 +275,7 @@ impl Store {
     pub async fn list_episodes(&self, f: &ListFilter) -> Result<Vec<EpisodeRow>> {
         let sql = format!(
             "SELECT {EPISODE_COLUMNS} FROM attention WHERE ($1 IS NULL OR tenant_id = $1) AND ($2 IS NULL OR state = $2)
-             AND ($3 IS NULL OR kind = $3) AND opened_at >= $4 AND id < $5 ORDER BY id DESC LIMIT $6"
+             AND ($3 IS NULL OR kind = $3) AND opened_at >= $4 AND id < $5 ORDER BY id DESC LIMIT CAST($6 AS BIGINT)"
         );
         on_pool!(self, p => Ok(sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
             .bind(&f.tenant).bind(&f.state).bind(&f.kind).bind(f.since.map(millis).unwrap_or(i64::MIN))
@@ -288,7 +288,7 @@ impl Store {
         let sql = format!(
             "SELECT {JOB_COLUMNS} FROM jobs j LEFT JOIN deliveries d ON d.job_id = j.id
              WHERE ($1 IS NULL OR j.tenant_id = $1) AND ($2 IS NULL OR j.state = $2) AND ($3 IS NULL OR j.kind = $3)
-             AND j.created_at >= $4 AND j.id < $5 ORDER BY j.id DESC LIMIT $6"
+             AND j.created_at >= $4 AND j.id < $5 ORDER BY j.id DESC LIMIT CAST($6 AS BIGINT)"
         );
         on_pool!(self, p => Ok(sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
             .bind(&f.tenant).bind(&f.state).bind(&f.kind).bind(f.since.map(millis).unwrap_or(i64::MIN))
@@ -361,14 +361,14 @@ impl Store {
     pub async fn events_after(&self, tenant: Option<&str>, after_id: i64, up_to: i64, limit: i64) -> Result<Vec<(String, AuditEntry)>> {
         on_pool!(self, p => Ok(sqlx::query(
             "SELECT id, kind, record_key, episode, at, event, detail, tenant_id FROM audit
-             WHERE id > $1 AND id <= $2 AND ($3 IS NULL OR tenant_id = $3) ORDER BY id LIMIT $4",
+             WHERE id > $1 AND id <= $2 AND ($3 IS NULL OR tenant_id = $3) ORDER BY id LIMIT CAST($4 AS BIGINT)",
         ).bind(after_id).bind(up_to).bind(tenant).bind(limit).fetch_all(p).await?.into_iter()
             .map(|r| (r.get::<String, _>(7), audit_from(r))).collect()))
     }
 
     /// The ids of audit events after `after_id`, oldest first (the event pump's look-ahead).
     pub async fn event_ids_after(&self, after_id: i64, limit: i64) -> Result<Vec<i64>> {
-        on_pool!(self, p => Ok(sqlx::query("SELECT id FROM audit WHERE id > $1 ORDER BY id LIMIT $2")
+        on_pool!(self, p => Ok(sqlx::query("SELECT id FROM audit WHERE id > $1 ORDER BY id LIMIT CAST($2 AS BIGINT)")
             .bind(after_id).bind(limit).fetch_all(p).await?.into_iter().map(|r| r.get::<i64, _>(0)).collect()))
     }
 
