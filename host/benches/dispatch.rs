@@ -28,8 +28,8 @@ use std::time::{Duration, Instant};
 use ml_connector::clock::SystemClock;
 use ml_connector::core::attention::{Attention, Reason, Urgency};
 use ml_connector::core::model::RecordKind;
-use ml_connector::core::people::{People, Recipient, Role};
-use ml_connector::core::routing::{AlertInput, PluginContext};
+use ml_connector::core::people::People;
+use ml_connector::core::routing::PluginContext;
 use ml_connector::dispatcher::{Dispatcher, SECRET_TWILIO_API_KEY_SECRET, SECRET_TWILIO_API_KEY_SID};
 use ml_connector::plugin::{DEFAULT_PLUGIN, Limits, LoadedPlugin, PluginRuntime, RouteOutcome};
 use ml_connector::poller::{APPLY_BATCH, Routing, routed_entry, send_jobs};
@@ -236,30 +236,6 @@ async fn run() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// The `n`-th supplier invoice of tenant `ti` needing a person: a price variance, one clerk.
-fn invoice(ti: usize, n: usize) -> AlertInput {
-    AlertInput {
-        kind: RecordKind::SupplierInvoice,
-        key: format!("SI-{ti}{n:07}"),
-        episode: 1,
-        supplier_code: "S-1001".into(),
-        supplier_name: "Windy City Machining".into(),
-        amount: Some("12500.00".into()),
-        currency: Some("USD".into()),
-        due_date: Some("2026-12-20".into()),
-        reason_code: "price_variance".into(),
-        reason: "price 10.40 invoiced against 9.80 ordered on line 1".into(),
-        urgency: Urgency::Low,
-        people: vec![Recipient {
-            role: Role::ApClerk,
-            name: "Grace Liu".into(),
-            source: "profile".into(),
-            phone: format!("+1312{:07}", n % 10_000_000),
-        }],
-        reference: "K7QM2X".into(),
-    }
-}
-
 /// How a producer gets each record's routing and words.
 #[derive(Clone, Copy, PartialEq)]
 enum Render {
@@ -304,7 +280,7 @@ async fn produce(
     let mut batch = Vec::with_capacity(APPLY_BATCH);
     let open_episodes = std::env::var("DISPATCH_BENCH_OPEN_EPISODES").map_or(true, |v| v != "0");
     for n in 0..ALERTS / TENANTS {
-        let alert = invoice(ti, n);
+        let alert = support::invoice(ti, n);
         let key = alert.key.clone();
         let out = match &first {
             Some(out) => out.clone(),
@@ -477,7 +453,7 @@ async fn plugin_floor() -> f64 {
             let (plugins, plugin) = (plugins.clone(), plugin.clone());
             tokio::spawn(async move {
                 for n in 0..ALERTS / TENANTS {
-                    let alert = invoice(ti, n);
+                    let alert = support::invoice(ti, n);
                     let ctx = PluginContext::at(&format!("t{ti}"), "{}", chrono::Utc::now(), chrono_tz::America::Chicago);
                     let out = plugins.route_and_render(&plugin, Limits::default(), &ctx, &alert).await.unwrap();
                     assert_eq!(out.routed.len(), 1, "one SMS per invoice");
@@ -489,15 +465,8 @@ async fn plugin_floor() -> f64 {
     for t in tasks {
         t.await.unwrap();
     }
-    let (elapsed, cpu) = (started.elapsed(), cpu_used() - cpu_before);
-    let per = cpu.as_secs_f64() * 1e6 / ALERTS as f64;
     println!("plugin floor: {ALERTS} records routed and rendered by the default plugin, nothing else");
-    println!(
-        "  {:.2} s: {:.0} records/s; the host used {per:.0} µs of CPU per record",
-        elapsed.as_secs_f64(),
-        ALERTS as f64 / elapsed.as_secs_f64()
-    );
-    per
+    rate_and_cpu(ALERTS, "record", started.elapsed(), cpu_used() - cpu_before)
 }
 
 /// The durable writes alone: every record queued as the dispatch run queues it (its episode,
@@ -559,14 +528,9 @@ async fn store_floor(twilio: &str) -> f64 {
         due += p.await.unwrap().0;
     }
     assert_eq!(ended, due, "every job queued was claimed and ended once");
-    let (elapsed, cpu) = (started.elapsed(), cpu_used() - cpu_before);
-    let per = cpu.as_secs_f64() * 1e6 / due as f64;
+    let elapsed = started.elapsed();
     println!("store floor: {due} alerts queued, claimed and ended sent, durably, with no plugin call and no Twilio request");
-    println!(
-        "  {:.2} s: {:.0} alerts/s; the host used {per:.0} µs of CPU per alert",
-        elapsed.as_secs_f64(),
-        due as f64 / elapsed.as_secs_f64()
-    );
+    let per = rate_and_cpu(due, "alert", elapsed, cpu_used() - cpu_before);
     if let Some(bytes) = storage_written().zip(written_before).map(|(after, before)| after - before) {
         println!(
             "  the host wrote {:.1} KiB to storage per alert",
@@ -576,6 +540,17 @@ async fn store_floor(twilio: &str) -> f64 {
     print_busiest("the store's floor", &threads_before, elapsed.as_secs_f64());
     store.close().await;
     let _ = std::fs::remove_dir_all(&dir);
+    per
+}
+
+/// Print how fast `n` items went and the host's CPU per item; returns the CPU per item in µs.
+fn rate_and_cpu(n: usize, item: &str, elapsed: Duration, cpu: Duration) -> f64 {
+    let per = cpu.as_secs_f64() * 1e6 / n as f64;
+    println!(
+        "  {:.2} s: {:.0} {item}s/s; the host used {per:.0} µs of CPU per {item}",
+        elapsed.as_secs_f64(),
+        n as f64 / elapsed.as_secs_f64()
+    );
     per
 }
 

@@ -13,8 +13,6 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use ml_connector::core::attention::Urgency;
-use ml_connector::core::model::RecordKind;
 use ml_connector::core::people::{Recipient, Role};
 use ml_connector::core::routing::{AlertInput, Channel, Delivery, Message, Routed};
 use ml_connector::dispatcher::{SECRET_TWILIO_API_KEY_SECRET, SECRET_TWILIO_API_KEY_SID, SECRET_TWILIO_AUTH_TOKEN};
@@ -253,19 +251,9 @@ fn send_payload() -> String {
         phone: "+13125550130".into(),
     };
     let alert = AlertInput {
-        kind: RecordKind::SupplierInvoice,
         key: "SI-1".into(),
-        episode: 1,
-        supplier_code: "S-1001".into(),
-        supplier_name: "Windy City Machining".into(),
-        amount: Some("12500.00".into()),
-        currency: Some("USD".into()),
-        due_date: Some("2026-12-20".into()),
-        reason_code: "price_variance".into(),
-        reason: "price 10.40 invoiced against 9.80 ordered on line 1".into(),
-        urgency: Urgency::Low,
         people: vec![person.clone()],
-        reference: "K7QM2X".into(),
+        ..support::invoice(0, 0)
     };
     let routed = Routed {
         delivery: Delivery {

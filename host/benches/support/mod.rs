@@ -4,6 +4,11 @@
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 
+use ml_connector::core::attention::Urgency;
+use ml_connector::core::model::RecordKind;
+use ml_connector::core::people::{Recipient, Role};
+use ml_connector::core::routing::AlertInput;
+
 pub struct Emulator {
     child: Child,
     /// The base URL it printed.
@@ -70,4 +75,29 @@ pub fn start(args: &[&str]) -> Emulator {
         .expect("the emulator prints its URL")
         .to_string();
     Emulator { child, base }
+}
+
+/// The `n`-th supplier invoice of tenant `ti` needing a person: a price variance, one clerk.
+#[allow(dead_code)] // not every bench sends invoices
+pub fn invoice(ti: usize, n: usize) -> AlertInput {
+    AlertInput {
+        kind: RecordKind::SupplierInvoice,
+        key: format!("SI-{ti}{n:07}"),
+        episode: 1,
+        supplier_code: "S-1001".into(),
+        supplier_name: "Windy City Machining".into(),
+        amount: Some("12500.00".into()),
+        currency: Some("USD".into()),
+        due_date: Some("2026-12-20".into()),
+        reason_code: "price_variance".into(),
+        reason: "price 10.40 invoiced against 9.80 ordered on line 1".into(),
+        urgency: Urgency::Low,
+        people: vec![Recipient {
+            role: Role::ApClerk,
+            name: "Grace Liu".into(),
+            source: "profile".into(),
+            phone: format!("+1312{:07}", n % 10_000_000),
+        }],
+        reference: "K7QM2X".into(),
+    }
 }
