@@ -435,9 +435,10 @@ async fn floors(mode: &str, stand_in: &support::Emulator) {
                 cores * 1e6 / 16_000.0
             );
         }
-        _ => {
+        "http" | "1" => {
             http_floor(stand_in).await;
         }
+        other => panic!("DISPATCH_BENCH_FLOOR={other}: expected http, plugin, store or all"),
     }
 }
 
