@@ -1,5 +1,5 @@
 //! What several benches share: an `ml-connector` emulator (QAD or Twilio sandbox) started as a
-//! process of its own, stopped when dropped.
+//! process of its own, stopped when dropped; CPU readings; the invoice the dispatch benches send.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
