@@ -101,6 +101,33 @@ pub struct GrpcArgs {
     /// How many live events a `Watch` consumer may fall behind before it is told it lagged.
     #[arg(long, env = "ML_CONNECTOR_WATCH_BUFFER", default_value_t = 1024)]
     pub watch_buffer: usize,
+    /// `Watch` streams open at once on this host; one more is refused with
+    /// RESOURCE_EXHAUSTED (1–10000).
+    #[arg(long, env = "ML_CONNECTOR_WATCH_MAX_STREAMS", default_value_t = crate::grpc::DEFAULT_MAX_WATCHERS as u64,
+          value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub watch_max_streams: u64,
+    /// Serve gRPC in plaintext on an address that is not loopback (only behind a proxy that
+    /// terminates TLS: the admin token would otherwise cross the network in clear).
+    #[arg(long, env = "ML_CONNECTOR_GRPC_ALLOW_PLAINTEXT")]
+    pub grpc_allow_plaintext: bool,
+    /// Seconds a new gRPC connection has to send its first call (TLS handshake included):
+    /// a client silent or dripping bytes is closed after it (1–30).
+    #[arg(long, env = "ML_CONNECTOR_GRPC_HEADER_TIMEOUT_SECONDS", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..=30))]
+    pub grpc_header_timeout_seconds: u64,
+    /// Seconds a gRPC connection may stay with no call under way before it is closed; also
+    /// the interval of HTTP/2 pings, which a peer must answer (1–3600).
+    #[arg(long, env = "ML_CONNECTOR_GRPC_IDLE_TIMEOUT_SECONDS", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub grpc_idle_timeout_seconds: u64,
+    /// gRPC connections served at once; more wait in the kernel's backlog (1–65536).
+    #[arg(long, env = "ML_CONNECTOR_GRPC_MAX_CONNECTIONS", default_value_t = 256,
+          value_parser = clap::value_parser!(u64).range(1..=65536))]
+    pub grpc_max_connections: u64,
+    /// Calls at once on one gRPC connection (HTTP/2 streams; 1–10000).
+    #[arg(long, env = "ML_CONNECTOR_GRPC_MAX_STREAMS", default_value_t = 100,
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub grpc_max_streams: u32,
 }
 
 impl GrpcArgs {
@@ -112,7 +139,7 @@ impl GrpcArgs {
             )),
             _ => None,
         };
-        Ok(crate::grpc::GrpcOptions {
+        let opts = crate::grpc::GrpcOptions {
             addr: self.grpc_addr,
             admin_token: self
                 .admin_token
@@ -120,7 +147,17 @@ impl GrpcArgs {
                 .filter(|t| !t.is_empty())
                 .map(crate::secrets::SecretString::new),
             tls,
-        })
+            allow_plaintext: self.grpc_allow_plaintext,
+            limits: crate::grpc::GrpcLimits {
+                header_timeout: Duration::from_secs(self.grpc_header_timeout_seconds),
+                idle_timeout: Duration::from_secs(self.grpc_idle_timeout_seconds),
+                max_connections: self.grpc_max_connections as usize,
+                max_streams_per_connection: self.grpc_max_streams,
+            },
+        };
+        // Refused before anything starts: plaintext off loopback needs saying so.
+        opts.check()?;
+        Ok(opts)
     }
 }
 
@@ -191,7 +228,7 @@ pub enum Command {
         #[arg(long, env = "ML_CONNECTOR_HTTP_ADDR", default_value = "127.0.0.1:8080")]
         http_addr: SocketAddr,
         #[command(flatten)]
-        grpc: GrpcArgs,
+        grpc: Box<GrpcArgs>,
     },
     /// Plugins: check one before shipping it.
     #[command(subcommand)]
@@ -291,7 +328,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             scheduler.poll_lease = chrono::Duration::seconds(poll_lease_seconds.max(1) as i64);
             let (stop_tx, stop_rx) = watch::channel(false);
             // gRPC answers health (NOT_SERVING) while the migrations run.
-            let feed = EventFeed::new(store.clone(), grpc.watch_buffer);
+            let feed = EventFeed::new(store.clone(), grpc.watch_buffer).with_max_watchers(grpc.watch_max_streams as usize);
             let control = Control::new(poller, scheduler.clone(), feed.clone());
             let grpc_addr = grpc_opts.addr;
             let (grpc_bound, health, grpc_task) = crate::grpc::spawn(control, grpc_opts, stop_rx.clone())

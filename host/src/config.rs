@@ -32,6 +32,12 @@ pub struct ConfigFile {
     pub grpc_tls_cert: Option<PathBuf>,
     pub grpc_tls_key: Option<PathBuf>,
     pub watch_buffer: Option<usize>,
+    pub watch_max_streams: Option<u64>,
+    pub grpc_allow_plaintext: Option<bool>,
+    pub grpc_header_timeout_seconds: Option<u64>,
+    pub grpc_idle_timeout_seconds: Option<u64>,
+    pub grpc_max_connections: Option<u64>,
+    pub grpc_max_streams: Option<u32>,
     pub job_lease_seconds: Option<u64>,
     pub poll_lease_seconds: Option<u64>,
     pub twilio_concurrency: Option<usize>,
@@ -78,6 +84,24 @@ impl ConfigFile {
             ("ML_CONNECTOR_GRPC_TLS_CERT", self.grpc_tls_cert.as_ref().map(path)),
             ("ML_CONNECTOR_GRPC_TLS_KEY", self.grpc_tls_key.as_ref().map(path)),
             ("ML_CONNECTOR_WATCH_BUFFER", self.watch_buffer.map(|n| n.to_string())),
+            ("ML_CONNECTOR_WATCH_MAX_STREAMS", self.watch_max_streams.map(|n| n.to_string())),
+            (
+                "ML_CONNECTOR_GRPC_ALLOW_PLAINTEXT",
+                self.grpc_allow_plaintext.map(|b| b.to_string()),
+            ),
+            (
+                "ML_CONNECTOR_GRPC_HEADER_TIMEOUT_SECONDS",
+                self.grpc_header_timeout_seconds.map(|n| n.to_string()),
+            ),
+            (
+                "ML_CONNECTOR_GRPC_IDLE_TIMEOUT_SECONDS",
+                self.grpc_idle_timeout_seconds.map(|n| n.to_string()),
+            ),
+            (
+                "ML_CONNECTOR_GRPC_MAX_CONNECTIONS",
+                self.grpc_max_connections.map(|n| n.to_string()),
+            ),
+            ("ML_CONNECTOR_GRPC_MAX_STREAMS", self.grpc_max_streams.map(|n| n.to_string())),
             ("ML_CONNECTOR_JOB_LEASE_SECONDS", self.job_lease_seconds.map(|n| n.to_string())),
             ("ML_CONNECTOR_POLL_LEASE_SECONDS", self.poll_lease_seconds.map(|n| n.to_string())),
             ("ML_CONNECTOR_TWILIO_CONCURRENCY", self.twilio_concurrency.map(|n| n.to_string())),
@@ -130,6 +154,8 @@ mod tests {
             ("job_lease_seconds = 'sixty'", "job_lease_seconds"),
             ("public_url = 'not a url'", "public_url"),
             ("log_format = 'xml'", "log_format"),
+            ("grpc_allow_plaintext = 'yes'", "grpc_allow_plaintext"),
+            ("grpc_max_streams = -1", "grpc_max_streams"),
         ];
         for (text, key) in cases {
             let err = ConfigFile::parse(text).unwrap_err();

@@ -506,6 +506,9 @@ async fn serve_grpc(
         addr,
         admin_token: Some(SecretString::new(token.unwrap_or_else(|| "sandbox".into()))),
         tls: None,
+        // The demo has no TLS: off loopback only when told, as `serve` is.
+        allow_plaintext: std::env::var("ML_CONNECTOR_GRPC_ALLOW_PLAINTEXT").is_ok_and(|v| matches!(v.trim(), "1" | "true" | "yes" | "on")),
+        limits: Default::default(),
     };
     let (bound, health, server) = crate::grpc::spawn(control, opts, stop.clone())
         .await

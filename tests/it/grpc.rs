@@ -835,3 +835,216 @@ async fn health_is_not_serving_until_the_migrations_are_applied() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// `serve` on `addr` (not waited for), with `env` on top of the usual.
+fn spawn_serve_on(url: &str, key: &str, addr: &str, env: &[(&str, &str)]) -> tokio::process::Child {
+    tokio::process::Command::new(binary())
+        .arg("serve")
+        .env("ML_CONNECTOR_DATABASE_URL", url)
+        .env("ML_CONNECTOR_MASTER_KEY", key)
+        .env("ML_CONNECTOR_ADMIN_TOKEN", TOKEN)
+        .env("ML_CONNECTOR_GRPC_ADDR", addr)
+        .env("ML_CONNECTOR_HTTP_ADDR", "127.0.0.1:0")
+        .env("ML_CONNECTOR_METRICS_ADDR", "127.0.0.1:0")
+        .env("ML_CONNECTOR_LOG", "warn")
+        .envs(env.iter().copied())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
+
+/// Whether the server has closed `conn`: a read sees the end (or a reset) rather than bytes.
+/// Whatever the server sends first (its HTTP/2 settings) is read past.
+async fn closed_by_server(conn: &mut tokio::net::TcpStream) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 1024];
+    loop {
+        match conn.read(&mut buf).await {
+            Ok(0) | Err(_) => return true,
+            Ok(_) => continue,
+        }
+    }
+}
+
+/// A connection that sends nothing, and one that drips a valid HTTP/2 start a byte at a
+/// time, are both closed by the host (here after a header timeout of one second); a real
+/// client is served meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_closes_connections_that_send_nothing_or_drip() {
+    use tokio::io::AsyncWriteExt;
+    let db = fresh_db("sqlite").await;
+    let host = serve(
+        &db.url,
+        &generate_master_key(),
+        &[
+            ("ML_CONNECTOR_GRPC_HEADER_TIMEOUT_SECONDS", "1"),
+            ("ML_CONNECTOR_GRPC_IDLE_TIMEOUT_SECONDS", "1"),
+        ],
+    )
+    .await;
+    // "Eventually" only: without the timeout neither connection would ever be closed.
+    let eventually = Duration::from_secs(30);
+    let mut silent = tokio::net::TcpStream::connect(&host.addr).await.unwrap();
+    let closed = tokio::time::timeout(eventually, closed_by_server(&mut silent)).await;
+    assert!(closed.is_ok(), "a connection that sent nothing was still open after {eventually:?}");
+
+    // The preface, then a SETTINGS frame announcing 16,380 bytes of settings, dripped: a
+    // valid start that would take hours to finish.
+    let mut drip: Vec<u8> = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    drip.extend([0x00, 0x3f, 0xfc, 0x04, 0x00, 0x00, 0x00, 0x00, 0x00]);
+    drip.extend(std::iter::repeat_n(0u8, 16_380));
+    let dripper = tokio::net::TcpStream::connect(&host.addr).await.unwrap();
+    let (mut read, mut write) = dripper.into_split();
+    let dripping = tokio::spawn(async move {
+        for b in drip {
+            if write.write_all(&[b]).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("the whole frame was dripped without the host closing the connection");
+    });
+    let closed = tokio::time::timeout(eventually, async {
+        use tokio::io::AsyncReadExt;
+        let mut buf = [0u8; 1024];
+        loop {
+            match read.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => continue,
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "a dripping connection was still open after {eventually:?}");
+    dripping.abort();
+
+    // A client that calls is served as before.
+    let (ok, out, err) = grpcurl(
+        &host.addr,
+        &["-reflect-header", &format!("authorization: Bearer {TOKEN}")],
+        "grpc.health.v1.Health/Check",
+        None,
+    )
+    .await;
+    assert!(ok && out.contains("SERVING"), "health after the slow clients: {out} {err}");
+}
+
+/// `Watch` streams are capped per host: one past the cap is refused with RESOURCE_EXHAUSTED
+/// naming the limit; a consumer that goes gives its place back; an open stream is not idle
+/// (the idle timeout, one second here, does not cut it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_streams_past_the_cap_are_refused_and_open_ones_are_not_idle() {
+    let db = fresh_db("sqlite").await;
+    let host = serve(
+        &db.url,
+        &generate_master_key(),
+        &[
+            ("ML_CONNECTOR_WATCH_MAX_STREAMS", "2"),
+            ("ML_CONNECTOR_GRPC_HEADER_TIMEOUT_SECONDS", "1"),
+            ("ML_CONNECTOR_GRPC_IDLE_TIMEOUT_SECONDS", "1"),
+        ],
+    )
+    .await;
+    let store: Store = db.store.clone();
+    let start = store.last_event_id().await.unwrap();
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", host.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let auth: fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> = with_token;
+    let mut client = pb::alerts_client::AlertsClient::with_interceptor(channel, auth);
+    let first = watch_all(&mut client, start).await;
+    let mut second = watch_all(&mut client, start).await;
+    let request = pb::WatchRequest {
+        after_id: start,
+        tenant_id: String::new(),
+    };
+    let refused = client.watch(request.clone()).await.map(|_| ()).unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::ResourceExhausted, "{refused:?}");
+    assert!(
+        refused.message().contains("ML_CONNECTOR_WATCH_MAX_STREAMS") && refused.message().contains('2'),
+        "the refusal names the limit: {}",
+        refused.message()
+    );
+
+    // The first consumer goes: its place is given back (eventually), events or not.
+    drop(first);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut third = loop {
+        match client.watch(request.clone()).await {
+            Ok(s) => break s.into_inner(),
+            Err(s) if s.code() == tonic::Code::ResourceExhausted => {
+                assert!(tokio::time::Instant::now() < deadline, "a closed Watch never gave its place back");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(s) => panic!("{s:?}"),
+        }
+    };
+
+    // Quiet for longer than the idle timeout: the streams stay open and get the next event.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let entry = NewAudit {
+        kind: "test".into(),
+        record_key: "R-1".into(),
+        event: "after-quiet".into(),
+        detail: json!({}),
+    };
+    store.append_audit("quiet", &[entry], chrono::Utc::now()).await.unwrap();
+    let last = store.last_event_id().await.unwrap();
+    for stream in [&mut second, &mut third] {
+        loop {
+            let m = tokio::time::timeout(Duration::from_secs(30), stream.message())
+                .await
+                .expect("the event arrives")
+                .expect("the stream is still open")
+                .expect("the stream goes on");
+            if let Some(pb::watch_message::Message::Event(e)) = m.message
+                && e.id == last
+            {
+                break;
+            }
+        }
+    }
+}
+
+/// Plaintext gRPC only on loopback: `serve` on a non-loopback address without TLS refuses
+/// to start, naming the option; with ML_CONNECTOR_GRPC_ALLOW_PLAINTEXT it starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_refuses_plaintext_grpc_off_loopback_unless_allowed() {
+    let db = fresh_db("sqlite").await;
+    let key = generate_master_key();
+    let port = free_port();
+    let everywhere = format!("0.0.0.0:{port}");
+    let refused = spawn_serve_on(&db.url, &key, &everywhere, &[]);
+    let out = tokio::time::timeout(Duration::from_secs(60), refused.wait_with_output())
+        .await
+        .expect("serve exits")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "serve started plaintext gRPC on {everywhere}");
+    assert!(
+        stderr.contains("ML_CONNECTOR_GRPC_ALLOW_PLAINTEXT") && stderr.contains("ML_CONNECTOR_GRPC_TLS_CERT"),
+        "the error names the options: {stderr}"
+    );
+    assert!(stderr.lines().count() <= 3, "a short error: {stderr}");
+
+    let _allowed = spawn_serve_on(&db.url, &key, &everywhere, &[("ML_CONNECTOR_GRPC_ALLOW_PLAINTEXT", "true")]);
+    let local = format!("127.0.0.1:{port}");
+    for _ in 0..600 {
+        let (ok, out, _) = grpcurl(
+            &local,
+            &["-reflect-header", &format!("authorization: Bearer {TOKEN}")],
+            "grpc.health.v1.Health/Check",
+            None,
+        )
+        .await;
+        if ok && out.contains("\"SERVING\"") {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("serve with ML_CONNECTOR_GRPC_ALLOW_PLAINTEXT never served on {everywhere}");
+}

@@ -3,8 +3,8 @@
 use std::pin::Pin;
 
 use chrono::{DateTime, Utc};
-use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
 use super::convert::{audit_out, episode_out, job_out};
@@ -134,12 +134,18 @@ impl pb::alerts_server::Alerts for AlertsService {
     type WatchStream = WatchStream;
 
     async fn watch(&self, req: Request<pb::WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
+        // The stream outlives this answer: its connection is not idle while it is open.
+        let open = super::conn::CallGuard::of(req.extensions());
         let r = req.into_inner();
         if r.after_id < 0 {
             return Err(invalid("after_id", "must be 0 or an event id"));
         }
         let tenant = (!r.tenant_id.is_empty()).then_some(r.tenant_id);
-        let rx = self.0.feed.watch(r.after_id, tenant);
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        let rx = self.0.feed.watch(r.after_id, tenant)?;
+        let stream = ReceiverStream::new(rx).map(move |m| {
+            let _open = &open;
+            m
+        });
+        Ok(Response::new(Box::pin(stream)))
     }
 }

@@ -4,12 +4,14 @@
 //! database at its own pace, then follows the broadcast (and reads from the database again
 //! whatever a burst made it miss). A live watcher whose connection is full and which is more
 //! than the buffer behind the newest event is told so, with the id to resume after, instead
-//! of holding the host's memory or silently missing events.
+//! of holding the host's memory or silently missing events. The streams open at once on a
+//! host are capped: one past the cap is refused with RESOURCE_EXHAUSTED naming the limit,
+//! and a stream's place is given back as soon as its consumer goes, events or not.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{Notify, broadcast, mpsc, watch};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, broadcast, mpsc, watch};
 use tonic::Status;
 
 use super::convert::audit_out;
@@ -22,6 +24,8 @@ use crate::store::Store;
 const POSTGRES_GAP_GRACE: Duration = Duration::from_secs(2);
 const PUMP_IDLE: Duration = Duration::from_millis(200);
 const PAGE: i64 = 500;
+/// `Watch` streams open at once on a host unless told otherwise.
+pub const DEFAULT_MAX_WATCHERS: usize = 64;
 
 #[derive(Clone)]
 pub struct EventFeed {
@@ -32,6 +36,9 @@ pub struct EventFeed {
     wake: Arc<Notify>,
     /// How far behind the newest event a live watcher with a full connection may be.
     max_behind: i64,
+    /// One permit per open `Watch` stream.
+    watchers: Arc<Semaphore>,
+    max_watchers: usize,
 }
 
 impl EventFeed {
@@ -43,7 +50,26 @@ impl EventFeed {
             head: watch::channel(0).0,
             wake: Arc::new(Notify::new()),
             max_behind: buffer.max(1) as i64,
+            watchers: Arc::new(Semaphore::new(DEFAULT_MAX_WATCHERS)),
+            max_watchers: DEFAULT_MAX_WATCHERS,
         }
+    }
+
+    /// At most `n` `Watch` streams open at once on this host (at least one).
+    pub fn with_max_watchers(mut self, n: usize) -> Self {
+        self.max_watchers = n.max(1);
+        self.watchers = Arc::new(Semaphore::new(self.max_watchers));
+        self
+    }
+
+    /// A place for one more `Watch` stream, or RESOURCE_EXHAUSTED naming the limit.
+    fn admit(&self) -> Result<OwnedSemaphorePermit, Status> {
+        self.watchers.clone().try_acquire_owned().map_err(|_| {
+            Status::resource_exhausted(format!(
+                "this host already serves {} Watch streams, its limit (ML_CONNECTOR_WATCH_MAX_STREAMS): close one or retry later",
+                self.max_watchers
+            ))
+        })
     }
 
     /// Look for new events now rather than at the next tick.
@@ -121,10 +147,15 @@ impl EventFeed {
     }
 
     /// A watcher's stream: events after `after_id` (of one tenant or all), then live.
-    pub fn watch(&self, after_id: i64, tenant: Option<String>) -> mpsc::Receiver<Result<pb::WatchMessage, Status>> {
+    /// RESOURCE_EXHAUSTED when the host already serves as many streams as it may.
+    pub fn watch(&self, after_id: i64, tenant: Option<String>) -> Result<mpsc::Receiver<Result<pb::WatchMessage, Status>>, Status> {
+        let permit = self.admit()?;
         let (tx, rx) = mpsc::channel(64);
         let feed = self.clone();
         tokio::spawn(async move {
+            // The stream's place is held until this task ends, which it does once the
+            // consumer has gone.
+            let _permit = permit;
             // Subscribe before reading the head: nothing published in between is missed.
             let mut live = feed.live.subscribe();
             let mut w = Watcher {
@@ -141,7 +172,12 @@ impl EventFeed {
             }
             w.live = true;
             loop {
-                match live.recv().await {
+                let next = tokio::select! {
+                    n = live.recv() => n,
+                    // The consumer went while no event came: give its place back now.
+                    _ = w.tx.closed() => return,
+                };
+                match next {
                     Ok(e) if e.id <= w.cursor => {}
                     Ok(e) => {
                         if !w.deliver(&feed, e.id, w.wanted(&e.tenant_id).then(|| (*e).clone())).await {
@@ -158,7 +194,7 @@ impl EventFeed {
                 }
             }
         });
-        rx
+        Ok(rx)
     }
 }
 

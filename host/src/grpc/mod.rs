@@ -12,7 +12,6 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tokio::sync::watch;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Identity, Server, ServerTlsConfig};
@@ -27,13 +26,14 @@ use crate::secrets::{Keyring, SecretString};
 use crate::store::{Store, StoreError};
 
 mod alerts;
+pub mod conn;
 mod convert;
 mod feed;
 mod plugins;
 mod polls;
 mod tenants;
 
-pub use feed::EventFeed;
+pub use feed::{DEFAULT_MAX_WATCHERS, EventFeed};
 
 /// The generated protobuf types, servers and clients of `proto/mlconnector/v1`.
 pub mod pb {
@@ -88,6 +88,59 @@ pub struct GrpcOptions {
     pub admin_token: Option<SecretString>,
     /// PEM certificate chain and key: serve TLS instead of plaintext.
     pub tls: Option<(Vec<u8>, Vec<u8>)>,
+    /// Serve plaintext on an address that is not loopback (a proxy in front terminates TLS).
+    pub allow_plaintext: bool,
+    pub limits: GrpcLimits,
+}
+
+impl GrpcOptions {
+    /// Plaintext only on loopback unless allowed: the admin token must not cross a network
+    /// in clear.
+    pub fn check(&self) -> Result<(), GrpcError> {
+        if self.tls.is_none() && !self.allow_plaintext && !self.addr.ip().is_loopback() {
+            return Err(GrpcError::PlaintextOffLoopback(self.addr));
+        }
+        Ok(())
+    }
+}
+
+/// Limits of the gRPC listener against slow, idle and greedy clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GrpcLimits {
+    /// A new connection's first call (TLS handshake, HTTP/2 preface and headers included)
+    /// must have arrived this long after it opened; a silent or dripping client is closed.
+    pub header_timeout: Duration,
+    /// A connection with no call under way is closed after this long; HTTP/2 pings go out at
+    /// this interval and a peer that has not answered one within `header_timeout` is closed.
+    pub idle_timeout: Duration,
+    /// Connections served at once; more wait in the kernel's accept backlog.
+    pub max_connections: usize,
+    /// Calls at once on one connection (HTTP/2 `SETTINGS_MAX_CONCURRENT_STREAMS`).
+    pub max_streams_per_connection: u32,
+}
+
+impl Default for GrpcLimits {
+    fn default() -> Self {
+        GrpcLimits {
+            header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(30),
+            max_connections: 256,
+            max_streams_per_connection: 100,
+        }
+    }
+}
+
+/// Why the gRPC server did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum GrpcError {
+    #[error(
+        "refusing to serve gRPC in plaintext on {0}, which is not a loopback address (the admin token would cross the network in clear): set ML_CONNECTOR_GRPC_TLS_CERT and ML_CONNECTOR_GRPC_TLS_KEY, or ML_CONNECTOR_GRPC_ALLOW_PLAINTEXT=true if a proxy in front terminates TLS"
+    )]
+    PlaintextOffLoopback(SocketAddr),
+    #[error("binding {0}: {1}")]
+    Bind(SocketAddr, std::io::Error),
+    #[error("the gRPC TLS certificate or key: {0}")]
+    Tls(tonic::transport::Error),
 }
 
 /// Bearer-token check for every service but health. Both sides are hashed first so the
@@ -199,9 +252,12 @@ pub async fn spawn(
     control: Control,
     opts: GrpcOptions,
     mut stop: watch::Receiver<bool>,
-) -> std::io::Result<(SocketAddr, Health, tokio::task::JoinHandle<Result<(), tonic::transport::Error>>)> {
-    let listener = tokio::net::TcpListener::bind(opts.addr).await?;
-    let bound = listener.local_addr()?;
+) -> Result<(SocketAddr, Health, tokio::task::JoinHandle<Result<(), tonic::transport::Error>>), GrpcError> {
+    opts.check()?;
+    let listener = tokio::net::TcpListener::bind(opts.addr)
+        .await
+        .map_err(|e| GrpcError::Bind(opts.addr, e))?;
+    let bound = listener.local_addr().map_err(|e| GrpcError::Bind(opts.addr, e))?;
     let (reporter, health_service) = tonic_health::server::health_reporter();
     let health = Health { reporter };
     health.set(ServingStatus::NotServing).await;
@@ -216,35 +272,49 @@ pub async fn spawn(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()
         .expect("the descriptor set built into this binary is valid");
-    let mut builder = Server::builder();
+    let limits = opts.limits;
+    let mut builder = Server::builder()
+        .max_concurrent_streams(limits.max_streams_per_connection.max(1))
+        .http2_keepalive_interval(Some(limits.idle_timeout))
+        .http2_keepalive_timeout(Some(limits.header_timeout));
     if let Some((cert, key)) = &opts.tls {
         builder = builder
-            .tls_config(ServerTlsConfig::new().identity(Identity::from_pem(cert, key)))
-            .map_err(std::io::Error::other)?;
+            .tls_config(
+                ServerTlsConfig::new()
+                    .identity(Identity::from_pem(cert, key))
+                    .timeout(limits.header_timeout),
+            )
+            .map_err(GrpcError::Tls)?;
     }
+    // Every service counts its calls as activity on their connection (see `conn`).
     let router = builder
-        .add_service(health_service)
-        .add_service(InterceptedService::new(reflection_v1, auth.clone()))
-        .add_service(InterceptedService::new(reflection_v1alpha, auth.clone()))
-        .add_service(InterceptedService::new(
+        .add_service(conn::Tracked(health_service))
+        .add_service(conn::Tracked(InterceptedService::new(reflection_v1, auth.clone())))
+        .add_service(conn::Tracked(InterceptedService::new(reflection_v1alpha, auth.clone())))
+        .add_service(conn::Tracked(InterceptedService::new(
             pb::tenants_server::TenantsServer::new(tenants::TenantsService(control.clone())),
             auth.clone(),
-        ))
-        .add_service(InterceptedService::new(
+        )))
+        .add_service(conn::Tracked(InterceptedService::new(
             pb::plugins_server::PluginsServer::new(plugins::PluginsService(control.clone())).max_decoding_message_size(MAX_MESSAGE_BYTES),
             auth.clone(),
-        ))
-        .add_service(InterceptedService::new(
+        )))
+        .add_service(conn::Tracked(InterceptedService::new(
             pb::alerts_server::AlertsServer::new(alerts::AlertsService(control.clone())),
             auth.clone(),
-        ))
-        .add_service(InterceptedService::new(
+        )))
+        .add_service(conn::Tracked(InterceptedService::new(
             pb::polls_server::PollsServer::new(polls::PollsService(control)),
             auth,
-        ));
+        )));
+    let deadlines = conn::Deadlines {
+        header: limits.header_timeout,
+        idle: limits.idle_timeout,
+    };
+    let incoming = conn::incoming(listener, limits.max_connections, deadlines);
     let task = tokio::spawn(async move {
         router
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+            .serve_with_incoming_shutdown(incoming, async move {
                 let _ = stop.wait_for(|s| *s).await;
             })
             .await
