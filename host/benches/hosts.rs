@@ -125,6 +125,7 @@ async fn one(url: &str, twilio: &str, hosts: usize) {
                 .env("ML_CONNECTOR_HTTP_ADDR", &addr)
                 .env("ML_CONNECTOR_PUBLIC_URL", PUBLIC_URL)
                 .env("ML_CONNECTOR_GRPC_ADDR", "127.0.0.1:0")
+                .env("ML_CONNECTOR_METRICS_ADDR", "127.0.0.1:0")
                 .env("ML_CONNECTOR_LOG", "error")
                 .spawn()
                 .unwrap(),

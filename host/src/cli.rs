@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use chrono::NaiveDate;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 use tokio::sync::watch;
 
 use crate::clock::{Clock, SystemClock};
@@ -37,11 +37,7 @@ pub struct Cli {
     pub command: Command,
 }
 
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
+pub use crate::logging::LogFormat;
 
 #[derive(Debug, clap::Args)]
 pub struct DbArgs {
@@ -173,6 +169,8 @@ pub enum PluginCommand {
     },
 }
 
+// Parsed once per process: the size of `Serve`'s flags costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// The no-credentials demo: QAD sandbox and host in one process on a fresh SQLite file.
@@ -224,9 +222,14 @@ pub enum Command {
         /// account's own limit; the back-off copes, this keeps it rare).
         #[arg(long, env = "ML_CONNECTOR_TWILIO_CONCURRENCY", default_value_t = crate::dispatcher::PER_TENANT_CONCURRENCY)]
         twilio_concurrency: usize,
-        /// Twilio webhooks, health and metrics.
+        /// Twilio webhooks, health and readiness: the listener exposed to the internet.
         #[arg(long, env = "ML_CONNECTOR_HTTP_ADDR", default_value = "127.0.0.1:8080")]
         http_addr: SocketAddr,
+        #[command(flatten)]
+        http_limits: HttpLimitArgs,
+        /// Prometheus metrics (`GET /metrics`); keep it private: a scrape names every tenant.
+        #[arg(long, env = "ML_CONNECTOR_METRICS_ADDR", default_value = "127.0.0.1:9464")]
+        metrics_addr: SocketAddr,
         #[command(flatten)]
         grpc: Box<GrpcArgs>,
     },
@@ -268,13 +271,31 @@ pub enum Command {
     },
 }
 
-pub fn init_tracing(cli: &Cli) {
-    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    match cli.log_format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
+/// Limits of the webhook listener against slow and greedy clients.
+#[derive(Debug, Clone, clap::Args)]
+pub struct HttpLimitArgs {
+    /// Seconds a connection has to send a request's headers, from its opening or the end of
+    /// the previous response: a client dripping bytes, or idle, is closed after it (1–30).
+    #[arg(long, env = "ML_CONNECTOR_HTTP_HEADER_TIMEOUT_SECONDS", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..=30))]
+    pub http_header_timeout_seconds: u64,
+    /// Connections served at once; more wait in the kernel's backlog (1–65536).
+    #[arg(long, env = "ML_CONNECTOR_HTTP_MAX_CONNECTIONS", default_value_t = 1024,
+          value_parser = clap::value_parser!(u64).range(1..=65536))]
+    pub http_max_connections: u64,
+}
+
+impl HttpLimitArgs {
+    pub fn limits(&self) -> crate::webhooks::HttpLimits {
+        crate::webhooks::HttpLimits {
+            header_timeout: Duration::from_secs(self.http_header_timeout_seconds),
+            max_connections: self.http_max_connections as usize,
+        }
     }
+}
+
+pub fn init_tracing(cli: &Cli) {
+    crate::logging::init(&cli.log, cli.log_format);
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -305,6 +326,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             poll_lease_seconds,
             twilio_concurrency,
             http_addr,
+            http_limits,
+            metrics_addr,
             grpc,
         } => {
             let keys = Arc::new(keys.keyring()?);
@@ -337,13 +360,25 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             tracing::info!(%grpc_bound, "gRPC control plane");
             store.migrate().await.context("applying migrations")?;
             let workers_running = Arc::new(std::sync::atomic::AtomicBool::new(false));
-            let (bound, _http_task) = WebhookServer::new(inbox.clone(), &public_url)
-                .with_metrics(crate::metrics::install())
-                .with_workers_flag(workers_running.clone())
+            let webhooks = WebhookServer::new(inbox.clone(), &public_url)
+                .with_limits(http_limits.limits())
+                .with_workers_flag(workers_running.clone());
+            let metrics = crate::metrics::MetricsServer {
+                handle: crate::metrics::install(),
+                store: store.clone(),
+                intake: Some(webhooks.counters.clone()),
+                clock: Arc::new(SystemClock),
+            };
+            let (bound, _http_task) = webhooks
                 .spawn(http_addr)
                 .await
                 .with_context(|| format!("binding the HTTP address {http_addr}"))?;
             tracing::info!(%bound, public_url, "webhooks, health and readiness on HTTP");
+            let (metrics_bound, _metrics_task) = metrics
+                .spawn(metrics_addr)
+                .await
+                .with_context(|| format!("binding the metrics address {metrics_addr}"))?;
+            tracing::info!(%metrics_bound, "Prometheus metrics on HTTP");
             // PostgreSQL: other hosts' new jobs and webhooks wake this one at once.
             let listener = store.listen_for_work().await.context("listening for work on PostgreSQL")?;
             let wake_task = listener.map(|l| tokio::spawn(wake_on_work(l, dispatcher.wake.clone(), inbox.wake.clone(), feed.clone())));

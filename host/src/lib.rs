@@ -6,9 +6,12 @@ pub mod clock;
 pub mod config;
 pub mod core;
 pub mod dispatcher;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub mod group_commit;
 pub mod grpc;
 pub mod inbox;
+pub mod logging;
 pub mod metrics;
 pub mod plugin;
 pub mod plugin_check;

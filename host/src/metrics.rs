@@ -1,4 +1,5 @@
-//! Prometheus metrics (`GET /metrics`): the recorder, every name in one place, and the
+//! Prometheus metrics (`GET /metrics` on `ML_CONNECTOR_METRICS_ADDR`, a listener of its own,
+//! loopback by default: a scrape names every tenant and reads the database): the recorder, every name in one place, and the
 //! figures read from the store at scrape time (queue depth and age, records needing
 //! attention, poll lag), so they are right whichever host did the work. Label sets are
 //! bounded: tenants (configured by operators), record and job kinds, channels, outcomes and
@@ -10,8 +11,18 @@ use chrono::{DateTime, Utc};
 use metrics::{counter, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+
+use crate::clock::Clock;
 use crate::store::{Store, StoreError};
-use crate::webhooks::IntakeFigures;
+use crate::webhooks::{IntakeCounters, IntakeFigures};
 
 pub const POLLS: &str = "mlc_polls_total";
 pub const POLL_SECONDS: &str = "mlc_poll_duration_seconds";
@@ -148,4 +159,36 @@ pub fn twilio_answered(status: u16, code: Option<u32>) {
     };
     let code = code.map(|c| c.to_string()).unwrap_or_default();
     counter!(TWILIO_REQUESTS, "status" => class, "code" => code).increment(1);
+}
+
+/// The metrics listener: `GET /metrics` and nothing else.
+#[derive(Clone)]
+pub struct MetricsServer {
+    pub handle: PrometheusHandle,
+    pub store: Store,
+    /// The webhook listener's counters, when this process takes webhooks.
+    pub intake: Option<Arc<IntakeCounters>>,
+    pub clock: Arc<dyn Clock>,
+}
+
+impl MetricsServer {
+    pub fn router(self) -> Router {
+        Router::new().route("/metrics", get(scrape)).with_state(self)
+    }
+
+    /// Bind `addr` and serve in the background; the address bound.
+    pub async fn spawn(self, addr: SocketAddr) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let bound = listener.local_addr()?;
+        let app = self.router();
+        Ok((bound, tokio::spawn(async move { drop(axum::serve(listener, app).await) })))
+    }
+}
+
+async fn scrape(State(m): State<MetricsServer>) -> Response {
+    let intake = m.intake.as_ref().map(|c| c.figures());
+    match render(&m.handle, &m.store, intake, m.clock.now()).await {
+        Ok(text) => ([("content-type", "text/plain; version=0.0.4")], text).into_response(),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("database unreachable: {e}\n")).into_response(),
+    }
 }

@@ -458,7 +458,12 @@ impl<'a> Cycle<'a> {
             if already {
                 continue;
             }
-            tracing::warn!(tenant = %self.tenant.id, record = %e.record, error = %e, "malformed QAD row");
+            tracing::warn!(
+                tenant = %self.tenant.id,
+                record = crate::core::text::for_log(&e.record),
+                error = crate::core::text::error_for_log(&e),
+                "malformed QAD row"
+            );
             let _ = self.p.events.send(Event::RowError {
                 tenant: self.tenant.id.clone(),
                 error: e.to_string(),
@@ -781,7 +786,8 @@ impl<'a> Cycle<'a> {
             }
             Err(f) => f,
         };
-        tracing::warn!(tenant = %self.tenant.id, record = %alert.key, plugin = %r.label, error = %fault, "plugin fault");
+        let (record, error) = (crate::core::text::for_log(&alert.key), crate::core::text::error_for_log(&fault));
+        tracing::warn!(tenant = %self.tenant.id, record, plugin = %r.label, error, "plugin fault");
         audit.push((
             "plugin_fault".into(),
             json!({"plugin": r.label, "input": alert, "kind": fault.kind, "call": fault.call, "error": fault.message}).to_string(),

@@ -355,9 +355,7 @@ pub async fn run(opts: SandboxOptions) -> anyhow::Result<()> {
         )
     })?;
     let public_url = opts.public_url.clone().unwrap_or(format!("http://{}", listener.local_addr()?));
-    let _http_task = WebhookServer::new(inbox.clone(), &public_url)
-        .with_metrics(crate::metrics::install())
-        .serve(listener);
+    let _http_task = WebhookServer::new(inbox.clone(), &public_url).serve(listener);
     // The sandbox's numbers send replies to the tenant's inbound path; its people answer.
     twilio.set_sms_url(&format!("{public_url}/twilio/{}/messages/inbound", tenant.id));
     twilio.set_scripts(example_answers());

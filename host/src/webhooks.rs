@@ -1,5 +1,9 @@
-//! The HTTP adapter on `ML_CONNECTOR_HTTP_ADDR`: Twilio's webhooks (one path per tenant, so
-//! its Auth Token is known before the body is trusted), `/healthz` and `/readyz`.
+//! The HTTP adapter on `ML_CONNECTOR_HTTP_ADDR`, the one listener exposed to the internet:
+//! Twilio's webhooks (one path per tenant, so its Auth Token is known before the body is
+//! trusted), `/healthz` and `/readyz`. Nothing internal is served here (metrics have their own
+//! loopback listener), and nothing a stranger sends can grow the process: tenant ids are
+//! checked for shape before any lookup, the token cache is bounded, refusal lines are
+//! clipped and rate-limited, and a connection must send its headers in time.
 //!
 //! A webhook is answered 2xx only once it is committed to the intake queue; a request whose
 //! `X-Twilio-Signature` does not verify against the public URL Twilio used and the tenant's
@@ -11,6 +15,11 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
 
 use crate::group_commit::GroupCommit;
 use axum::Router;
@@ -25,7 +34,8 @@ use tower_http::timeout::TimeoutLayer;
 use crate::clock::Clock;
 
 use crate::core::intake::{HookKind, dedup_key};
-use crate::core::{signature, twiml};
+use crate::core::text::for_log;
+use crate::core::{limits, signature, twiml};
 use crate::dispatcher::SECRET_TWILIO_AUTH_TOKEN;
 use crate::inbox::{DEFAULT_SPOKEN_CONFIRMATION, Inbox};
 use crate::secrets::{Keyring, SecretString};
@@ -35,6 +45,34 @@ use crate::store::{NewWebhook, Store};
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 /// How long an Auth Token read from the store is reused (a rotated token applies after this).
 const TOKEN_TTL: Duration = Duration::from_secs(10);
+/// How many tenants' Auth Tokens (or their absence) the cache holds; past it the least
+/// recently used go, so ids made up by strangers cannot grow the process.
+pub const TOKEN_CACHE_ENTRIES: usize = 1024;
+/// Refusal lines logged per second at most; the rest are counted and their number said in
+/// the next line logged (the counters keep the exact figures).
+pub const REFUSALS_LOGGED_PER_SECOND: u64 = 10;
+
+/// Limits of the public listener against slow and greedy clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpLimits {
+    /// A request's headers must have arrived this long after the connection opened or the
+    /// previous response ended; a client that drips bytes, or a connection left idle, is closed.
+    pub header_timeout: Duration,
+    /// Connections served at once; further ones wait in the kernel's accept backlog.
+    pub max_connections: usize,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        HttpLimits {
+            header_timeout: Duration::from_secs(10),
+            max_connections: 1024,
+        }
+    }
+}
+
+/// A whole request, headers to body, gets this long (the body timeout).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What the intake did, by outcome. Forgeries change nothing else.
 #[derive(Debug, Default, Serialize)]
@@ -64,7 +102,39 @@ impl IntakeCounters {
     }
 }
 
-type TokenCache = HashMap<String, (Option<Arc<SecretString>>, Instant)>;
+type TokenCache = quick_cache::sync::Cache<String, (Option<Arc<SecretString>>, Instant)>;
+
+/// Rate-limits the refusal lines: at most [`REFUSALS_LOGGED_PER_SECOND`] a second.
+#[derive(Debug)]
+struct RefusalLog {
+    window: Mutex<(Instant, u64)>,
+    unlogged: AtomicU64,
+}
+
+impl Default for RefusalLog {
+    fn default() -> Self {
+        RefusalLog {
+            window: Mutex::new((Instant::now(), 0)),
+            unlogged: AtomicU64::new(0),
+        }
+    }
+}
+
+impl RefusalLog {
+    /// Whether this refusal may be logged; if so, how many were not since the last one.
+    fn admit(&self) -> Option<u64> {
+        let mut w = self.window.lock().unwrap_or_else(|p| p.into_inner());
+        if w.0.elapsed() >= Duration::from_secs(1) {
+            *w = (Instant::now(), 0);
+        }
+        if w.1 >= REFUSALS_LOGGED_PER_SECOND {
+            self.unlogged.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        w.1 += 1;
+        Some(self.unlogged.swap(0, Ordering::Relaxed))
+    }
+}
 
 #[derive(Clone)]
 pub struct WebhookServer {
@@ -72,10 +142,11 @@ pub struct WebhookServer {
     keys: Arc<Keyring>,
     public_url: String,
     inbox: Inbox,
-    tokens: Arc<Mutex<TokenCache>>,
+    tokens: Arc<TokenCache>,
+    refusals: Arc<RefusalLog>,
     writer: IntakeWriter,
     pub counters: Arc<IntakeCounters>,
-    metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    limits: HttpLimits,
     /// Whether the host's workers are running (`/readyz` says not ready while they are not).
     workers: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
@@ -109,11 +180,23 @@ impl WebhookServer {
             public_url: public_url.trim_end_matches('/').to_string(),
             writer: IntakeWriter::spawn(inbox.poller.store.clone(), inbox.poller.clock.clone()),
             inbox,
-            tokens: Arc::default(),
+            tokens: Arc::new(TokenCache::new(TOKEN_CACHE_ENTRIES)),
+            refusals: Arc::default(),
             counters: Arc::default(),
-            metrics: None,
+            limits: HttpLimits::default(),
             workers: None,
         }
+    }
+
+    /// Serve connections under these limits instead of the defaults.
+    pub fn with_limits(mut self, limits: HttpLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// How many tenants' tokens the cache holds now (at most [`TOKEN_CACHE_ENTRIES`]).
+    pub fn cached_tokens(&self) -> usize {
+        self.tokens.len()
     }
 
     /// Make `/readyz` follow this flag too: set once the workers run, cleared when they stop.
@@ -122,23 +205,13 @@ impl WebhookServer {
         self
     }
 
-    /// Serve `GET /metrics` from this recorder (without one, `/metrics` is 404).
-    pub fn with_metrics(mut self, handle: metrics_exporter_prometheus::PrometheusHandle) -> Self {
-        self.metrics = Some(handle);
-        self
-    }
-
     pub fn router(&self) -> Router {
         Router::new()
             .route("/twilio/{tenant}/{resource}/{event}", post(webhook))
             .route("/healthz", get(|| async { "ok\n" }))
             .route("/readyz", get(ready))
-            .route("/metrics", get(metrics_text))
             .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-            .layer(TimeoutLayer::with_status_code(
-                StatusCode::SERVICE_UNAVAILABLE,
-                Duration::from_secs(10),
-            ))
+            .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, REQUEST_TIMEOUT))
             .with_state(self.clone())
     }
 
@@ -150,29 +223,55 @@ impl WebhookServer {
     }
 
     /// Serve on a listener already bound (when the public URL depends on its address).
+    /// Aborting the task closes every connection it serves.
     pub fn serve(self, listener: tokio::net::TcpListener) -> tokio::task::JoinHandle<()> {
-        let app = self.router();
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        })
+        let (app, limits) = (self.router(), self.limits);
+        tokio::spawn(serve_http1(listener, app, limits))
     }
 
     async fn auth_token(&self, tenant: &str) -> Result<Option<Arc<SecretString>>, crate::store::StoreError> {
-        if let Some((t, at)) = self.tokens.lock().unwrap_or_else(|p| p.into_inner()).get(tenant)
+        if let Some((t, at)) = self.tokens.get(tenant)
             && at.elapsed() < TOKEN_TTL
         {
-            return Ok(t.clone());
+            return Ok(t);
         }
         let token = match self.store.secret(&self.keys, tenant, SECRET_TWILIO_AUTH_TOKEN).await {
             Ok(t) => t.map(Arc::new),
             Err(crate::store::StoreError::NoSuchTenant(_)) => None,
             Err(e) => return Err(e),
         };
-        self.tokens
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(tenant.to_string(), (token.clone(), Instant::now()));
+        self.tokens.insert(tenant.to_string(), (token.clone(), Instant::now()));
         Ok(token)
+    }
+}
+
+/// HTTP/1.1 (what Twilio speaks) with a deadline on every request's headers, which also
+/// closes idle keep-alive connections, and a cap on connections at once. axum's own `serve`
+/// sets neither.
+async fn serve_http1(listener: tokio::net::TcpListener, app: Router, limits: HttpLimits) {
+    let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let mut connections = JoinSet::new();
+    loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else { return };
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of file descriptors and the like: back off rather than spin.
+                tracing::warn!(error = %e, "accepting a connection failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        while connections.try_join_next().is_some() {}
+        let service = TowerToHyperService::new(app.clone());
+        connections.spawn(async move {
+            let _ = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(limits.header_timeout)
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+            drop(slot);
+        });
     }
 }
 
@@ -184,25 +283,52 @@ async fn ready(State(s): State<WebhookServer>) -> Response {
     }
     match s.store.ping().await {
         Ok(()) => (StatusCode::OK, "ready\n").into_response(),
-        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("database unreachable: {e}\n")).into_response(),
+        // The database's words stay in the log: this listener faces the internet.
+        Err(e) => {
+            tracing::warn!(error = %e, "not ready: the database is unreachable");
+            (StatusCode::SERVICE_UNAVAILABLE, "database unreachable\n").into_response()
+        }
     }
 }
 
-async fn metrics_text(State(s): State<WebhookServer>) -> Response {
-    let Some(handle) = &s.metrics else {
-        return (StatusCode::NOT_FOUND, "metrics are not enabled in this process\n").into_response();
-    };
-    let now = s.inbox.poller.clock.now();
-    match crate::metrics::render(handle, &s.store, Some(s.counters.figures()), now).await {
-        Ok(text) => ([("content-type", "text/plain; version=0.0.4")], text).into_response(),
-        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("database unreachable: {e}\n")).into_response(),
-    }
-}
-
-fn forbidden(s: &WebhookServer, tenant: &str, path: &str, why: &str) -> Response {
+fn forbidden(s: &WebhookServer, tenant: &str, path: &str, why: impl std::fmt::Display) -> Response {
     s.counters.forged.fetch_add(1, Ordering::Relaxed);
-    tracing::warn!(tenant, path, why, "webhook refused");
+    if let Some(unlogged) = s.refusals.admit() {
+        tracing::warn!(tenant = for_log(tenant), path = for_log(path), %why, unlogged, "webhook refused");
+    }
     (StatusCode::FORBIDDEN, "forbidden\n").into_response()
+}
+
+/// A signed request whose body is not a form: none of these endpoints takes anything else.
+fn unsupported(s: &WebhookServer, tenant: &str, media: Media) -> Response {
+    s.counters.unidentified.fetch_add(1, Ordering::Relaxed);
+    if let Some(unlogged) = s.refusals.admit() {
+        tracing::warn!(tenant = for_log(tenant), ?media, unlogged, "signed webhook with a body that is not a form");
+    }
+    let why = "these endpoints take Twilio's application/x-www-form-urlencoded callbacks only\n";
+    (StatusCode::UNSUPPORTED_MEDIA_TYPE, why).into_response()
+}
+
+/// What a request's `Content-Type` says its body is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Media {
+    Form,
+    Json,
+    Other,
+}
+
+/// The media type, compared case-insensitively and without its parameters (`charset`), as
+/// the official validators and HTTP itself do.
+fn media_of(headers: &HeaderMap) -> Media {
+    let essence = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|ct| ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase());
+    match essence.as_deref() {
+        Some("application/x-www-form-urlencoded") => Media::Form,
+        Some("application/json") => Media::Json,
+        _ => Media::Other,
+    }
 }
 
 fn unavailable(e: impl std::fmt::Display) -> Response {
@@ -227,6 +353,9 @@ async fn webhook(
         return StatusCode::NOT_FOUND.into_response();
     };
     let path = uri.path();
+    if !limits::is_tenant_id(&tenant) {
+        return forbidden(&s, &tenant, path, "not a tenant id");
+    }
     let token = match s.auth_token(&tenant).await {
         Ok(Some(t)) => t,
         Ok(None) => return forbidden(&s, &tenant, path, "unknown tenant or no Auth Token set"),
@@ -238,11 +367,8 @@ async fn webhook(
     // The URL Twilio requested: the public base, then the path and query as received.
     let path_and_query = uri.path_and_query().map_or(path, |pq| pq.as_str());
     let url = format!("{}{path_and_query}", s.public_url);
-    let is_form = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| ct.starts_with("application/x-www-form-urlencoded"));
-    let params: Vec<(String, String)> = if is_form {
+    let media = media_of(&headers);
+    let params: Vec<(String, String)> = if media == Media::Form {
         match serde_urlencoded::from_bytes(&body) {
             Ok(p) => p,
             Err(_) => return forbidden(&s, &tenant, path, "body is not form-encoded"),
@@ -250,9 +376,12 @@ async fn webhook(
     } else {
         Vec::new()
     };
-    let raw = (!is_form).then_some(&body[..]);
-    if !signature::verify(token.expose(), &url, &params, raw, signature_header) {
-        return forbidden(&s, &tenant, path, "X-Twilio-Signature does not match");
+    // With `bodySHA256` in the URL the hash covers the raw body as received, form or not.
+    if let Err(why) = signature::check(token.expose(), &url, &params, &body, signature_header) {
+        return forbidden(&s, &tenant, path, why);
+    }
+    if media != Media::Form {
+        return unsupported(&s, &tenant, media);
     }
     let query: HashMap<String, String> = serde_urlencoded::from_str(uri.query().unwrap_or("")).unwrap_or_default();
     let delivery_id = query.get("delivery").and_then(|d| d.parse().ok());
@@ -261,7 +390,9 @@ async fn webhook(
         Ok(k) => k,
         Err(e) => {
             s.counters.unidentified.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(tenant, path, error = %e, "signed webhook without what identifies it");
+            if let Some(unlogged) = s.refusals.admit() {
+                tracing::warn!(tenant, path = for_log(path), error = %e, unlogged, "signed webhook without what identifies it");
+            }
             return (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response();
         }
     };

@@ -129,6 +129,7 @@ async fn serve_polls_the_tenants_in_its_database_and_stops_cleanly_on_sigterm() 
         .env("ML_CONNECTOR_MASTER_KEY", &key)
         .env("ML_CONNECTOR_HTTP_ADDR", "127.0.0.1:0")
         .env("ML_CONNECTOR_GRPC_ADDR", "127.0.0.1:0")
+        .env("ML_CONNECTOR_METRICS_ADDR", "127.0.0.1:0")
         .env("ML_CONNECTOR_LOG", "warn")
         .kill_on_drop(true)
         .spawn()
@@ -207,7 +208,7 @@ async fn serve_reads_a_config_file_checked_up_front_with_the_environment_winning
     std::fs::write(
         &good,
         format!(
-            "database_url = 'sqlite://{}'\nmaster_key_file = '{}'\nhttp_addr = '127.0.0.1:{file_port}'\ngrpc_addr = '127.0.0.1:0'\nlog = 'warn'\n",
+            "database_url = 'sqlite://{}'\nmaster_key_file = '{}'\nhttp_addr = '127.0.0.1:{file_port}'\ngrpc_addr = '127.0.0.1:0'\nmetrics_addr = '127.0.0.1:0'\nlog = 'warn'\n",
             db.display(),
             key_file.display()
         ),

@@ -855,6 +855,7 @@ async fn killing_the_host_between_a_post_and_its_commit_never_doubles_an_alert()
             .env("ML_CONNECTOR_POLL_LEASE_SECONDS", "1")
             .env("ML_CONNECTOR_HTTP_ADDR", "127.0.0.1:0")
             .env("ML_CONNECTOR_GRPC_ADDR", "127.0.0.1:0")
+            .env("ML_CONNECTOR_METRICS_ADDR", "127.0.0.1:0")
             .env("ML_CONNECTOR_FAULT_ABORT_AFTER_SEND", "7")
             // Few sends in flight at an abort: the others are reconciled on restart without
             // a POST, and too many of those would leave the hook too few sends to fire on.

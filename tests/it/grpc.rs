@@ -36,6 +36,7 @@ fn spawn_serve(url: &str, key: &str, env: &[(&str, &str)]) -> Host {
         .env("ML_CONNECTOR_MASTER_KEY", key)
         .env("ML_CONNECTOR_ADMIN_TOKEN", TOKEN)
         .env("ML_CONNECTOR_GRPC_ADDR", &addr)
+        .env("ML_CONNECTOR_METRICS_ADDR", "127.0.0.1:0")
         .env("ML_CONNECTOR_HTTP_ADDR", "127.0.0.1:0")
         .env("ML_CONNECTOR_LOG", "warn")
         .envs(env.iter().copied())

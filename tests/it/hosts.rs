@@ -67,6 +67,7 @@ async fn three_hosts_share_the_work_and_survive_one_killed_mid_burst() {
                 .env("ML_CONNECTOR_HTTP_ADDR", format!("127.0.0.1:{port}"))
                 .env("ML_CONNECTOR_PUBLIC_URL", format!("http://127.0.0.1:{port}"))
                 .env("ML_CONNECTOR_GRPC_ADDR", "127.0.0.1:0")
+                .env("ML_CONNECTOR_METRICS_ADDR", "127.0.0.1:0")
                 .env("ML_CONNECTOR_JOB_LEASE_SECONDS", "2")
                 .env("ML_CONNECTOR_POLL_LEASE_SECONDS", "2")
                 .env("ML_CONNECTOR_LOG", "error")

@@ -95,7 +95,7 @@ async fn metrics_after_the_story_match_what_happened() {
         .await
         .unwrap();
     store.set_answer_settings(&tenant.id, true, true).await.unwrap();
-    let port = free_port();
+    let (port, metrics_port) = (free_port(), free_port());
     let base = format!("http://127.0.0.1:{port}");
     twilio.set_sms_url(&format!("{base}/twilio/{}/messages/inbound", tenant.id));
     twilio.set_scripts(example_answers());
@@ -106,6 +106,7 @@ async fn metrics_after_the_story_match_what_happened() {
         .env("ML_CONNECTOR_HTTP_ADDR", format!("127.0.0.1:{port}"))
         .env("ML_CONNECTOR_PUBLIC_URL", &base)
         .env("ML_CONNECTOR_GRPC_ADDR", "127.0.0.1:0")
+        .env("ML_CONNECTOR_METRICS_ADDR", format!("127.0.0.1:{metrics_port}"))
         .env("ML_CONNECTOR_LOG", "warn")
         .kill_on_drop(true)
         .spawn()
@@ -125,7 +126,10 @@ async fn metrics_after_the_story_match_what_happened() {
             .unwrap();
         assert_eq!(r.status(), 403);
     }
-    let text = http.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
+    // Metrics are on their own listener; the public one has nothing internal.
+    assert_eq!(http.get(format!("{base}/metrics")).send().await.unwrap().status(), 404);
+    let scrape = format!("http://127.0.0.1:{metrics_port}/metrics");
+    let text = http.get(scrape).send().await.unwrap().text().await.unwrap();
 
     let st = twilio.stats();
     let sent = |kind: &str| metric(&text, "mlc_jobs_total", &[("kind", kind), ("outcome", "sent")]);
@@ -230,6 +234,7 @@ async fn sigterm_mid_dispatch_loses_nothing_and_sends_nothing_twice() {
             .env("ML_CONNECTOR_HTTP_ADDR", "127.0.0.1:0")
             .env("ML_CONNECTOR_PUBLIC_URL", "http://127.0.0.1:9")
             .env("ML_CONNECTOR_GRPC_ADDR", "127.0.0.1:0")
+            .env("ML_CONNECTOR_METRICS_ADDR", "127.0.0.1:0")
             .env("ML_CONNECTOR_TWILIO_CONCURRENCY", "2")
             .env("ML_CONNECTOR_LOG", "info")
             .env("ML_CONNECTOR_LOG_FORMAT", "json")
@@ -350,6 +355,7 @@ async fn no_secret_reaches_the_logs_even_at_trace() {
         .env("ML_CONNECTOR_ADMIN_TOKEN", admin_token)
         .env("ML_CONNECTOR_HTTP_ADDR", format!("127.0.0.1:{port}"))
         .env("ML_CONNECTOR_PUBLIC_URL", &base)
+        .env("ML_CONNECTOR_METRICS_ADDR", "127.0.0.1:0")
         .env("ML_CONNECTOR_GRPC_ADDR", &grpc)
         .env("ML_CONNECTOR_LOG", "trace")
         .env("ML_CONNECTOR_LOG_FORMAT", "json")

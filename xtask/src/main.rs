@@ -87,10 +87,31 @@ fn ensure_python_tools() -> Result<PathBuf> {
     Ok(venv)
 }
 
+/// Node test tools (the official `twilio` library for Node, whose validator differs from the
+/// Python one in sort order and URL variants) under target/test-tools/node, from the pinned
+/// lock file. Re-installed only when the lock changes.
+fn ensure_node_tools() -> Result<()> {
+    let dir = root().join("target/test-tools/node");
+    let lock = std::fs::read_to_string(root().join("xtask/node-tools/package-lock.json")).context("reading the node tools' lock")?;
+    let marker = dir.join(".installed");
+    if std::fs::read_to_string(&marker).ok().as_deref() == Some(lock.as_str()) {
+        return Ok(());
+    }
+    eprintln!("xtask: installing Node test tools into {}", dir.display());
+    std::fs::create_dir_all(&dir)?;
+    for f in ["package.json", "package-lock.json"] {
+        std::fs::copy(root().join("xtask/node-tools").join(f), dir.join(f))?;
+    }
+    run(Command::new("npm").args(["ci", "--no-audit", "--no-fund", "--silent"]).current_dir(&dir))?;
+    std::fs::write(&marker, lock)?;
+    Ok(())
+}
+
 fn test(extra: &[String]) -> Result<()> {
     ensure_wasm_target()?;
     ensure_promtool()?;
     let venv = ensure_python_tools()?;
+    ensure_node_tools()?;
     // The plugin kit is its own (wasm) workspace; its plain unit tests run natively.
     run(cargo().args(["test", "--quiet", "--manifest-path", "plugins/Cargo.toml", "-p", "plugin-kit"]))?;
     // The end-to-end tests run the real binary: build it first, then everything in one run.
@@ -110,13 +131,72 @@ fn sandbox(extra: &[String]) -> Result<()> {
     run(Command::new(root().join("target/debug/ml-connector")).arg("sandbox").args(extra))
 }
 
+/// The fuzz targets under host/fuzz (their bodies are `ml_connector::fuzzing`).
+const FUZZ_TARGETS: [&str; 6] = ["webhook_form", "qad_rows", "config_toml", "mapping_profile", "plugin_output", "twiml"];
+
+/// cargo-fuzz on the nightly toolchain, installed when missing (`rustup toolchain install
+/// nightly` and `cargo install cargo-fuzz` both work here).
+fn ensure_cargo_fuzz() -> Result<()> {
+    let has_nightly = Command::new("rustup")
+        .args(["run", "nightly", "rustc", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has_nightly {
+        eprintln!("xtask: installing the nightly toolchain (cargo-fuzz needs it)");
+        run(Command::new("rustup").args(["toolchain", "install", "nightly", "--profile", "minimal"]))?;
+    }
+    // The host's build script builds the embedded plugins with the same toolchain.
+    run(Command::new("rustup").args(["target", "add", "wasm32-wasip2", "--toolchain", "nightly"]))?;
+    if !Command::new("cargo").args(["fuzz", "--version"]).output().is_ok_and(|o| o.status.success()) {
+        eprintln!("xtask: installing cargo-fuzz");
+        run(Command::new("cargo").args(["install", "cargo-fuzz", "--locked"]))?;
+    }
+    Ok(())
+}
+
+/// `cargo xtask fuzz [--seconds N] [TARGET…]`: each target (default: all) for N seconds
+/// (default 60), one after another; the corpus grows under host/fuzz/corpus, and a crash
+/// stops the run with its input under host/fuzz/artifacts. Safe Rust throughout, so no
+/// sanitizer: what is sought is a panic (debug assertions on, overflow included).
+fn fuzz(args: &[String]) -> Result<()> {
+    let mut seconds = 60u64;
+    let mut targets = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--seconds" => {
+                let n = it.next().context("--seconds takes a number")?;
+                seconds = n.parse().ok().filter(|n| (1..=86_400).contains(n)).context("--seconds takes 1 to 86400")?;
+            }
+            t if FUZZ_TARGETS.contains(&t) => targets.push(t.to_string()),
+            other => bail!("unknown fuzz target or flag {other:?}; targets: {}", FUZZ_TARGETS.join(", ")),
+        }
+    }
+    if targets.is_empty() {
+        targets = FUZZ_TARGETS.iter().map(|t| t.to_string()).collect();
+    }
+    ensure_cargo_fuzz()?;
+    for t in &targets {
+        eprintln!("xtask: fuzzing {t} for {seconds} s");
+        run(Command::new("cargo")
+            .args(["+nightly", "fuzz", "run", "--sanitizer", "none", "--debug-assertions", t, "--"])
+            .arg(format!("-max_total_time={seconds}"))
+            .arg("-print_final_stats=1")
+            .current_dir(root().join("host")))?;
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("test") => test(&args[1..]),
         Some("sandbox") => sandbox(&args[1..]),
+        Some("fuzz") => fuzz(&args[1..]),
         _ => {
-            eprintln!("usage: cargo xtask test [cargo test args…] | cargo xtask sandbox [--once]");
+            eprintln!(
+                "usage: cargo xtask test [cargo test args…] | cargo xtask sandbox [--once] | cargo xtask fuzz [--seconds N] [TARGET…]"
+            );
             return ExitCode::from(2);
         }
     };

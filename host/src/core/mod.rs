@@ -5,6 +5,7 @@ pub mod attention;
 pub mod dispatch;
 pub mod episode;
 pub mod intake;
+pub mod limits;
 pub mod model;
 pub mod people;
 pub mod phone;
@@ -13,6 +14,7 @@ pub mod routing;
 pub mod rows;
 pub mod schedule;
 pub mod signature;
+pub mod text;
 pub mod twiml;
 
 #[cfg(test)]

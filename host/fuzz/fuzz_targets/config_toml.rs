@@ -1,0 +1,4 @@
+#![no_main]
+//! See `ml_connector::fuzzing::config_toml`: the same body replays this target's corpus on stable.
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| ml_connector::fuzzing::config_toml(data));

@@ -1,0 +1,4 @@
+#![no_main]
+//! See `ml_connector::fuzzing::twiml_text`: the same body replays this target's corpus on stable.
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| ml_connector::fuzzing::twiml_text(data));
