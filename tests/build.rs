@@ -9,7 +9,7 @@ fn main() {
     let built = build_wasm::build(
         &root.join("tests/plugins"),
         &root.join("target/wasm-test-plugins"),
-        &["hostile_plugin", "frozen_plugin", "future_plugin"],
+        &["hostile_plugin", "frozen_plugin", "future_plugin", "patch_plugin"],
     );
     for path in built {
         let name = path.file_stem().unwrap().to_string_lossy().to_uppercase();

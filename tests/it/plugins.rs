@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 const HOSTILE: &str = env!("HOSTILE_PLUGIN_WASM");
 const FROZEN: &str = env!("FROZEN_PLUGIN_WASM");
 const FUTURE: &str = env!("FUTURE_PLUGIN_WASM");
+const PATCH: &str = env!("PATCH_PLUGIN_WASM");
 
 fn ctx(config: Value) -> PluginContext {
     PluginContext::at(
@@ -73,6 +74,12 @@ async fn hostile_plugins_are_stopped_within_their_budgets_with_a_clear_fault() {
             FaultKind::InvalidOutput,
             "delivery 1: +13125559999 is not one of the record's people",
         ),
+        (
+            "asks-yes",
+            Limits::default(),
+            FaultKind::InvalidOutput,
+            "asks for YES, a carrier keyword",
+        ),
     ];
     for (mode, limits, kind, text) in cases {
         let fault = rt
@@ -82,6 +89,18 @@ async fn hostile_plugins_are_stopped_within_their_budgets_with_a_clear_fault() {
         assert_eq!(fault.kind, *kind, "{mode}: {fault}");
         assert!(fault.message.contains(text), "{mode}: {}", fault.message);
     }
+    // An 8 MB error fits the default fuel; what lands of it is capped at 1 KiB.
+    let roomy_error = Limits {
+        fuel: 1_000_000_000,
+        ..Limits::default()
+    };
+    let fault = rt
+        .route_and_render(&p, roomy_error, &ctx(json!({"mode": "long-error"})), alert)
+        .await
+        .unwrap_err();
+    assert_eq!(fault.kind, FaultKind::PluginError, "{fault}");
+    assert!(fault.message.len() <= 1100, "{} bytes kept", fault.message.len());
+    assert!(fault.message.ends_with("(8000000 bytes in all)"), "{}", &fault.message[1000..]);
     // After all that, the same plugin still answers: every call had a store of its own.
     let ok = rt.route_and_render(&p, Limits::default(), &ctx(json!({})), alert).await.unwrap();
     assert_eq!(ok.routed.len(), 1);
@@ -202,7 +221,8 @@ async fn a_log_flood_is_capped() {
         .await
         .unwrap();
     assert_eq!(out.logs.len(), 51);
-    assert!(out.logs[0].message.chars().count() <= 1000);
+    assert!(out.logs[0].message.len() <= 1100, "{} bytes kept", out.logs[0].message.len());
+    assert!(out.logs[0].message.ends_with("(5000 bytes in all)"));
     assert_eq!(out.logs[50].message, "150 more log lines dropped");
 }
 
@@ -237,6 +257,15 @@ async fn plugins_built_against_the_frozen_0_1_0_world_keep_running_and_unknown_w
     assert!(
         err.message
             .contains("built against ml-connector:plugin@0.2.0; this host runs ml-connector:plugin@0.1.0"),
+        "{err}"
+    );
+    let err = match rt.load(&std::fs::read(PATCH).unwrap()) {
+        Err(e) => e,
+        Ok(p) => panic!("a 0.1.1 plugin must be refused by a host that shipped 0.1.0, not labelled {}", p.world),
+    };
+    assert!(
+        err.message
+            .contains("built against ml-connector:plugin@0.1.1; this host runs ml-connector:plugin@0.1.0"),
         "{err}"
     );
     let junk = rt.load(b"not wasm at all").err().expect("junk is refused");

@@ -173,6 +173,65 @@ pub fn check_deliveries(alert: &AlertInput, deliveries: &[Delivery]) -> Result<(
     Ok(())
 }
 
+/// The standard compliance lines an SMS may carry although they name carrier keywords
+/// (matched case-insensitively). The check below and its test share this list.
+pub const COMPLIANCE_LINES: &[&str] = &[
+    "Reply STOP to opt out",
+    "Reply STOP to unsubscribe",
+    "Reply STOP to cancel",
+    "Text STOP to opt out",
+    "STOP to opt out",
+    "STOP to end",
+    "Reply HELP for help",
+    "Text HELP for help",
+    "HELP for help",
+];
+
+/// Words that introduce what a person should send back.
+const ASKING_WORDS: [&str; 6] = ["reply", "text", "send", "respond", "answer", "type"];
+
+/// A carrier keyword the SMS asks the person to send, outside the compliance lines: in
+/// capitals anywhere ("APPROVE or CANCEL"), or after "reply", "text" and the like. The carrier
+/// acts on such a reply itself (YES, START and UNSTOP opt a person back in; STOP, CANCEL and
+/// the rest out), so no message of ours may ask for one.
+pub fn asked_keyword(body: &str) -> Option<String> {
+    let mut rest = body.to_string();
+    for line in COMPLIANCE_LINES {
+        rest = replace_ignoring_case(&rest, line);
+    }
+    let words: Vec<&str> = rest.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()).collect();
+    words.iter().enumerate().find_map(|(i, w)| {
+        let is_keyword = super::intake::keyword(w, None).is_some();
+        let capitals = w.chars().all(|c| c.is_ascii_uppercase());
+        let asked = i > 0 && ASKING_WORDS.contains(&words[i - 1].to_ascii_lowercase().as_str());
+        (is_keyword && (capitals || asked)).then(|| w.to_ascii_uppercase())
+    })
+}
+
+/// `text` with every occurrence of `line` (ASCII case ignored) replaced by a space.
+fn replace_ignoring_case(text: &str, line: &str) -> String {
+    let (lower, needle) = (text.to_ascii_lowercase(), line.to_ascii_lowercase());
+    let mut out = String::with_capacity(text.len());
+    let mut at = 0;
+    while let Some(found) = lower[at..].find(&needle) {
+        out.push_str(&text[at..at + found]);
+        out.push(' ');
+        at += found + needle.len();
+    }
+    out.push_str(&text[at..]);
+    out
+}
+
+fn check_sms_words(what: &str, body: &str) -> Result<(), String> {
+    match asked_keyword(body) {
+        Some(word) => Err(format!(
+            "{what} asks for {word}, a carrier keyword: the carrier acts on it (opt in or out) before we see it; \
+             only the standard compliance lines (e.g. \"Reply STOP to opt out\") may name one"
+        )),
+        None => Ok(()),
+    }
+}
+
 pub fn check_message(channel: Channel, m: &Message) -> Result<(), String> {
     match (channel, m) {
         (Channel::Sms, Message::Sms { body }) => {
@@ -182,7 +241,7 @@ pub fn check_message(channel: Channel, m: &Message) -> Result<(), String> {
             } else if n > MAX_SMS_CHARS {
                 Err(format!("the SMS body has {n} characters; Twilio takes at most {MAX_SMS_CHARS}"))
             } else {
-                Ok(())
+                check_sms_words("the SMS body", body)
             }
         }
         (Channel::Voice, Message::Voice { say, choices }) => {
@@ -218,12 +277,40 @@ pub fn check_reply(r: &Reply) -> Result<(), String> {
     if n > MAX_SMS_CHARS {
         return Err(format!("the confirmation has {n} characters; at most {MAX_SMS_CHARS}"));
     }
-    Ok(())
+    check_sms_words("the confirmation", &r.confirmation)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_sms_may_not_ask_for_a_carrier_keyword() {
+        let cases: &[(&str, Option<&str>)] = &[
+            ("Reply YES to approve", Some("YES")),
+            ("reply yes to approve", Some("YES")),
+            ("Text START to resume alerts", Some("START")),
+            ("Send UNSTOP", Some("UNSTOP")),
+            ("APPROVE K7QM2X or CANCEL", Some("CANCEL")),
+            ("Reply \"stop\" to stop these", Some("STOP")),
+            ("Invoice SI-1 is held. Reply SEEN K7QM2X", None),
+            ("Yes, the invoice is held; we will stop the payment run", None),
+            ("PO 42 waits for you. Reply APPROVE K7QM2X. Reply STOP to opt out", None),
+            ("PO 42 waits. reply stop to opt out. Reply HELP for help.", None),
+            ("PO 42. Reply STOP to opt out, Reply YES to approve", Some("YES")),
+        ];
+        for (body, want) in cases {
+            assert_eq!(asked_keyword(body).as_deref(), *want, "{body:?}");
+            let checked = check_message(Channel::Sms, &Message::Sms { body: body.to_string() });
+            assert_eq!(checked.is_err(), want.is_some(), "{body:?}: {checked:?}");
+        }
+        for line in COMPLIANCE_LINES {
+            let body = format!("Invoice SI-1 is held. {line}");
+            assert_eq!(check_message(Channel::Sms, &Message::Sms { body: body.clone() }), Ok(()), "{body}");
+        }
+        let asked = Reply { action: ReplyAction::Acknowledge, confirmation: "Noted. Reply START for more".into() };
+        assert!(check_reply(&asked).unwrap_err().contains("START"));
+    }
     use crate::core::people::Role;
 
     fn person(phone: &str) -> Recipient {

@@ -23,7 +23,9 @@ use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, ResourceLimiter, Store, Trap};
 use wasmtime_wasi::{HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
+use crate::core::limits::PLUGIN_TEXT_BYTES;
 use crate::core::routing::{self, AlertInput, Answer, PluginContext, Reply, Routed};
+use crate::core::text::capped;
 
 /// The default plugin, embedded so `ml-connector sandbox` needs nothing else.
 pub const DEFAULT_PLUGIN: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/default_plugin.wasm"));
@@ -99,11 +101,13 @@ pub struct PluginFault {
 }
 
 impl PluginFault {
+    /// The message is capped where it is made, so no log line or audit entry carries more
+    /// than [`PLUGIN_TEXT_BYTES`] of what a plugin wrote.
     fn new(kind: FaultKind, call: &str, message: impl Into<String>) -> Self {
         PluginFault {
             kind,
             call: call.into(),
-            message: message.into(),
+            message: capped(&message.into(), PLUGIN_TEXT_BYTES),
         }
     }
 }
@@ -117,7 +121,6 @@ pub struct PluginLog {
 }
 
 const LOG_LINES_PER_RECORD: usize = 50;
-const LOG_LINE_CHARS: usize = 1000;
 
 /// Refuses growth past the cap and remembers that it did, so a guest that aborts because
 /// it could not grow is reported as "memory cap", not as a bare trap.
@@ -184,13 +187,7 @@ impl v0_1::ml_connector::plugin::log::Host for HostState {
             self.dropped_logs += 1;
             return;
         }
-        let cut = |s: String| {
-            if s.chars().count() > LOG_LINE_CHARS {
-                s.chars().take(LOG_LINE_CHARS).collect()
-            } else {
-                s
-            }
-        };
+        let cut = |s: String| capped(&s, PLUGIN_TEXT_BYTES);
         self.logs.push(PluginLog {
             level: format!("{level:?}").to_lowercase(),
             message: cut(message),
@@ -470,6 +467,9 @@ fn classify<T>(store: &Store<HostState>, call: &str, out: wasmtime::Result<T>) -
     }
 }
 
+/// The world versions this host runs, each by its own bindings module.
+const KNOWN_WORLD_VERSIONS: [&str; 1] = ["0.1.0"];
+
 /// Which world a component was built against, from the versioned names it imports.
 fn check_world(engine: &Engine, c: &Component) -> Result<&'static str, String> {
     let ty = c.component_type();
@@ -480,7 +480,9 @@ fn check_world(engine: &Engine, c: &Component) -> Result<&'static str, String> {
         .collect();
     for name in &ours {
         let version = name.rsplit_once('@').map(|(_, v)| v).unwrap_or("");
-        if !version.starts_with("0.1.") {
+        // Exactly a version this host has shipped: a later patch or minor may import what
+        // this host does not know, and must not be run labelled as an older one.
+        if !KNOWN_WORLD_VERSIONS.contains(&version) {
             return Err(format!(
                 "built against ml-connector:plugin@{version}; this host runs {} (import {name})",
                 v0_1::WORLD

@@ -56,6 +56,7 @@ impl Guest for Hostile {
                 Ok(_) => Ok(vec![first(&alert)]),
                 Err(e) => Err(format!("cannot open a socket: {e}")),
             },
+            "long-error" => Err("e".repeat(8_000_000)),
             "log-flood" => {
                 for i in 0..200 {
                     log(Level::Debug, &"x".repeat(5000), &[("i".into(), i.to_string())]);
@@ -69,6 +70,7 @@ impl Guest for Hostile {
     fn render(ctx: Context, alert: AlertRecord, _d: Delivery) -> Result<Message, String> {
         match mode(&ctx).as_str() {
             "big-output" => Ok(Message::Sms("x".repeat(10 << 20))),
+            "asks-yes" => Ok(Message::Sms(format!("{} needs you. Reply YES to approve", alert.key))),
             _ => Ok(Message::Sms(format!("{} needs you. Ref {}", alert.key, alert.reference))),
         }
     }
