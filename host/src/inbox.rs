@@ -1,9 +1,12 @@
 //! The inbox: processes the webhooks the HTTP adapter queued, in arrival order. A status
 //! moves its delivery forward (never back) and can prove an unknown send was made; an
 //! inbound SMS is an opt-out word, or an answer matched to the alert it answers (by the
-//! alert's reference, else the latest open alert sent to that number) and read by the
-//! tenant's plugin; a keypress likewise. An answer's effects (audit, cancelled escalations,
-//! the confirmation, the QAD comment and decision as jobs) commit together. Processing is
+//! alert's reference from the number it went to — proof —, else, unproven, the latest open
+//! alert sent to that number) and read by the tenant's plugin; a keypress likewise (its own
+//! proof). `core::intake::judge` decides what the answer may do (decide, cancel escalations).
+//! A reply that matches nothing is kept within limits for a retention, or counted and
+//! dropped. An answer's effects (audit, cancelled escalations, the confirmation, the QAD
+//! comment and decision as jobs) commit together. Processing is
 //! idempotent: every job an event creates is keyed by the event, so a crash mid-way and a
 //! second processing change nothing twice.
 
@@ -13,14 +16,29 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tokio::sync::{Notify, watch};
 
-use crate::core::intake::{self, HookKind, Keyword, param};
+use crate::core::intake::{self, HookKind, Keyword, Proof, Throttled, param};
+use crate::core::model::RecordKind;
 use crate::core::routing::{AlertInput, Answer, Channel, Delivery, PluginContext, Reply, ReplyAction};
 use crate::core::schedule::Schedule;
 use crate::poller::{Event, Poller};
-use crate::store::{Answered, JobInfo, NewJob, StatusReport, StoreError, WebhookEvent};
+use crate::store::{Answered, JobInfo, NewJob, StatusReport, StoreError, UnmatchedReply, WebhookEvent};
 
 /// What a call says after a keypress when the plugin gave no words.
 pub const DEFAULT_SPOKEN_CONFIRMATION: &str = "Thank you. Your answer was recorded.";
+
+/// How often the inbox purges replies that matched nothing past their retention.
+pub const PURGE_EVERY: Duration = Duration::from_secs(600);
+
+/// An answer as heard: what was said, on which channel, what proves who said it.
+struct Heard<'a> {
+    answer: Answer,
+    channel: Channel,
+    proof: Proof,
+    person: &'a str,
+    our_number: &'a str,
+    /// Why the reply's references were not looked up, if they were not.
+    throttled: Option<Throttled>,
+}
 
 #[derive(Clone)]
 pub struct Inbox {
@@ -64,9 +82,29 @@ impl Inbox {
         Ok(events.len())
     }
 
-    /// Work until `shutdown` turns true.
+    /// Purge replies that matched nothing past their retention (and spent counters).
+    pub async fn purge(&self) -> Result<crate::store::Purged, StoreError> {
+        let purged = self.poller.store.purge_unmatched(self.poller.clock.now()).await?;
+        if purged != crate::store::Purged::default() {
+            tracing::info!(
+                replies = purged.replies,
+                counters = purged.counters,
+                "purged replies that matched nothing"
+            );
+        }
+        Ok(purged)
+    }
+
+    /// Work until `shutdown` turns true; purge every [`PURGE_EVERY`].
     pub async fn run(&self, mut shutdown: watch::Receiver<bool>) {
+        let mut last_purge: Option<std::time::Instant> = None;
         loop {
+            if last_purge.is_none_or(|t| t.elapsed() >= PURGE_EVERY) {
+                if let Err(e) = self.purge().await {
+                    tracing::warn!(error = %e, "cannot purge replies that matched nothing; retrying later");
+                }
+                last_purge = Some(std::time::Instant::now());
+            }
             let idle = match self.run_once().await {
                 Ok(n) => n == 0,
                 Err(e) => {
@@ -198,13 +236,13 @@ impl Inbox {
     }
 
     fn comment_job(&self, job: &JobInfo, key: String, text: String) -> NewJob {
-        let kind = crate::core::model::RecordKind::parse(&job.record_kind).unwrap_or(crate::core::model::RecordKind::SupplierInvoice);
+        let kind = RecordKind::parse(&job.record_kind).unwrap_or(RecordKind::SupplierInvoice);
         let (reference_type, number) = intake::qad_reference(kind, &job.record_key);
         NewJob {
             key,
             kind: "qad_comment".into(),
             episode: job.episode,
-            payload: json!({"reference_type": reference_type, "number": number, "text": text,
+            payload: json!({"reference_type": reference_type, "number": number, "text": intake::fit_comment(&text),
                             "date": self.poller.clock.now().format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()})
             .to_string(),
             run_at: self.poller.clock.now(),
@@ -241,57 +279,118 @@ impl Inbox {
 
     async fn inbound(&self, e: &WebhookEvent) -> Result<Value, StoreError> {
         let p = &e.params;
-        let (from, to, body) = (
-            param(p, "From").unwrap_or(""),
-            param(p, "To").unwrap_or(""),
-            param(p, "Body").unwrap_or(""),
-        );
+        let (from, to) = (param(p, "From").unwrap_or(""), param(p, "To").unwrap_or(""));
+        // What people write is data: cleaned and capped before anything reads or keeps it.
+        let body = intake::reply_text(param(p, "Body").unwrap_or(""));
+        if let Some(out) = self.keyword(e, from, to, &body).await? {
+            return Ok(out);
+        }
+        let (by_reference, throttled) = self.by_reference(e, from, &body).await?;
+        let matched = match by_reference {
+            Some(job) => Some((job, Proof::Reference)),
+            None => self
+                .poller
+                .store
+                .latest_alert_to(&e.tenant, from, to)
+                .await?
+                .map(|j| (j, Proof::None)),
+        };
+        let Some((job_id, proof)) = matched else {
+            return self.unmatched_reply(e, from, to, &body, throttled).await;
+        };
+        let Some(job) = self.poller.store.job_info(&e.tenant, job_id).await? else {
+            return self.unmatched_reply(e, from, to, &body, throttled).await;
+        };
+        let heard = Heard {
+            answer: Answer::Text(body),
+            channel: Channel::Sms,
+            proof,
+            person: from,
+            our_number: to,
+            throttled,
+        };
+        let (reply, action) = self.answer(e, &job, heard).await?;
+        Ok(
+            json!({"result": "answered", "job_id": job.id, "action": action, "reference": proof == Proof::Reference,
+                  "confirmation": reply.confirmation}),
+        )
+    }
+
+    /// A carrier keyword (STOP, START, HELP): acted on and kept, never read as an answer.
+    async fn keyword(&self, e: &WebhookEvent, from: &str, to: &str, body: &str) -> Result<Option<Value>, StoreError> {
         let now = self.poller.clock.now();
-        match intake::keyword(body, param(p, "OptOutType")) {
+        let store = &self.poller.store;
+        Ok(Some(match intake::keyword(body, param(&e.params, "OptOutType")) {
             Some(Keyword::OptOut) => {
-                self.poller
-                    .store
-                    .suppress(&e.tenant, from, &format!("replied {body:?}"), now)
-                    .await?;
+                store.suppress(&e.tenant, from, &format!("replied {body:?}"), now).await?;
                 self.phone_audit(e, from, "opted_out", json!({"body": body, "to": to})).await?;
-                return Ok(json!({"result": "opted_out", "phone": from}));
+                json!({"result": "opted_out", "phone": from})
             }
             Some(Keyword::OptIn) => {
-                let was = self.poller.store.unsuppress(&e.tenant, from).await?;
+                let was = store.unsuppress(&e.tenant, from).await?;
                 self.phone_audit(e, from, "opted_in", json!({"body": body, "to": to, "was_suppressed": was}))
                     .await?;
-                return Ok(json!({"result": "opted_in", "phone": from}));
+                json!({"result": "opted_in", "phone": from})
             }
             Some(Keyword::Help) => {
                 // Twilio answers HELP itself; it is kept, not read as an answer.
                 self.phone_audit(e, from, "help_requested", json!({"body": body})).await?;
-                return Ok(json!({"result": "help", "phone": from}));
+                json!({"result": "help", "phone": from})
             }
-            None => {}
+            None => return Ok(None),
+        }))
+    }
+
+    /// The alert a reply's reference proves it answers: one sent to the number it came from,
+    /// among the reply's first few candidates. A reply whose candidates all miss counts a miss
+    /// of its number; a number with too many misses is not looked up (the reason why).
+    async fn by_reference(&self, e: &WebhookEvent, from: &str, body: &str) -> Result<(Option<i64>, Option<Throttled>), StoreError> {
+        let candidates = intake::references_to_try(body);
+        if candidates.is_empty() {
+            return Ok((None, None));
         }
-        let mut matched = None;
-        for candidate in intake::reference_candidates(body) {
-            if let Some(job) = self.poller.store.alert_by_reference(&e.tenant, &candidate, from).await? {
-                matched = Some((job, true));
-                break;
+        let (store, now) = (&self.poller.store, self.poller.clock.now());
+        if let Err(t) = intake::may_look_up_references(store.reference_misses(&e.tenant, from, now).await?) {
+            return Ok((None, Some(t)));
+        }
+        for c in &candidates {
+            if let Some(job) = store.alert_by_reference(&e.tenant, c, from).await? {
+                return Ok((Some(job), None));
             }
         }
-        if matched.is_none() {
-            matched = self.poller.store.latest_alert_to(&e.tenant, from, to).await?.map(|j| (j, false));
-        }
-        let Some((job_id, reference_given)) = matched else {
-            return self
-                .unmatched(e, "no open alert carries its reference or was sent to this number")
-                .await;
+        store.count_reference_miss(&e.tenant, from, now).await?;
+        Ok((None, None))
+    }
+
+    /// A reply that answers no alert: kept (cleaned, for the retention) within the limits per
+    /// sender and per tenant, else counted and dropped.
+    async fn unmatched_reply(
+        &self,
+        e: &WebhookEvent,
+        from: &str,
+        to: &str,
+        body: &str,
+        throttled: Option<Throttled>,
+    ) -> Result<Value, StoreError> {
+        let reply = UnmatchedReply {
+            tenant: e.tenant.clone(),
+            phone: from.into(),
+            to: to.into(),
+            body: body.into(),
+            event_id: e.id,
         };
-        let Some(job) = self.poller.store.job_info(&e.tenant, job_id).await? else {
-            return self.unmatched(e, "its alert disappeared").await;
-        };
-        let (reply, action) = self
-            .answer(e, &job, Answer::Text(body.to_string()), Channel::Sms, reference_given, from, to)
-            .await?;
+        let throttled = throttled.map(|t| t.to_string());
         Ok(
-            json!({"result": "answered", "job_id": job.id, "action": action, "reference": reference_given, "confirmation": reply.confirmation}),
+            match self.poller.store.keep_unmatched_reply(&reply, self.poller.clock.now()).await? {
+                Ok(()) => {
+                    tracing::info!(tenant = %e.tenant, event_id = e.id, "reply matches no alert; kept");
+                    json!({"result": "unmatched", "why": "no open alert carries its reference or was sent to this number", "throttled": throttled})
+                }
+                Err(dropped) => {
+                    tracing::debug!(tenant = %e.tenant, event_id = e.id, why = %dropped, "reply matches no alert; dropped");
+                    json!({"result": "dropped", "why": dropped.to_string(), "throttled": throttled})
+                }
+            },
         )
     }
 
@@ -306,10 +405,15 @@ impl Inbox {
         };
         let digits = param(&e.params, "Digits").unwrap_or("").to_string();
         // The call was placed to the person: its `To` is them, its `From` our number.
-        let (person, ours) = (param(&e.params, "To").unwrap_or(""), param(&e.params, "From").unwrap_or(""));
-        let (reply, action) = self
-            .answer(e, &job, Answer::Keypress(digits), Channel::Voice, true, person, ours)
-            .await?;
+        let heard = Heard {
+            answer: Answer::Keypress(digits),
+            channel: Channel::Voice,
+            proof: Proof::Keypress,
+            person: param(&e.params, "To").unwrap_or(""),
+            our_number: param(&e.params, "From").unwrap_or(""),
+            throttled: None,
+        };
+        let (reply, action) = self.answer(e, &job, heard).await?;
         let say = if reply.confirmation.is_empty() {
             DEFAULT_SPOKEN_CONFIRMATION.to_string()
         } else {
@@ -318,91 +422,44 @@ impl Inbox {
         Ok(json!({"result": "answered", "job_id": job.id, "action": action, "say": say}))
     }
 
-    /// Read an answer with the tenant's plugin and apply everything it changes at once.
-    #[allow(clippy::too_many_arguments)]
-    async fn answer(
-        &self,
-        e: &WebhookEvent,
-        job: &JobInfo,
-        answer: Answer,
-        channel: Channel,
-        reference_given: bool,
-        person: &str,
-        our_number: &str,
-    ) -> Result<(Reply, ReplyAction), StoreError> {
+    /// Read an answer with the tenant's plugin, judge it (proof, role, the tenant's rules) and
+    /// apply everything it changes at once. The reply returned carries the confirmation to
+    /// give: none when the plugin's decision was not taken (it would confirm what did not happen).
+    async fn answer(&self, e: &WebhookEvent, job: &JobInfo, heard: Heard<'_>) -> Result<(Reply, ReplyAction), StoreError> {
         let store = &self.poller.store;
         let now = self.poller.clock.now();
         let mut audit: Vec<(String, Value)> = Vec::new();
-        let reply = match (
-            serde_json::from_value::<AlertInput>(job.payload["alert"].clone()),
-            serde_json::from_value::<Delivery>(job.payload["delivery"].clone()),
-        ) {
-            (Ok(alert), Ok(delivery)) => self.interpret(&e.tenant, &alert, &delivery, &answer, &mut audit).await?,
-            _ => {
-                audit.push((
-                    "plugin_fault".into(),
-                    json!({"error": "the alert's job carries no alert to read the answer against"}),
-                ));
-                Reply {
-                    action: ReplyAction::Unknown,
-                    confirmation: String::new(),
-                }
-            }
-        };
-        let (action, note) = intake::effective_action(reply.action, channel, reference_given);
-        let name = job.payload["delivery"]["to"]["name"].as_str().unwrap_or(person).to_string();
+        let delivery = serde_json::from_value::<Delivery>(job.payload["delivery"].clone()).ok();
+        let mut reply = self.read(&e.tenant, job, delivery.as_ref(), &heard.answer, &mut audit).await?;
+        let kind = RecordKind::parse(&job.record_kind).unwrap_or(RecordKind::GoodsReceipt);
+        let rules = store.answer_rules(&e.tenant).await?;
+        let verdict = intake::judge(reply.action, heard.proof, delivery.as_ref().map(|d| d.to.role), kind, &rules);
+        let name = job.payload["delivery"]["to"]["name"].as_str().unwrap_or(heard.person).to_string();
         audit.push((
             "answer".into(),
-            json!({"from": person, "name": name, "channel": channel, "answer": answer, "action": action,
-                   "plugin_action": reply.action, "note": note, "reference_given": reference_given, "event_id": e.id}),
+            json!({"from": heard.person, "name": name, "role": delivery.as_ref().map(|d| d.to.role), "channel": heard.channel,
+                   "answer": heard.answer, "action": verdict.action, "plugin_action": reply.action,
+                   "note": verdict.not_decided.map(|n| n.to_string()), "proof": heard.proof,
+                   "reference_given": heard.proof == Proof::Reference, "references": heard.throttled.map(|t| t.to_string()),
+                   "cancels_escalations": verdict.cancels_escalations, "event_id": e.id}),
         ));
-        let mut jobs = Vec::new();
-        if channel == Channel::Sms && !reply.confirmation.is_empty() {
-            if store.is_suppressed(&e.tenant, person).await? {
-                audit.push((
-                    "confirmation_skipped".into(),
-                    json!({"to": person, "why": "the number opted out of this tenant's SMS"}),
-                ));
-            } else {
-                jobs.push(NewJob {
-                    key: format!("confirm/{}/{}", e.tenant, e.id),
-                    kind: "confirm".into(),
-                    episode: job.episode,
-                    payload: json!({"to": person, "from": our_number, "body": reply.confirmation, "name": name}).to_string(),
-                    run_at: now,
-                    escalation_step: 0,
-                });
-            }
+        if verdict.not_decided.is_some() {
+            reply.confirmation.clear();
         }
+        let mut jobs = self.confirmation(e, job, &heard, &reply, &name, &mut audit).await?;
         let at = self.local_time(&e.tenant).await?;
         jobs.push(self.comment_job(
             job,
             format!("comment/{}/answer/{}", e.tenant, e.id),
-            intake::answer_comment(&name, &answer, action, &at),
+            intake::answer_comment(&name, &heard.answer, verdict.action, &at),
         ));
-        if matches!(action, ReplyAction::Approve | ReplyAction::Reject) {
-            let (execute, _) = store.answer_settings(&e.tenant).await?;
-            let why_not = if job.record_kind != crate::core::model::RecordKind::PurchaseOrder.as_str() {
-                Some("QAD takes approval decisions for purchase orders only")
-            } else if !execute {
-                Some("the tenant has not enabled executing decisions in QAD")
-            } else {
-                None
-            };
-            match why_not {
-                Some(why) => audit.push(("decision_not_executed".into(), json!({"action": action, "why": why}))),
-                None => jobs.push(NewJob {
-                    // One decision per episode: the first answer decides.
-                    key: format!("decision/{}/{}/{}/{}", e.tenant, job.record_kind, job.record_key, job.episode),
-                    kind: "qad_decision".into(),
-                    episode: job.episode,
-                    payload: json!({"po": job.record_key, "action": if action == ReplyAction::Approve { "approve" } else { "deny" },
-                                    "approver": name, "comment": format!("{} by {name} through ml-connector", intake::action_word(action))})
-                    .to_string(),
-                    run_at: now,
-                    escalation_step: 0,
-                }),
-            }
+        match verdict.execute {
+            Some(Ok(())) => jobs.push(self.decision_job(e, job, verdict.action, &name)),
+            Some(Err(why)) => audit.push((
+                "decision_not_executed".into(),
+                json!({"action": verdict.action, "why": why.to_string()}),
+            )),
+            None => {}
         }
         let answered = Answered {
             job_id: job.id,
@@ -411,15 +468,86 @@ impl Inbox {
             episode: job.episode,
             audit,
             jobs,
+            cancels_escalations: verdict.cancels_escalations,
         };
         store.record_answer(&e.tenant, &answered, now).await?;
         self.emit(
             &e.tenant,
             job,
             "answer",
-            json!({"from": person, "name": name, "channel": channel, "answer": answer, "action": action, "confirmation": reply.confirmation}),
+            json!({"from": heard.person, "name": name, "channel": heard.channel, "answer": heard.answer, "action": verdict.action,
+                   "confirmation": reply.confirmation}),
         );
-        Ok((reply, action))
+        Ok((reply, verdict.action))
+    }
+
+    /// The SMS confirming an SMS answer, unless there is none to give or the number opted out.
+    async fn confirmation(
+        &self,
+        e: &WebhookEvent,
+        job: &JobInfo,
+        heard: &Heard<'_>,
+        reply: &Reply,
+        name: &str,
+        audit: &mut Vec<(String, Value)>,
+    ) -> Result<Vec<NewJob>, StoreError> {
+        if heard.channel != Channel::Sms || reply.confirmation.is_empty() {
+            return Ok(Vec::new());
+        }
+        if self.poller.store.is_suppressed(&e.tenant, heard.person).await? {
+            audit.push((
+                "confirmation_skipped".into(),
+                json!({"to": heard.person, "why": "the number opted out of this tenant's SMS"}),
+            ));
+            return Ok(Vec::new());
+        }
+        Ok(vec![NewJob {
+            key: format!("confirm/{}/{}", e.tenant, e.id),
+            kind: "confirm".into(),
+            episode: job.episode,
+            payload: json!({"to": heard.person, "from": heard.our_number, "body": reply.confirmation, "name": name}).to_string(),
+            run_at: self.poller.clock.now(),
+            escalation_step: 0,
+        }])
+    }
+
+    /// The decision written to QAD; one per episode: the first answer decides.
+    fn decision_job(&self, e: &WebhookEvent, job: &JobInfo, action: ReplyAction, name: &str) -> NewJob {
+        NewJob {
+            key: format!("decision/{}/{}/{}/{}", e.tenant, job.record_kind, job.record_key, job.episode),
+            kind: "qad_decision".into(),
+            episode: job.episode,
+            payload: json!({"po": job.record_key, "action": if action == ReplyAction::Approve { "approve" } else { "deny" },
+                            "approver": name, "comment": format!("{} by {name} through ml-connector", intake::action_word(action))})
+            .to_string(),
+            run_at: self.poller.clock.now(),
+            escalation_step: 0,
+        }
+    }
+
+    /// What the plugin reads in an answer; `Unknown` (and a fault on the trail) when the
+    /// alert's job carries nothing to read it against.
+    async fn read(
+        &self,
+        tenant: &str,
+        job: &JobInfo,
+        delivery: Option<&Delivery>,
+        answer: &Answer,
+        audit: &mut Vec<(String, Value)>,
+    ) -> Result<Reply, StoreError> {
+        match (serde_json::from_value::<AlertInput>(job.payload["alert"].clone()), delivery) {
+            (Ok(alert), Some(delivery)) => self.interpret(tenant, &alert, delivery, answer, audit).await,
+            _ => {
+                audit.push((
+                    "plugin_fault".into(),
+                    json!({"error": "the alert's job carries no alert to read the answer against"}),
+                ));
+                Ok(Reply {
+                    action: ReplyAction::Unknown,
+                    confirmation: String::new(),
+                })
+            }
+        }
     }
 
     async fn interpret(

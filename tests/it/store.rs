@@ -3,7 +3,7 @@
 //! checkpointed off the writer.
 
 use ml_connector::poller::{SECRET_QAD_PASSWORD, SECRET_QAD_USER};
-use ml_connector::secrets::{Keyring, SecretString, generate_master_key};
+use ml_connector::secrets::{Keyring, Origin, SecretString, generate_master_key};
 use ml_connector::store::{NewAudit, StoreError};
 use ml_connector_tests::{engines, fresh_db, harness, morning};
 use serde_json::json;
@@ -35,8 +35,9 @@ async fn swapped_ciphertexts_do_not_open() {
     for engine in engines() {
         let h = harness(engine).await;
         let (s, t) = (&h.db.store, &h.tenant.id);
+        let qad = Origin::of(&h.tenant.qad_base_url).unwrap();
         assert_eq!(
-            s.secret(&h.keys, t, SECRET_QAD_PASSWORD).await.unwrap().unwrap().expose(),
+            s.secret(&h.keys, t, SECRET_QAD_PASSWORD, &qad).await.unwrap().unwrap().expose(),
             "sandbox-password"
         );
         // An attacker with write access to the database swaps the user name and password values.
@@ -48,7 +49,7 @@ async fn swapped_ciphertexts_do_not_open() {
             assert_eq!(s.execute_raw(sql).await.unwrap(), 1);
         }
         for field in [SECRET_QAD_USER, SECRET_QAD_PASSWORD] {
-            let err = s.secret(&h.keys, t, field).await.unwrap_err();
+            let err = s.secret(&h.keys, t, field, &qad).await.unwrap_err();
             assert!(matches!(err, StoreError::Secret(_)), "{engine}: {err}");
             assert!(err.to_string().contains("tampered"), "{err}");
         }
@@ -63,9 +64,10 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 async fn neither_the_database_file_nor_its_wal_holds_a_secret_in_clear() {
     let h = harness("sqlite").await;
     let secrets = ["qad-password-Zq8#unique", "twilio-auth-token-7f3e9c1d2b", "SK-api-secret-A1B2C3"];
+    let qad = Origin::of(&h.tenant.qad_base_url).unwrap();
     for (i, v) in secrets.iter().enumerate() {
         h.db.store
-            .set_secret(&h.keys, &h.tenant.id, &format!("field{i}"), &SecretString::new(*v), morning())
+            .set_secret(&h.keys, &h.tenant.id, &format!("field{i}"), &qad, &SecretString::new(*v), morning())
             .await
             .unwrap();
     }
@@ -118,8 +120,9 @@ async fn rotation_reseals_under_the_new_key() {
         let h = harness(engine).await;
         let tenant = h.tenant.clone();
         db.store.create_tenant(&tenant, morning()).await.unwrap();
+        let qad = Origin::of(&tenant.qad_base_url).unwrap();
         db.store
-            .set_secret(&k1, &tenant.id, "f", &SecretString::new("v1"), morning())
+            .set_secret(&k1, &tenant.id, "qad.f", &qad, &SecretString::new("v1"), morning())
             .await
             .unwrap();
         let k2 = Keyring::new(&generate_master_key(), &[old]).unwrap();
@@ -127,9 +130,9 @@ async fn rotation_reseals_under_the_new_key() {
         assert_eq!(db.store.reseal_secrets(&k2, morning()).await.unwrap(), 0, "{engine}: idempotent");
         let k2_alone = Keyring::new(&std::env::var("NONE").unwrap_or_default(), &[]).err();
         assert!(k2_alone.is_some(), "an empty key is refused");
-        assert_eq!(db.store.secret(&k2, &tenant.id, "f").await.unwrap().unwrap().expose(), "v1");
+        assert_eq!(db.store.secret(&k2, &tenant.id, "qad.f", &qad).await.unwrap().unwrap().expose(), "v1");
         assert!(
-            db.store.secret(&k1, &tenant.id, "f").await.is_err(),
+            db.store.secret(&k1, &tenant.id, "qad.f", &qad).await.is_err(),
             "the old key alone no longer opens it"
         );
     }
@@ -145,11 +148,11 @@ async fn migrations_are_idempotent_and_tenants_unique() {
         assert_eq!(h.db.store.tenants().await.unwrap(), vec![h.tenant.clone()]);
         let set: Vec<String> =
             h.db.store
-                .secrets_set_at(&h.tenant.id)
+                .secret_states(&h.tenant.id)
                 .await
                 .unwrap()
                 .into_iter()
-                .map(|s| s.0)
+                .map(|s| s.field)
                 .collect();
         assert_eq!(set, [SECRET_QAD_PASSWORD, SECRET_QAD_USER]);
     }
@@ -341,5 +344,91 @@ async fn episodes_opened_many_to_a_statement_keep_each_records_order() {
             .collect();
         let expected = [("needs_attention", Some(1)), ("resolved", Some(1)), ("needs_attention", Some(2))];
         assert_eq!(trail, expected.map(|(e, n)| (e.to_string(), n)), "{engine}");
+    }
+}
+
+#[tokio::test]
+async fn replies_that_match_nothing_are_limited_per_tenant_counted_in_windows_and_purged() {
+    use ml_connector::core::intake::{self, Dropped};
+    use ml_connector::store::UnmatchedReply;
+    for engine in engines() {
+        let h = harness(engine).await;
+        let (s, t) = (&h.db.store, h.tenant.id.clone());
+        let reply = |i: i64| UnmatchedReply {
+            tenant: t.clone(),
+            phone: format!("+1555{i:07}"),
+            to: "+13125550100".into(),
+            body: format!("hello {i}"),
+            event_id: i,
+        };
+        let now = morning();
+        // One text from each of many numbers: the tenant's limit holds them all the same.
+        let mut outcomes = Vec::new();
+        for i in 0..intake::UNMATCHED_PER_TENANT + 2 {
+            outcomes.push(s.keep_unmatched_reply(&reply(i), now).await.unwrap());
+        }
+        let limit = intake::UNMATCHED_PER_TENANT as usize;
+        assert!(outcomes[..limit].iter().all(Result::is_ok), "{engine}");
+        assert_eq!(outcomes[limit..], [Err(Dropped::Tenant), Err(Dropped::Tenant)], "{engine}");
+        assert_eq!(s.unmatched_replies(&t).await.unwrap().len(), limit, "{engine}");
+        // The next window starts counting again.
+        let later = now + chrono::Duration::minutes(intake::UNMATCHED_WINDOW_MINUTES + 1);
+        assert_eq!(s.keep_unmatched_reply(&reply(9999), later).await.unwrap(), Ok(()), "{engine}");
+
+        // Misses are counted per number in their window.
+        let n = "+15550001111";
+        for want in 1..=3 {
+            assert_eq!(s.count_reference_miss(&t, n, now).await.unwrap(), want, "{engine}");
+        }
+        assert_eq!(s.reference_misses(&t, n, now).await.unwrap(), 3);
+        assert_eq!(s.reference_misses(&t, "+15550002222", now).await.unwrap(), 0);
+        let next = now + chrono::Duration::minutes(intake::MISS_WINDOW_MINUTES);
+        assert_eq!(s.reference_misses(&t, n, next).await.unwrap(), 0, "{engine}: the window ended");
+        assert_eq!(s.count_reference_miss(&t, n, next).await.unwrap(), 1, "{engine}");
+
+        // Within the retention nothing goes; past it, the replies and spent counters do.
+        let kept_all = s.purge_unmatched(later).await.unwrap();
+        assert_eq!(kept_all.replies, 0, "{engine}");
+        let gone = s
+            .purge_unmatched(later + chrono::Duration::days(intake::UNMATCHED_RETENTION_DAYS) + chrono::Duration::minutes(1))
+            .await
+            .unwrap();
+        assert_eq!(gone.replies as usize, limit + 1, "{engine}");
+        assert!(gone.counters > 0, "{engine}");
+        assert!(s.unmatched_replies(&t).await.unwrap().is_empty(), "{engine}");
+    }
+}
+
+#[tokio::test]
+async fn a_tenants_answer_rules_are_stored_with_its_settings() {
+    use ml_connector::core::intake::{AnswerRules, DecisionRoles};
+    use ml_connector::core::model::RecordKind;
+    use ml_connector::core::people::Role;
+    for engine in engines() {
+        let h = harness(engine).await;
+        let (s, t) = (&h.db.store, h.tenant.id.clone());
+        assert_eq!(s.answer_rules(&t).await.unwrap(), AnswerRules::default(), "{engine}");
+        let rules = AnswerRules {
+            execute_decisions: true,
+            unproven_answers_cancel_escalations: true,
+            decision_roles: DecisionRoles::from_entries(&[("supplier_invoice".into(), vec!["plant_manager".into()])]).unwrap(),
+        };
+        s.set_answer_rules(&t, &rules).await.unwrap();
+        assert_eq!(s.answer_rules(&t).await.unwrap(), rules, "{engine}");
+        let mut settings = s.tenant_settings(&t).await.unwrap();
+        assert!(settings.unproven_answers_cancel_escalations);
+        assert!(settings.decision_roles.allows(RecordKind::SupplierInvoice, Role::PlantManager));
+        assert!(!settings.decision_roles.allows(RecordKind::SupplierInvoice, Role::ApClerk));
+        settings.decision_roles = DecisionRoles::default();
+        settings.unproven_answers_cancel_escalations = false;
+        s.update_tenant(&settings, morning()).await.unwrap();
+        assert_eq!(
+            s.answer_rules(&t).await.unwrap(),
+            AnswerRules {
+                execute_decisions: true,
+                ..Default::default()
+            },
+            "{engine}"
+        );
     }
 }

@@ -8,13 +8,14 @@ use std::time::Duration;
 
 use chrono::Duration as Span;
 use ml_connector::clock::Clock;
+use ml_connector::core::intake::{self, AnswerRules, DecisionRoles};
 use ml_connector::core::model::RecordKind;
 use ml_connector::core::signature;
 use ml_connector::dispatcher::{Dispatcher, SECRET_TWILIO_AUTH_TOKEN};
-use ml_connector::inbox::Inbox;
+use ml_connector::inbox::{DEFAULT_SPOKEN_CONFIRMATION, Inbox};
 use ml_connector::secrets::SecretString;
 use ml_connector::store::{EpisodeChange, NewJob, RecordChange};
-use ml_connector::twilio_sandbox::{TwilioFaults, TwilioSandbox, TwilioSandboxConfig};
+use ml_connector::twilio_sandbox::{Script, TwilioFaults, TwilioSandbox, TwilioSandboxConfig};
 use ml_connector::webhooks::{IntakeCounters, WebhookServer};
 use ml_connector_tests::{Harness, engines, harness, morning, plugins};
 use serde_json::{Value, json};
@@ -242,6 +243,7 @@ async fn a_forged_or_cross_tenant_webhook_gets_403_and_changes_nothing() {
         &l.h.keys,
         "other",
         SECRET_TWILIO_AUTH_TOKEN,
+        &ml_connector::secrets::Origin::of(ml_connector::twilio::DEFAULT_BASE_URL).unwrap(),
         &SecretString::new("another-tenants-auth-token-000"),
         morning(),
     )
@@ -390,7 +392,8 @@ async fn a_flood_of_callbacks_with_duplicates_reorderings_and_forgeries_lands_ex
                 });
             }
         }
-        // Replies from numbers no alert went to: each kept, none dropped.
+        // Replies from numbers no alert went to: each processed once, the tenant's hourly
+        // limit of them kept, the rest counted and dropped.
         for i in 0..1700 {
             hooks.push(Hook {
                 path: "messages/inbound".into(),
@@ -453,15 +456,21 @@ async fn a_flood_of_callbacks_with_duplicates_reorderings_and_forgeries_lands_ex
         for (_, status, _) in sms {
             assert_eq!(status.as_deref(), Some("delivered"), "{engine}: a status moved back");
         }
-        let unmatched = s
+        let outcomes: Vec<Value> = s
             .webhooks(&t)
             .await
             .unwrap()
             .into_iter()
-            .filter(|e| e.outcome.as_ref().unwrap()["result"] == "unmatched")
-            .count();
-        assert_eq!(unmatched, 1700, "{engine}");
-        assert_eq!(events_of(&l, "phone", "+15550001234").await[0].0, "unmatched_inbound_sms");
+            .map(|e| e.outcome.unwrap()["result"].clone())
+            .collect();
+        let count = |r: &str| outcomes.iter().filter(|o| *o == r).count() as i64;
+        assert_eq!(count("unmatched"), intake::UNMATCHED_PER_TENANT, "{engine}");
+        assert_eq!(count("unmatched") + count("dropped"), 1700, "{engine}");
+        assert_eq!(
+            s.unmatched_replies(&t).await.unwrap().len() as i64,
+            intake::UNMATCHED_PER_TENANT,
+            "{engine}"
+        );
     }
 }
 
@@ -557,16 +566,63 @@ async fn stop_start_unmatched_replies_unproven_approvals_and_cancelled_escalatio
         let answer = trail.iter().rev().find(|e| e.0 == "answer").unwrap();
         assert_ne!(answer.1["action"], "approve", "{engine}: {answer:?}");
         assert_eq!(answer.1["reference_given"], false);
+        // Only a proven answer cancels escalations: a spoofed reply cannot silence an alert.
+        assert_eq!(answer.1["cancels_escalations"], false, "{engine}: {answer:?}");
         assert!(
-            trail.iter().any(|e| e.0 == "alerts_cancelled"),
-            "{engine}: a reply cancels escalations"
+            !trail.iter().any(|e| e.0 == "alerts_cancelled"),
+            "{engine}: an unproven reply cancelled escalations"
+        );
+        let state_of = |jobs: Vec<(String, String, i64)>, key: &str| jobs.into_iter().find(|j| j.0 == key).map(|j| j.1);
+        assert_eq!(
+            state_of(s.jobs(&t).await.unwrap(), &esc.jobs[0].key).as_deref(),
+            Some("queued"),
+            "{engine}"
         );
         let jobs: HashMap<String, String> = s.jobs(&t).await.unwrap().into_iter().map(|(k, st, _)| (k, st)).collect();
-        assert_eq!(jobs[&esc.jobs[0].key], "cancelled", "{engine}");
         assert!(
             !jobs.keys().any(|k| k.starts_with("decision/")),
             "{engine}: no decision without the code"
         );
+        // The same person quoting that alert's reference: proven, the escalation is cancelled.
+        let latest_ref = job.payload["alert"]["reference"].as_str().unwrap().to_string();
+        l.post(
+            &t,
+            "messages/inbound",
+            &inbound("SMr1b", &person, &format!("seen {latest_ref}")),
+            &token,
+            None,
+        )
+        .await;
+        l.settle().await;
+        assert_eq!(
+            state_of(s.jobs(&t).await.unwrap(), &esc.jobs[0].key).as_deref(),
+            Some("cancelled"),
+            "{engine}"
+        );
+        assert!(
+            events_of(&l, kind.as_str(), &latest_key)
+                .await
+                .iter()
+                .any(|e| e.0 == "alerts_cancelled"),
+            "{engine}"
+        );
+        // A tenant that allows it lets an unproven answer cancel them too.
+        let mut esc2 = esc.clone();
+        esc2.jobs[0].key = format!("{}/2", esc.jobs[0].key);
+        esc2.jobs[0].escalation_step = 2;
+        s.apply(&t, &esc2, l.h.clock.now()).await.unwrap();
+        let mut rules = s.answer_rules(&t).await.unwrap();
+        rules.unproven_answers_cancel_escalations = true;
+        s.set_answer_rules(&t, &rules).await.unwrap();
+        l.post(&t, "messages/inbound", &inbound("SMr1c", &person, "ok"), &token, None).await;
+        l.settle().await;
+        assert_eq!(
+            state_of(s.jobs(&t).await.unwrap(), &esc2.jobs[0].key).as_deref(),
+            Some("cancelled"),
+            "{engine}"
+        );
+        rules.unproven_answers_cancel_escalations = false;
+        s.set_answer_rules(&t, &rules).await.unwrap();
 
         // With the code: approved, executed in QAD once, even when Twilio retries the request.
         let with_code = inbound("SMr2", &person, &format!("APPROVE {code}"));
@@ -613,7 +669,8 @@ async fn stop_start_unmatched_replies_unproven_approvals_and_cancelled_escalatio
         let phone: Vec<String> = events_of(&l, "phone", &person).await.into_iter().map(|e| e.0).collect();
         assert_eq!(phone, ["opted_out", "opted_in"], "{engine}");
 
-        // A reply from a stranger is kept and visible.
+        // A reply from a stranger is kept and visible: on the trail under the number, its
+        // text (for the retention) among the replies that matched nothing.
         l.post(
             &t,
             "messages/inbound",
@@ -625,7 +682,12 @@ async fn stop_start_unmatched_replies_unproven_approvals_and_cancelled_escalatio
         l.settle().await;
         let kept = events_of(&l, "phone", "+15550009999").await;
         assert_eq!(kept[0].0, "unmatched_inbound_sms", "{engine}");
-        assert!(kept[0].1.to_string().contains("who is this?"));
+        let replies = s.unmatched_replies(&t).await.unwrap();
+        assert_eq!(
+            (replies[0].phone.as_str(), replies[0].body.as_str()),
+            ("+15550009999", "who is this?"),
+            "{engine}"
+        );
     }
 }
 
@@ -665,5 +727,251 @@ async fn a_send_whose_outcome_was_unknown_is_proven_sent_by_its_callback_and_nev
             "{engine}: {reconciled:?}"
         );
         assert!(reconciled.iter().any(|r| r == "its status callback arrived"), "{engine}");
+    }
+}
+
+/// Our Twilio number in the sandbox tenant.
+const OURS: &str = "+13125550100";
+
+/// A PO's SMS alert after a poll: (its person, the PO, the alert's reference).
+fn po_alert(l: &Loop) -> (String, String, String) {
+    let m = l.sb.messages().into_iter().find(|m| m.body.contains("awaits approval")).unwrap();
+    let code = intake::reference_candidates(&m.body).pop().unwrap();
+    let po = m.body.split_whitespace().nth(1).unwrap().to_string();
+    (m.to, po, code)
+}
+
+/// Post an inbound SMS; the outcome of its processing once the loop settled.
+async fn text(l: &Loop, sid: &str, from: &str, body: &str) -> Value {
+    let params = p(&[("MessageSid", sid), ("From", from), ("To", OURS), ("Body", body)]);
+    let r = l.post(&l.h.tenant.id, "messages/inbound", &params, &l.token(), None).await;
+    assert_eq!(r.status(), 200);
+    l.settle().await;
+    let e =
+        l.h.db
+            .store
+            .webhook_by_key(&l.h.tenant.id, &format!("in/{sid}"), None)
+            .await
+            .unwrap()
+            .unwrap();
+    e.outcome.unwrap()
+}
+
+async fn approvals(l: &Loop) -> Vec<Value> {
+    l.h.qad.control_get("writes").await["purchaseOrderApprovals"]
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+#[tokio::test]
+async fn a_strangers_reply_with_a_real_reference_decides_nothing_and_guesses_are_few_and_throttled() {
+    for engine in engines() {
+        let l = start(engine, false).await;
+        let (s, t) = (&l.h.db.store, l.h.tenant.id.clone());
+        s.set_answer_settings(&t, true, true).await.unwrap();
+        l.h.poller.poll(&t, "test").await.unwrap();
+        l.settle().await;
+        let (person, po, code) = po_alert(&l);
+        let stranger = "+15550004444";
+        let sent_before = l.sb.stats().messages_created;
+
+        // A stranger who learnt a real reference: not an answer, no decision, no confirmation.
+        let out = text(&l, "SMx1", stranger, &format!("APPROVE {code}")).await;
+        assert_eq!(out["result"], "unmatched", "{engine}: {out}");
+        assert!(approvals(&l).await.is_empty(), "{engine}: a stranger approved {po}");
+        let trail = events_of(&l, "purchase_order", &po).await;
+        assert!(
+            !trail.iter().any(|e| e.0 == "answer"),
+            "{engine}: recorded as the buyer's reply: {trail:?}"
+        );
+        assert_eq!(
+            l.sb.stats().messages_created,
+            sent_before,
+            "{engine}: the stranger was sent something"
+        );
+        assert!(!l.sb.messages().iter().any(|m| m.to == stranger), "{engine}");
+
+        // From the right number, only the first three candidates are tried: a fourth word
+        // is never looked up, so a reply cannot carry hundreds of guesses.
+        let out = text(&l, "SMx2", &person, &format!("AAAAAA BBBBBB CCCCCC APPROVE {code}")).await;
+        assert_eq!(out["reference"], false, "{engine}: {out}");
+        assert!(approvals(&l).await.is_empty(), "{engine}");
+
+        // A number whose replies keep quoting codes that match nothing is throttled: even
+        // the right code is then not looked up, until the window ends.
+        for i in 0..intake::MISSES_BEFORE_THROTTLE {
+            text(&l, &format!("SMx3-{i}"), &person, "APPROVE ZZZZZZ").await;
+        }
+        let out = text(&l, "SMx4", &person, &format!("APPROVE {code}")).await;
+        assert_eq!(out["reference"], false, "{engine}: {out}");
+        assert!(approvals(&l).await.is_empty(), "{engine}: a throttled number's code was looked up");
+        let throttled = s
+            .audit_since(&t, 0, 100_000)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.event == "answer" && e.detail["event_id"].as_i64().is_some())
+            .next_back()
+            .unwrap();
+        assert!(
+            throttled.detail["references"].as_str().unwrap().contains("not looked up"),
+            "{engine}: {throttled:?}"
+        );
+
+        l.h.clock.advance(Span::minutes(intake::MISS_WINDOW_MINUTES + 1));
+        let out = text(&l, "SMx5", &person, &format!("APPROVE {code}")).await;
+        assert_eq!(out["reference"], true, "{engine}: {out}");
+        let approved = approvals(&l).await;
+        assert_eq!(approved.len(), 1, "{engine}: {approved:?}");
+        assert_eq!(approved[0]["purchaseOrderNumber"], po.as_str());
+    }
+}
+
+#[tokio::test]
+async fn only_the_roles_the_tenant_names_decide_the_others_answers_are_recorded_as_seen() {
+    for engine in engines() {
+        let l = start(engine, true).await;
+        let (s, t) = (&l.h.db.store, l.h.tenant.id.clone());
+        // Decisions on, but only buyers decide purchase orders here.
+        let rules = AnswerRules {
+            execute_decisions: true,
+            decision_roles: DecisionRoles::from_entries(&[("purchase_order".into(), vec!["buyer".into()])]).unwrap(),
+            ..Default::default()
+        };
+        s.set_answer_rules(&t, &rules).await.unwrap();
+        // Plant managers press 1 (approve) on their calls; supplier contacts text APPROVE.
+        let script = |when: &str, reply: Option<&str>, digits: Option<&str>| Script {
+            to: None,
+            when_body_contains: Some(when.into()),
+            reply: reply.map(String::from),
+            digits: digits.map(String::from),
+        };
+        l.sb.set_scripts(vec![
+            script("<Gather", None, Some("1")),
+            script("Please call our buyer", Some("APPROVE {code}"), None),
+        ]);
+        l.h.poller.poll(&t, "test").await.unwrap();
+        l.settle().await;
+        // Supplier alerts held for quiet hours go out later.
+        l.h.clock.advance(Span::hours(14));
+        l.settle().await;
+        let st = l.sb.stats();
+        assert!(st.keypresses_sent > 0 && st.replies_sent > 0, "{engine}: {st:?}");
+
+        assert!(approvals(&l).await.is_empty(), "{engine}: a role the tenant did not name decided");
+        let answers: Vec<Value> = s
+            .audit_since(&t, 0, 100_000)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.event == "answer")
+            .map(|e| e.detail)
+            .collect();
+        assert_eq!(answers.len() as u64, st.keypresses_sent + st.replies_sent, "{engine}");
+        for a in &answers {
+            let role = a["role"].as_str().unwrap();
+            assert!(role == "plant_manager" || role == "supplier_contact", "{engine}: {a}");
+            assert_eq!(
+                (&a["plugin_action"], &a["action"]),
+                (&json!("approve"), &json!("acknowledge")),
+                "{engine}: {a}"
+            );
+            assert!(
+                a["note"].as_str().unwrap().contains(&format!("lets no {role} decide")),
+                "{engine}: {a}"
+            );
+        }
+        // Nobody was told "approved": calls speak the default words, no SMS confirms.
+        for sp in l.sb.spoken() {
+            assert!(
+                sp.twiml.contains(DEFAULT_SPOKEN_CONFIRMATION) && !sp.twiml.contains("approved"),
+                "{engine}: {}",
+                sp.twiml
+            );
+        }
+        assert!(!l.sb.messages().iter().any(|m| m.body.contains("approved")), "{engine}");
+    }
+}
+
+#[tokio::test]
+async fn strangers_texts_are_bounded_and_purged_and_what_people_write_reaches_qad_as_data() {
+    for engine in engines() {
+        let l = start(engine, false).await;
+        let (s, t) = (&l.h.db.store, l.h.tenant.id.clone());
+        l.h.poller.poll(&t, "test").await.unwrap();
+        l.settle().await;
+        let (person, _, _) = po_alert(&l);
+
+        // A long, hostile reply from a person alerted: written back, quoted as plain data.
+        let hostile = format!(
+            "\u{1b}[2J<script>alert(\"x\")</script>\r\n2026-11-27 INFO forged line\u{202e}{}",
+            "A".repeat(1500)
+        );
+        let out = text(&l, "SMh1", &person, &hostile).await;
+        assert_eq!(out["result"], "answered", "{engine}: {out}");
+        let comments = l.h.qad.control_get("writes").await["transactionComments"]
+            .as_array()
+            .unwrap()
+            .clone();
+        let c = comments
+            .iter()
+            .map(|c| c["commentText"].as_str().unwrap())
+            .find(|c| c.contains("forged line"))
+            .unwrap_or_else(|| panic!("{engine}: the answer's comment was not written: {comments:?}"));
+        assert!(c.chars().count() <= intake::QAD_COMMENT_CHARS, "{engine}: {}", c.len());
+        assert!(!c.contains(['<', '>', '\u{1b}', '\r', '\n', '\u{202e}']), "{engine}: {c:?}");
+        let answer = s
+            .audit_since(&t, 0, 100_000)
+            .await
+            .unwrap()
+            .into_iter()
+            .rfind(|e| e.event == "answer")
+            .unwrap();
+        let kept = answer.detail["answer"]["value"].as_str().unwrap();
+        assert!(kept.chars().count() <= intake::REPLY_CHARS, "{engine}: {}", kept.len());
+        assert!(!kept.chars().any(char::is_control), "{engine}: {kept:?}");
+
+        // A stranger's texts: the first few in the window kept, the rest counted and dropped.
+        let stranger = "+15550003333";
+        let extra = 3;
+        let mut results = Vec::new();
+        for i in 0..intake::UNMATCHED_PER_SENDER + extra {
+            results.push(text(&l, &format!("SMs{i}"), stranger, &format!("hello {i}")).await["result"].clone());
+        }
+        let dropped = results.iter().filter(|r| *r == "dropped").count() as i64;
+        assert_eq!(dropped, extra, "{engine}: {results:?}");
+        let kept: Vec<_> = s
+            .unmatched_replies(&t)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|r| r.phone == stranger)
+            .collect();
+        assert_eq!(kept.len() as i64, intake::UNMATCHED_PER_SENDER, "{engine}");
+        assert_eq!(kept[0].body, "hello 0");
+        assert_eq!(
+            events_of(&l, "phone", stranger).await.len() as i64,
+            intake::UNMATCHED_PER_SENDER,
+            "{engine}"
+        );
+        // Their text is kept only there: the queued events keep no parameters.
+        for e in s.webhooks(&t).await.unwrap() {
+            if e.outcome
+                .as_ref()
+                .is_some_and(|o| o["result"] == "unmatched" || o["result"] == "dropped")
+            {
+                assert!(e.params.is_empty(), "{engine}: {e:?}");
+            }
+        }
+
+        // Past the retention, the inbox's purge removes them.
+        l.h.clock.advance(Span::days(intake::UNMATCHED_RETENTION_DAYS) + Span::minutes(1));
+        let purged = l.inbox.purge().await.unwrap();
+        assert!(purged.replies as i64 >= intake::UNMATCHED_PER_SENDER, "{engine}: {purged:?}");
+        assert!(s.unmatched_replies(&t).await.unwrap().is_empty(), "{engine}");
+        // A new window: the stranger is heard again.
+        let out = text(&l, "SMs-later", stranger, "hello again").await;
+        assert_eq!(out["result"], "unmatched", "{engine}: {out}");
     }
 }

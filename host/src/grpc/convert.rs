@@ -8,6 +8,7 @@ use tonic::Status;
 
 use super::pb;
 use super::{invalid, opt_time, time};
+use crate::core::intake::DecisionRoles;
 use crate::core::phone;
 use crate::core::profile::MappingProfile;
 use crate::core::schedule::{ActiveHours, Schedule, ScheduleSpec};
@@ -149,6 +150,13 @@ pub fn plugin_settings(field: &str, raw: &str) -> Result<String, Status> {
     Ok(serde_json::to_string(&s).expect("plain data serialises"))
 }
 
+/// Who may decide each kind of record; kinds not named keep their defaults. A refusal names
+/// the entry and the role: `tenant.decision_roles[0].roles[1]`.
+pub fn decision_roles(field: &str, entries: &[pb::DecisionRoles]) -> Result<DecisionRoles, Status> {
+    let entries: Vec<(String, Vec<String>)> = entries.iter().map(|e| (e.record_kind.clone(), e.roles.clone())).collect();
+    DecisionRoles::from_entries(&entries).map_err(|e| invalid(&format!("{field}{}", e.field()), e))
+}
+
 /// A whole tenant from a create request.
 pub fn new_tenant(t: &pb::Tenant, now: chrono::DateTime<chrono::Utc>) -> Result<TenantSettings, Status> {
     check_tenant_id("tenant.id", &t.id)?;
@@ -169,6 +177,8 @@ pub fn new_tenant(t: &pb::Tenant, now: chrono::DateTime<chrono::Utc>) -> Result<
         twilio: twilio("tenant.twilio", t.twilio.as_ref())?,
         execute_decisions: t.execute_decisions,
         call_opted_out: t.call_opted_out,
+        unproven_answers_cancel_escalations: t.unproven_answers_cancel_escalations,
+        decision_roles: decision_roles("tenant.decision_roles", &t.decision_roles)?,
         active_plugin: None,
         plugin_settings: plugin_settings("tenant.plugin_settings_json", &t.plugin_settings_json)?,
         created_at: now,
@@ -178,7 +188,7 @@ pub fn new_tenant(t: &pb::Tenant, now: chrono::DateTime<chrono::Utc>) -> Result<
 
 /// Apply the fields an update names (all settable ones when the mask is empty).
 pub fn apply_update(current: &mut TenantSettings, t: &pb::Tenant, mask: &[String]) -> Result<(), Status> {
-    const FIELDS: [&str; 8] = [
+    const FIELDS: [&str; 10] = [
         "name",
         "qad",
         "twilio",
@@ -187,6 +197,8 @@ pub fn apply_update(current: &mut TenantSettings, t: &pb::Tenant, mask: &[String
         "call_opted_out",
         "profile_json",
         "plugin_settings_json",
+        "unproven_answers_cancel_escalations",
+        "decision_roles",
     ];
     let mask: Vec<&str> = if mask.is_empty() {
         FIELDS.to_vec()
@@ -206,6 +218,8 @@ pub fn apply_update(current: &mut TenantSettings, t: &pb::Tenant, mask: &[String
             "call_opted_out" => current.call_opted_out = t.call_opted_out,
             "profile_json" => current.tenant.profile = profile("tenant.profile_json", &t.profile_json)?,
             "plugin_settings_json" => current.plugin_settings = plugin_settings("tenant.plugin_settings_json", &t.plugin_settings_json)?,
+            "unproven_answers_cancel_escalations" => current.unproven_answers_cancel_escalations = t.unproven_answers_cancel_escalations,
+            "decision_roles" => current.decision_roles = decision_roles("tenant.decision_roles", &t.decision_roles)?,
             other => {
                 return Err(invalid(
                     "update_mask",
@@ -242,6 +256,16 @@ pub fn tenant_out(s: &TenantSettings, credentials: &[(String, chrono::DateTime<c
             .collect(),
         execute_decisions: s.execute_decisions,
         call_opted_out: s.call_opted_out,
+        unproven_answers_cancel_escalations: s.unproven_answers_cancel_escalations,
+        decision_roles: s
+            .decision_roles
+            .entries()
+            .into_iter()
+            .map(|(kind, roles)| pb::DecisionRoles {
+                record_kind: kind.as_str().into(),
+                roles: roles.into_iter().map(|r| r.as_str().into()).collect(),
+            })
+            .collect(),
         active_plugin_version: s.active_plugin.unwrap_or(0),
         profile_json: serde_json::to_string(&t.profile).expect("plain data serialises"),
         plugin_settings_json: s.plugin_settings.clone(),
@@ -391,5 +415,59 @@ mod tests {
         assert_eq!(current.tenant.qad_domain, "10USA");
         let err = apply_update(&mut current, &change, &["secrets".into()]).unwrap_err();
         assert!(err.message().starts_with("update_mask: "), "{}", err.message());
+    }
+
+    fn roles(kind: &str, roles: &[&str]) -> pb::DecisionRoles {
+        pb::DecisionRoles {
+            record_kind: kind.into(),
+            roles: roles.iter().map(|r| r.to_string()).collect(),
+        }
+    }
+
+    /// The answer settings: defaults on create, set through the mask, every refusal naming
+    /// the entry and role, and every kind shown back.
+    #[test]
+    fn answer_settings_are_set_through_the_mask_and_checked() {
+        use crate::core::model::RecordKind;
+        use crate::core::people::Role;
+        let now = chrono::Utc::now();
+        let mut current = new_tenant(&tenant(), now).unwrap();
+        assert!(!current.unproven_answers_cancel_escalations);
+        assert_eq!(current.decision_roles, DecisionRoles::default());
+        let mut change = tenant();
+        change.unproven_answers_cancel_escalations = true;
+        change.decision_roles = vec![roles("purchase_order", &["buyer"])];
+        apply_update(&mut current, &change, &["decision_roles".into()]).unwrap();
+        assert!(!current.unproven_answers_cancel_escalations, "not in the mask");
+        assert!(!current.decision_roles.allows(RecordKind::PurchaseOrder, Role::PlantManager));
+        apply_update(&mut current, &change, &["unproven_answers_cancel_escalations".into()]).unwrap();
+        assert!(current.unproven_answers_cancel_escalations);
+        let out = tenant_out(&current, &[]);
+        assert_eq!(out.decision_roles.len(), 3, "every kind shown: {:?}", out.decision_roles);
+        assert_eq!(out.decision_roles[0], roles("purchase_order", &["buyer"]));
+        assert_eq!(out.decision_roles[1], roles("supplier_invoice", &["ap_clerk"]));
+        let long = "x".repeat(100_000);
+        let cases: Vec<(Vec<pb::DecisionRoles>, &str)> = vec![
+            (vec![roles("purchase_orders", &[])], "tenant.decision_roles[0].record_kind"),
+            (
+                vec![roles("purchase_order", &[]), roles("purchase_order", &["buyer"])],
+                "tenant.decision_roles[1].record_kind",
+            ),
+            (
+                vec![roles("supplier_invoice", &["ap_clerk", "cfo"])],
+                "tenant.decision_roles[0].roles[1]",
+            ),
+            (vec![roles("supplier_invoice", &[&long])], "tenant.decision_roles[0].roles[0]"),
+            (vec![roles("supplier_invoice", &["buyer"; 9])], "tenant.decision_roles[0].roles"),
+            (vec![roles("goods_receipt", &[]); 9], "tenant.decision_roles"),
+        ];
+        for (entries, field) in cases {
+            let mut t = tenant();
+            t.decision_roles = entries;
+            let err = new_tenant(&t, now).expect_err(field);
+            assert_eq!(err.code(), tonic::Code::InvalidArgument, "{field}");
+            assert!(err.message().starts_with(&format!("{field}: ")), "{field}: {}", err.message());
+            assert!(err.message().len() < 300, "a refused name is cut: {}", err.message().len());
+        }
     }
 }

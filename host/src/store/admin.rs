@@ -14,6 +14,10 @@ pub struct TenantSettings {
     pub twilio: TwilioAccount,
     pub execute_decisions: bool,
     pub call_opted_out: bool,
+    /// Whether an answer without proof cancels its episode's escalations.
+    pub unproven_answers_cancel_escalations: bool,
+    /// Who may decide each kind of record.
+    pub decision_roles: crate::core::intake::DecisionRoles,
     pub active_plugin: Option<i64>,
     pub plugin_settings: String,
     pub created_at: DateTime<Utc>,
@@ -122,7 +126,8 @@ pub struct Deleted {
 }
 
 const TENANT_COLUMNS: &str = "id, name, qad_base_url, qad_domain, qad_entity, schedule, profile, twilio_account_sid, twilio_from,
-    twilio_base_url, execute_decisions, call_opted_out, active_plugin, plugin_settings, created_at, updated_at";
+    twilio_base_url, execute_decisions, call_opted_out, active_plugin, plugin_settings, created_at, updated_at,
+    unproven_answers_cancel_escalations, decision_roles";
 
 const EPISODE_COLUMNS: &str = "id, tenant_id, kind, record_key, episode, state, reason_code, summary, urgency, due_date, resolution,
     reference, opened_at, resolved_at";
@@ -133,19 +138,25 @@ const JOB_COLUMNS: &str = "j.id, j.job_key, j.tenant_id, j.kind, j.record_kind, 
 macro_rules! tenant_settings_from {
     ($r:expr) => {{
         let r = $r;
-        super::tenant_from(r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5), r.get(6)).map(|tenant| TenantSettings {
-            tenant,
-            twilio: TwilioAccount {
-                account_sid: r.get(7),
-                from: r.get(8),
-                base_url: r.get(9),
-            },
-            execute_decisions: r.get(10),
-            call_opted_out: r.get(11),
-            active_plugin: r.get(12),
-            plugin_settings: r.get(13),
-            created_at: from_millis(r.get(14)),
-            updated_at: from_millis(r.get(15)),
+        let id: String = r.get(0);
+        let roles = super::intake::decision_roles_from(&id, r.get::<Option<String>, _>(17).as_deref());
+        roles.and_then(|decision_roles| {
+            super::tenant_from(r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5), r.get(6)).map(|tenant| TenantSettings {
+                tenant,
+                twilio: TwilioAccount {
+                    account_sid: r.get(7),
+                    from: r.get(8),
+                    base_url: r.get(9),
+                },
+                execute_decisions: r.get(10),
+                call_opted_out: r.get(11),
+                active_plugin: r.get(12),
+                plugin_settings: r.get(13),
+                created_at: from_millis(r.get(14)),
+                updated_at: from_millis(r.get(15)),
+                unproven_answers_cancel_escalations: r.get(16),
+                decision_roles,
+            })
         })
     }};
 }
@@ -224,11 +235,12 @@ impl Store {
         let n = on_pool!(self, p => sqlx::query(
             "UPDATE tenants SET name = $2, qad_base_url = $3, qad_domain = $4, qad_entity = $5, schedule = $6, profile = $7,
                  twilio_account_sid = $8, twilio_from = $9, twilio_base_url = $10, execute_decisions = $11, call_opted_out = $12,
-                 plugin_settings = $13, updated_at = $14 WHERE id = $1",
+                 plugin_settings = $13, updated_at = $14, unproven_answers_cancel_escalations = $15, decision_roles = $16 WHERE id = $1",
         )
         .bind(&t.id).bind(&t.name).bind(&t.qad_base_url).bind(&t.qad_domain).bind(&t.qad_entity).bind(json(&t.schedule))
         .bind(json(&t.profile)).bind(&s.twilio.account_sid).bind(&s.twilio.from).bind(&s.twilio.base_url)
         .bind(s.execute_decisions).bind(s.call_opted_out).bind(&s.plugin_settings).bind(millis(now))
+        .bind(s.unproven_answers_cancel_escalations).bind(super::intake::decision_roles_column(&s.decision_roles))
         .execute(p).await?.rows_affected());
         if n == 0 {
             return Err(StoreError::NoSuchTenant(t.id.clone()));
@@ -248,6 +260,9 @@ impl Store {
                 // SQLite enforces the cascade only with foreign keys on; say it explicitly.
                 sqlx::query("DELETE FROM secrets WHERE tenant_id = $1").bind(id).execute(&mut *tx).await?;
                 sqlx::query("DELETE FROM plugins WHERE tenant_id = $1").bind(id).execute(&mut *tx).await?;
+                // What strangers wrote goes with the tenant too.
+                sqlx::query("DELETE FROM unmatched_replies WHERE tenant_id = $1").bind(id).execute(&mut *tx).await?;
+                sqlx::query("DELETE FROM sender_counters WHERE tenant_id = $1").bind(id).execute(&mut *tx).await?;
                 let cancelled = sqlx::query(
                     "UPDATE jobs SET state = 'cancelled', outcome = $2, lease_until = NULL, updated_at = $3
                      WHERE tenant_id = $1 AND state IN ('queued', 'running')",

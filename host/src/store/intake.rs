@@ -5,8 +5,8 @@ use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 use sqlx::Row;
 
-use super::{Backend, NewJob, Result, Store, from_millis, millis};
-use crate::core::intake::{HookKind, advances};
+use super::{Backend, NewJob, Result, Store, StoreError, from_millis, millis};
+use crate::core::intake::{self, AnswerRules, DecisionRoles, Dropped, HookKind, advances};
 use crate::core::routing::Channel;
 
 /// A validated webhook about to be queued.
@@ -76,6 +76,48 @@ pub struct Answered {
     pub episode: i64,
     pub audit: Vec<(String, Value)>,
     pub jobs: Vec<NewJob>,
+    /// Whether the answer cancels the episode's escalations (a proven one, or the tenant
+    /// allows unproven ones to).
+    pub cancels_escalations: bool,
+}
+
+/// A reply that matched no alert, its text already cleaned and capped.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UnmatchedReply {
+    pub tenant: String,
+    pub phone: String,
+    pub to: String,
+    pub body: String,
+    pub event_id: i64,
+}
+
+/// A kept reply that matched nothing, as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UnmatchedReplyRow {
+    pub phone: String,
+    pub to: String,
+    pub body: String,
+    pub event_id: i64,
+    pub received_at: DateTime<Utc>,
+}
+
+/// What a purge removed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Purged {
+    pub replies: u64,
+    pub counters: u64,
+}
+
+/// Bump a sender counter in its fixed window (`$4` now, `$5` the start of a window that began
+/// at `$4`'s window length ago: an older window starts again at 1); the count now.
+const BUMP_COUNTER: &str = "INSERT INTO sender_counters (tenant_id, kind, phone, window_start, hits) VALUES ($1, $2, $3, $4, 1)
+    ON CONFLICT (tenant_id, kind, phone) DO UPDATE SET
+      hits = CASE WHEN sender_counters.window_start <= $5 THEN 1 ELSE sender_counters.hits + 1 END,
+      window_start = CASE WHEN sender_counters.window_start <= $5 THEN $4 ELSE sender_counters.window_start END
+    RETURNING hits";
+
+fn minutes(m: i64) -> chrono::Duration {
+    chrono::Duration::minutes(m)
 }
 
 const EVENT_COLUMNS: &str = "id, tenant_id, kind, delivery_id, params, state, outcome, received_at";
@@ -270,16 +312,31 @@ impl Store {
         Ok(applied)
     }
 
-    /// The open alert an SMS carrying `reference` answers: a send of that episode, the one
-    /// to `from` first. The job id.
+    /// The open alert an SMS from `from` carrying `reference` answers: a send of that episode
+    /// to `from` (a reference proves nothing from another number). The job id.
     pub async fn alert_by_reference(&self, tenant: &str, reference: &str, from: &str) -> Result<Option<i64>> {
         on_pool!(self, p => Ok(sqlx::query(
             "SELECT j.id FROM attention a
                JOIN jobs j ON j.tenant_id = a.tenant_id AND j.record_kind = a.kind AND j.record_key = a.record_key AND j.episode = a.episode
                JOIN deliveries d ON d.job_id = j.id
-             WHERE a.tenant_id = $1 AND a.reference = $2 AND a.state = 'open' AND j.kind = 'send'
-             ORDER BY CASE WHEN d.to_phone = $3 THEN 0 ELSE 1 END, d.sent_at DESC, j.id DESC LIMIT 1")
+             WHERE a.tenant_id = $1 AND a.reference = $2 AND a.state = 'open' AND j.kind = 'send' AND d.to_phone = $3
+             ORDER BY d.sent_at DESC, j.id DESC LIMIT 1")
             .bind(tenant).bind(reference).bind(from).fetch_optional(p).await?.map(|r| r.get::<i64, _>(0))))
+    }
+
+    /// A number's misses (references that matched nothing sent to it) in the current window.
+    pub async fn reference_misses(&self, tenant: &str, phone: &str, now: DateTime<Utc>) -> Result<i64> {
+        let since = millis(now - minutes(intake::MISS_WINDOW_MINUTES));
+        on_pool!(self, p => Ok(sqlx::query_scalar(
+            "SELECT hits FROM sender_counters WHERE tenant_id = $1 AND kind = 'miss' AND phone = $2 AND window_start > $3")
+            .bind(tenant).bind(phone).bind(since).fetch_optional(p).await?.unwrap_or(0)))
+    }
+
+    /// Count a miss of a number; its misses in the window now.
+    pub async fn count_reference_miss(&self, tenant: &str, phone: &str, now: DateTime<Utc>) -> Result<i64> {
+        let since = millis(now - minutes(intake::MISS_WINDOW_MINUTES));
+        on_writer!(self, p => Ok(sqlx::query_scalar(BUMP_COUNTER)
+            .bind(tenant).bind("miss").bind(phone).bind(millis(now)).bind(since).fetch_one(p).await?))
     }
 
     /// The latest open alert sent by SMS to `person` from `our_number`. The job id.
@@ -294,7 +351,7 @@ impl Store {
     }
 
     /// Apply an answer: its audit entries, the delivery marked answered, the episode's
-    /// escalations cancelled, and its follow-up jobs (confirmation, QAD comment, decision)
+    /// escalations cancelled (when `cancels_escalations`), and its follow-up jobs (confirmation, QAD comment, decision)
     /// queued, all or nothing.
     pub async fn record_answer(&self, tenant: &str, a: &Answered, now: DateTime<Utc>) -> Result<u64> {
         let at = millis(now);
@@ -306,10 +363,14 @@ impl Store {
             }
             sqlx::query("UPDATE deliveries SET answered_at = $2 WHERE job_id = $1 AND answered_at IS NULL")
                 .bind(a.job_id).bind(at).execute(&mut *tx).await?;
-            let cancelled = sqlx::query("UPDATE jobs SET state = 'cancelled', updated_at = $5
-                         WHERE tenant_id = $1 AND record_kind = $2 AND record_key = $3 AND episode = $4 AND state = 'queued'
-                           AND kind = 'send' AND escalation_step > 0")
-                .bind(tenant).bind(&a.record_kind).bind(&a.record_key).bind(a.episode).bind(at).execute(&mut *tx).await?.rows_affected();
+            let cancelled = if a.cancels_escalations {
+                sqlx::query("UPDATE jobs SET state = 'cancelled', updated_at = $5
+                             WHERE tenant_id = $1 AND record_kind = $2 AND record_key = $3 AND episode = $4 AND state = 'queued'
+                               AND kind = 'send' AND escalation_step > 0")
+                    .bind(tenant).bind(&a.record_kind).bind(&a.record_key).bind(a.episode).bind(at).execute(&mut *tx).await?.rows_affected()
+            } else {
+                0
+            };
             if cancelled > 0 {
                 sqlx::query("INSERT INTO audit (tenant_id, kind, record_key, episode, at, event, detail) VALUES ($1, $2, $3, $4, $5, 'alerts_cancelled', $6)")
                     .bind(tenant).bind(&a.record_kind).bind(&a.record_key).bind(a.episode).bind(at)
@@ -347,6 +408,98 @@ impl Store {
             .bind(tenant).bind(execute_decisions).bind(call_opted_out).execute(p).await?; });
         Ok(())
     }
+
+    /// The tenant's rules for answers: decisions executed, unproven answers' reach, who decides.
+    pub async fn answer_rules(&self, tenant: &str) -> Result<AnswerRules> {
+        let row: Option<(bool, bool, Option<String>)> = on_pool!(self, p => sqlx::query(
+            "SELECT execute_decisions, unproven_answers_cancel_escalations, decision_roles FROM tenants WHERE id = $1")
+            .bind(tenant).fetch_optional(p).await?.map(|r| (r.get(0), r.get(1), r.get(2))));
+        let Some((execute_decisions, unproven_answers_cancel_escalations, roles)) = row else {
+            return Err(StoreError::NoSuchTenant(tenant.into()));
+        };
+        Ok(AnswerRules {
+            execute_decisions,
+            unproven_answers_cancel_escalations,
+            decision_roles: decision_roles_from(tenant, roles.as_deref())?,
+        })
+    }
+
+    /// Set the rules of [`Store::answer_rules`].
+    pub async fn set_answer_rules(&self, tenant: &str, rules: &AnswerRules) -> Result<()> {
+        on_writer!(self, p => { sqlx::query(
+            "UPDATE tenants SET execute_decisions = $2, unproven_answers_cancel_escalations = $3, decision_roles = $4 WHERE id = $1")
+            .bind(tenant).bind(rules.execute_decisions).bind(rules.unproven_answers_cancel_escalations)
+            .bind(decision_roles_column(&rules.decision_roles)).execute(p).await?; });
+        Ok(())
+    }
+
+    /// Keep a reply that matched nothing, within the limits per sender and per tenant; past
+    /// them it is counted and dropped. Either way its event keeps no parameters (the text is
+    /// kept, cleaned, only here, until the retention ends) and the counts move.
+    pub async fn keep_unmatched_reply(&self, r: &UnmatchedReply, now: DateTime<Utc>) -> Result<std::result::Result<(), Dropped>> {
+        let (at, since) = (millis(now), millis(now - minutes(intake::UNMATCHED_WINDOW_MINUTES)));
+        let kept = in_tx!(self, tx => {
+            let mut counts = [0i64; 2];
+            for (i, phone) in [r.phone.as_str(), ""].into_iter().enumerate() {
+                counts[i] = sqlx::query_scalar(BUMP_COUNTER).bind(&r.tenant).bind("unmatched").bind(phone).bind(at).bind(since)
+                    .fetch_one(&mut *tx).await?;
+            }
+            let kept = intake::keep_unmatched(counts[0], counts[1]);
+            if kept.is_ok() {
+                sqlx::query("INSERT INTO unmatched_replies (tenant_id, phone, to_phone, body, event_id, received_at) VALUES ($1, $2, $3, $4, $5, $6)")
+                    .bind(&r.tenant).bind(&r.phone).bind(&r.to).bind(&r.body).bind(r.event_id).bind(at).execute(&mut *tx).await?;
+                let kept_until = (now + chrono::Duration::days(intake::UNMATCHED_RETENTION_DAYS)).to_rfc3339();
+                sqlx::query("INSERT INTO audit (tenant_id, kind, record_key, episode, at, event, detail) VALUES ($1, 'phone', $2, NULL, $3, 'unmatched_inbound_sms', $4)")
+                    .bind(&r.tenant).bind(&r.phone).bind(at)
+                    .bind(json!({"why": "no open alert carries its reference or was sent to this number", "event_id": r.event_id,
+                                 "to": r.to, "text_kept_until": kept_until}).to_string())
+                    .execute(&mut *tx).await?;
+            }
+            sqlx::query("UPDATE webhook_events SET params = '[]' WHERE id = $1").bind(r.event_id).execute(&mut *tx).await?;
+            kept
+        });
+        Ok(kept)
+    }
+
+    /// A tenant's kept replies that matched nothing, oldest first.
+    pub async fn unmatched_replies(&self, tenant: &str) -> Result<Vec<UnmatchedReplyRow>> {
+        on_pool!(self, p => Ok(sqlx::query(
+            "SELECT phone, to_phone, body, event_id, received_at FROM unmatched_replies WHERE tenant_id = $1 ORDER BY id")
+            .bind(tenant).fetch_all(p).await?.into_iter()
+            .map(|r| UnmatchedReplyRow { phone: r.get(0), to: r.get(1), body: r.get(2), event_id: r.get(3), received_at: from_millis(r.get(4)) })
+            .collect()))
+    }
+
+    /// Purge replies that matched nothing past their retention, and counters whose window
+    /// ended a window ago or more.
+    pub async fn purge_unmatched(&self, now: DateTime<Utc>) -> Result<Purged> {
+        let old = millis(now - chrono::Duration::days(intake::UNMATCHED_RETENTION_DAYS));
+        let window = intake::MISS_WINDOW_MINUTES.max(intake::UNMATCHED_WINDOW_MINUTES);
+        let stale = millis(now - minutes(2 * window));
+        let purged = in_tx!(self, tx => Purged {
+            replies: sqlx::query("DELETE FROM unmatched_replies WHERE received_at < $1").bind(old).execute(&mut *tx).await?.rows_affected(),
+            counters: sqlx::query("DELETE FROM sender_counters WHERE window_start < $1").bind(stale).execute(&mut *tx).await?.rows_affected(),
+        });
+        Ok(purged)
+    }
+}
+
+/// The stored decision roles: NULL for the defaults.
+pub(super) fn decision_roles_from(tenant: &str, raw: Option<&str>) -> Result<DecisionRoles> {
+    match raw {
+        None => Ok(DecisionRoles::default()),
+        Some(raw) => serde_json::from_str(raw).map_err(|e| StoreError::Corrupt {
+            tenant: tenant.into(),
+            what: "decision roles",
+            problem: e.to_string(),
+        }),
+    }
+}
+
+/// What is stored for decision roles: NULL when they are the defaults (so a later change of
+/// the defaults reaches the tenant).
+pub(super) fn decision_roles_column(roles: &DecisionRoles) -> Option<String> {
+    (*roles != DecisionRoles::default()).then(|| serde_json::to_string(roles).expect("plain data serialises"))
 }
 
 impl Store {
