@@ -353,6 +353,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             // gRPC answers health (NOT_SERVING) while the migrations run.
             let feed = EventFeed::new(store.clone(), grpc.watch_buffer).with_max_watchers(grpc.watch_max_streams as usize);
             let control = Control::new(poller, scheduler.clone(), feed.clone());
+            let feed_for_stop = feed.clone();
             let grpc_addr = grpc_opts.addr;
             let (grpc_bound, health, grpc_task) = crate::grpc::spawn(control, grpc_opts, stop_rx.clone())
                 .await
@@ -404,30 +405,34 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             workers_running.store(true, std::sync::atomic::Ordering::SeqCst);
             tracing::info!(engine = store.engine(), "ml-connector serving");
             crate::shutdown_signal().await;
+            let signalled = tokio::time::Instant::now();
+            let second = crate::next_shutdown_signal();
+            tokio::spawn(async move {
+                second.await;
+                eprintln!("second signal: exiting now");
+                std::process::exit(130);
+            });
             workers_running.store(false, std::sync::atomic::Ordering::SeqCst);
             dispatching.stop_starting();
-            tracing::info!("shutting down: finishing what is under way, handing back what is not");
+            tracing::warn!(
+                "stopping within {} s: finishing what is under way, handing back what is not; a second signal exits at once",
+                SHUTDOWN_GRACE.as_secs()
+            );
             let _ = stop_tx.send(true);
-            // Bounded: whatever is still running then keeps its lease, which expires, and
-            // another host (or the next start) takes it over, reconciling before any resend.
-            let finishing = async {
-                let _ = task.await;
-                let _ = sender.await;
-                let _ = intake.await;
-            };
-            if tokio::time::timeout(SHUTDOWN_GRACE, finishing).await.is_err() {
-                tracing::warn!(
-                    "work still under way after {} s; leaving it to its leases",
-                    SHUTDOWN_GRACE.as_secs()
-                );
-            }
-            let _ = feed_task.await;
-            let _ = health_task.await;
-            let _ = grpc_task.await;
+            feed_for_stop.close();
+            // Bounded: whatever is still running then is cancelled and keeps its lease, which
+            // expires, and another host (or the next start) takes it over, reconciling before
+            // any resend.
+            let workers = [stoppable("scheduler", task), stoppable("dispatcher", sender), stoppable("inbox", intake)];
+            stop_by(signalled + WORK_GRACE, workers).await;
+            let rest = [stoppable("event feed", feed_task), stoppable("health", health_task), stoppable("gRPC", grpc_task)];
+            stop_by(signalled + SHUTDOWN_GRACE - CLOSE_GRACE - RUNTIME_GRACE, rest).await;
             if let Some(t) = wake_task {
                 t.abort();
             }
-            store.close().await;
+            if tokio::time::timeout(CLOSE_GRACE, store.close()).await.is_err() {
+                tracing::warn!("database connections still busy at exit; left to the server to close");
+            }
         }
         Command::Sandbox {
             once,
@@ -493,8 +498,41 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// How long a stopping host waits for the work under way.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// A stopping host exits within this of the signal, whatever hangs (the README's promise).
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// How much of it the work under way gets (polls, sends, webhooks) before it is cancelled.
+const WORK_GRACE: Duration = Duration::from_secs(22);
+/// What is left at the end for closing database connections…
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+/// …and for the runtime's own shutdown after `run` returns (see `main.rs`).
+pub const RUNTIME_GRACE: Duration = Duration::from_secs(1);
+
+/// A task to stop: awaited until a deadline, then cancelled.
+struct Stoppable {
+    name: &'static str,
+    done: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
+    abort: tokio::task::AbortHandle,
+}
+
+fn stoppable<T: Send + 'static>(name: &'static str, task: tokio::task::JoinHandle<T>) -> Stoppable {
+    let abort = task.abort_handle();
+    Stoppable {
+        name,
+        done: Box::pin(async move { drop(task.await) }),
+        abort,
+    }
+}
+
+/// Wait for each task until `deadline`; cancel those still running then.
+async fn stop_by(deadline: tokio::time::Instant, tasks: impl IntoIterator<Item = Stoppable>) {
+    for t in tasks {
+        if tokio::time::timeout_at(deadline, t.done).await.is_err() {
+            tracing::warn!(task = t.name, "still running at the stop deadline; cancelled (its leases cover its work)");
+            t.abort.abort();
+        }
+    }
+}
+
 
 /// Wake the workers when another host announces new work; polling stays the fallback (a
 /// notification lost while reconnecting only delays work).

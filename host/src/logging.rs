@@ -8,6 +8,8 @@ use std::io::IsTerminal;
 use tracing_subscriber::field::MakeExt;
 use tracing_subscriber::fmt::MakeWriter;
 
+use crate::core::text::escape_controls;
+
 /// Text lines (the default) or one JSON object a line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
@@ -33,7 +35,7 @@ where
     match format {
         LogFormat::Text => {
             let fields = tracing_subscriber::fmt::format::debug_fn(|w, field, value| {
-                let text = escaped(&format!("{value:?}"));
+                let text = escape_controls(&format!("{value:?}"));
                 match field.name() {
                     "message" => w.write_str(&text),
                     name => write!(w, "{name}={text}"),
@@ -44,21 +46,6 @@ where
         }
         LogFormat::Json => Box::new(builder.json().finish()),
     }
-}
-
-/// `s` with every control character escaped.
-fn escaped(s: &str) -> String {
-    if !s.chars().any(char::is_control) {
-        return s.to_string();
-    }
-    s.chars().fold(String::with_capacity(s.len() + 8), |mut out, c| {
-        if c.is_control() {
-            out.extend(c.escape_default());
-        } else {
-            out.push(c);
-        }
-        out
-    })
 }
 
 #[cfg(test)]

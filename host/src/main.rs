@@ -35,7 +35,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(ml_connector::cli::run(cli)) {
+    let outcome = runtime.block_on(ml_connector::cli::run(cli));
+    // Tasks still running are dropped; a blocking one (a plugin compiling, a file write) is
+    // not waited for past a second, so a stop keeps its deadline.
+    runtime.shutdown_timeout(ml_connector::cli::RUNTIME_GRACE);
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");

@@ -154,12 +154,13 @@ fn ensure_cargo_fuzz() -> Result<()> {
     Ok(())
 }
 
-/// `cargo xtask fuzz [--seconds N] [TARGET…]`: each target (default: all) for N seconds
-/// (default 60), one after another; the corpus grows under host/fuzz/corpus, and a crash
+/// `cargo xtask fuzz [--seconds N | --runs N] [TARGET…]`: each target (default: all) for N
+/// seconds (default 60) or N executions, one after another; the corpus grows under host/fuzz/corpus, and a crash
 /// stops the run with its input under host/fuzz/artifacts. Safe Rust throughout, so no
 /// sanitizer: what is sought is a panic (debug assertions on, overflow included).
 fn fuzz(args: &[String]) -> Result<()> {
     let mut seconds = 60u64;
+    let mut runs: Option<u64> = None;
     let mut targets = Vec::new();
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -167,6 +168,10 @@ fn fuzz(args: &[String]) -> Result<()> {
             "--seconds" => {
                 let n = it.next().context("--seconds takes a number")?;
                 seconds = n.parse().ok().filter(|n| (1..=86_400).contains(n)).context("--seconds takes 1 to 86400")?;
+            }
+            "--runs" => {
+                let n = it.next().context("--runs takes a number")?;
+                runs = Some(n.parse().ok().filter(|n| *n >= 1).context("--runs takes a positive number")?);
             }
             t if FUZZ_TARGETS.contains(&t) => targets.push(t.to_string()),
             other => bail!("unknown fuzz target or flag {other:?}; targets: {}", FUZZ_TARGETS.join(", ")),
@@ -177,10 +182,14 @@ fn fuzz(args: &[String]) -> Result<()> {
     }
     ensure_cargo_fuzz()?;
     for t in &targets {
-        eprintln!("xtask: fuzzing {t} for {seconds} s");
+        let budget = match runs {
+            Some(n) => format!("-runs={n}"),
+            None => format!("-max_total_time={seconds}"),
+        };
+        eprintln!("xtask: fuzzing {t} ({budget})");
         run(Command::new("cargo")
             .args(["+nightly", "fuzz", "run", "--sanitizer", "none", "--debug-assertions", t, "--"])
-            .arg(format!("-max_total_time={seconds}"))
+            .arg(budget)
             .arg("-print_final_stats=1")
             .current_dir(root().join("host")))?;
     }
@@ -195,7 +204,7 @@ fn main() -> ExitCode {
         Some("fuzz") => fuzz(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask test [cargo test args…] | cargo xtask sandbox [--once] | cargo xtask fuzz [--seconds N] [TARGET…]"
+                "usage: cargo xtask test [cargo test args…] | cargo xtask sandbox [--once] | cargo xtask fuzz [--seconds N | --runs N] [TARGET…]"
             );
             return ExitCode::from(2);
         }

@@ -26,19 +26,22 @@ pub fn capped(s: &str, max_bytes: usize) -> String {
 }
 
 fn clipped(s: &str, max_chars: usize) -> String {
-    let mut out = String::new();
-    for (shown, c) in s.chars().enumerate() {
-        if shown == max_chars {
-            out.push_str(&format!("… ({} bytes in all)", s.len()));
-            break;
-        }
+    match s.char_indices().nth(max_chars) {
+        None => escape_controls(s),
+        Some((cut, _)) => format!("{}… ({} bytes in all)", escape_controls(&s[..cut]), s.len()),
+    }
+}
+
+/// `s` with every control character escaped (`\n`, `\u{1b}`), so it stays on its line.
+pub fn escape_controls(s: &str) -> String {
+    s.chars().fold(String::with_capacity(s.len()), |mut out, c| {
         if c.is_control() {
             out.extend(c.escape_default());
         } else {
             out.push(c);
         }
-    }
-    out
+        out
+    })
 }
 
 #[cfg(test)]

@@ -39,6 +39,8 @@ pub struct EventFeed {
     /// One permit per open `Watch` stream.
     watchers: Arc<Semaphore>,
     max_watchers: usize,
+    /// Set when the host stops: every live stream ends, telling its consumer where to resume.
+    closing: Arc<watch::Sender<bool>>,
 }
 
 impl EventFeed {
@@ -52,7 +54,14 @@ impl EventFeed {
             max_behind: buffer.max(1) as i64,
             watchers: Arc::new(Semaphore::new(DEFAULT_MAX_WATCHERS)),
             max_watchers: DEFAULT_MAX_WATCHERS,
+            closing: Arc::new(watch::channel(false).0),
         }
+    }
+
+    /// End every live `Watch` stream (the host is stopping): each consumer is told UNAVAILABLE
+    /// with the id to resume after, so a graceful stop need not wait for them to hang up.
+    pub fn close(&self) {
+        self.closing.send_replace(true);
     }
 
     /// At most `n` `Watch` streams open at once on this host (at least one).
@@ -158,6 +167,7 @@ impl EventFeed {
             let _permit = permit;
             // Subscribe before reading the head: nothing published in between is missed.
             let mut live = feed.live.subscribe();
+            let mut closing = feed.closing.subscribe();
             let mut w = Watcher {
                 tx,
                 tenant,
@@ -171,11 +181,21 @@ impl EventFeed {
                 return;
             }
             w.live = true;
+            if *closing.borrow_and_update() {
+                return;
+            }
             loop {
                 let next = tokio::select! {
                     n = live.recv() => n,
                     // The consumer went while no event came: give its place back now.
                     _ = w.tx.closed() => return,
+                    // It only ever changes to true (and a stop before this stream began
+                    // is seen below).
+                    _ = closing.changed() => {
+                        let why = format!("this host is stopping; watch again with after_id {}", w.cursor);
+                        let _ = w.tx.send(Err(Status::unavailable(why))).await;
+                        return;
+                    }
                 };
                 match next {
                     Ok(e) if e.id <= w.cursor => {}
