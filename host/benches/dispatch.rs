@@ -397,7 +397,7 @@ impl Setup {
             tenants.push(t.id);
         }
         let plugins = Arc::new(PluginRuntime::new(None).unwrap());
-        let plugin = plugins.load(DEFAULT_PLUGIN).unwrap();
+        let plugin = plugins.load(DEFAULT_PLUGIN).await.unwrap();
         Setup {
             dir,
             store,
@@ -446,7 +446,7 @@ async fn floors(mode: &str, stand_in: &support::Emulator) {
 /// tenant as the producers run, nothing stored. Returns the host's CPU per record in µs.
 async fn plugin_floor() -> f64 {
     let plugins = Arc::new(PluginRuntime::new(None).unwrap());
-    let plugin = plugins.load(DEFAULT_PLUGIN).unwrap();
+    let plugin = plugins.load(DEFAULT_PLUGIN).await.unwrap();
     let cpu_before = cpu_used();
     let started = Instant::now();
     let tasks: Vec<_> = (0..TENANTS)

@@ -127,12 +127,14 @@ static ALLOCATOR: ml_connector::HostAllocator = ml_connector::HostAllocator;
 async fn main() {
     let cache = std::env::temp_dir().join(format!("mlc-bench-cache-{}", std::process::id()));
     let t = Instant::now();
-    let rt = PluginRuntime::new(Some(cache.clone())).unwrap();
-    let plugin = rt.load(DEFAULT_PLUGIN).unwrap();
+    let keys = ml_connector::secrets::Keyring::new(&ml_connector::secrets::generate_master_key(), &[]).unwrap();
+    let disk = || ml_connector::plugin::DiskCache::open(&cache, &keys).unwrap();
+    let rt = PluginRuntime::new(Some(disk())).unwrap();
+    let plugin = rt.load(DEFAULT_PLUGIN).await.unwrap();
     let cold = t.elapsed();
     let t = Instant::now();
-    let restarted = PluginRuntime::new(Some(cache.clone())).unwrap();
-    restarted.load(DEFAULT_PLUGIN).unwrap();
+    let restarted = PluginRuntime::new(Some(disk())).unwrap();
+    restarted.load(DEFAULT_PLUGIN).await.unwrap();
     let from_disk = t.elapsed();
     let _ = std::fs::remove_dir_all(&cache);
 

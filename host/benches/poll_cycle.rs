@@ -55,7 +55,7 @@ async fn measure(sb: &support::Emulator, today: chrono::NaiveDate) -> Figures {
     // One runtime with the default plugin compiled, as in a running host: a cold compile is
     // not part of a poll cycle.
     let plugins = Arc::new(ml_connector::plugin::PluginRuntime::new(None).unwrap());
-    plugins.load(ml_connector::plugin::DEFAULT_PLUGIN).unwrap();
+    plugins.load(ml_connector::plugin::DEFAULT_PLUGIN).await.unwrap();
     let mut samples = Vec::new();
     for run in 0..RUNS {
         let dir = std::env::temp_dir().join(format!("mlc-bench-{}-{run}", std::process::id()));

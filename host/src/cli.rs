@@ -206,7 +206,9 @@ pub enum Command {
         db: DbArgs,
         #[command(flatten)]
         keys: KeyArgs,
-        /// Where compiled plugins are cached between runs.
+        /// Where compiled plugins are cached between runs (default:
+        /// $XDG_CACHE_HOME/ml-connector/plugins, else ~/.cache/ml-connector/plugins). It must
+        /// be this user's and writable by nobody else; its entries are authenticated.
         #[arg(long, env = "ML_CONNECTOR_PLUGIN_CACHE_DIR")]
         plugin_cache: Option<PathBuf>,
         /// The public base URL Twilio calls back; webhook signatures are checked against it.
@@ -243,6 +245,10 @@ pub enum Command {
     },
     /// Print a fresh master key.
     Keygen,
+    /// Internal: compile a plugin (wasm on stdin, the artifact on stdout); `serve` runs it
+    /// as a child process it can kill at the time limit.
+    #[command(name = "compile-plugin", hide = true)]
+    CompilePlugin,
     /// Re-seal every stored credential under the current master key (after a rotation).
     Rekey {
         #[command(flatten)]
@@ -302,6 +308,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     crate::init_tls();
     match cli.command {
         Command::Keygen => println!("{}", generate_master_key()),
+        Command::CompilePlugin => std::process::exit(crate::plugin::compile::child_main()),
         Command::Migrate { db } => {
             let store = Store::connect(&db.database_url).await?;
             store.migrate().await?;
@@ -337,9 +344,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             let store = Store::connect(&db.database_url).await.context("connecting to the database")?;
             let http = reqwest::Client::builder().timeout(Duration::from_secs(60)).build()?;
-            let plugins = Arc::new(PluginRuntime::new(Some(
-                plugin_cache.unwrap_or_else(crate::plugin::default_cache_dir),
-            ))?);
+            let plugins = Arc::new(PluginRuntime::serving(plugin_cache, &keys)?);
             let poller = Poller::new(store.clone(), keys.clone(), http.clone(), Arc::new(SystemClock), plugins);
             let mut dispatcher = Dispatcher::new(store.clone(), keys, http, Arc::new(SystemClock), &public_url);
             dispatcher.lease = chrono::Duration::seconds(job_lease_seconds as i64);

@@ -112,6 +112,7 @@ pub async fn run(file: &Path, config: &str) -> anyhow::Result<()> {
     let t = Instant::now();
     let plugin = runtime
         .load(&wasm)
+        .await
         .map_err(|f| anyhow::anyhow!("{} cannot be used: {}", file.display(), f.message))?;
     println!(
         "{}: {} bytes, sha256 {}, world {}, compiled in {} ms",

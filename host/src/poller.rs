@@ -149,7 +149,7 @@ impl Poller {
                 what: "plugin settings",
                 problem: e.to_string(),
             })?;
-        let default = self.plugins.load(DEFAULT_PLUGIN).expect("the embedded default plugin loads");
+        let default = self.plugins.load(DEFAULT_PLUGIN).await.expect("the embedded default plugin loads");
         let (label, plugin) = match self.store.active_plugin(&tenant.id).await? {
             Some((version, sha)) => {
                 let label = format!("v{version} ({})", &sha[..12.min(sha.len())]);
@@ -158,7 +158,7 @@ impl Poller {
                     Some(p) => Ok(p),
                     None => {
                         let wasm = self.store.plugin_wasm(&tenant.id, version).await?.unwrap_or_default();
-                        self.plugins.load(&wasm)
+                        self.plugins.load(&wasm).await
                     }
                 };
                 (label, plugin)

@@ -91,7 +91,7 @@ pub async fn provision_example(
 /// Give the example tenant the example customer plugin (plugins/lakeshore), as an
 /// integrator would, with a fallback to the default plugin's decision.
 pub async fn install_example_plugin(store: &Store, runtime: &PluginRuntime, tenant: &str, now: DateTime<Utc>) -> anyhow::Result<i64> {
-    let loaded = runtime.load(LAKESHORE_PLUGIN)?;
+    let loaded = runtime.load(LAKESHORE_PLUGIN).await?;
     let version = store
         .add_plugin(tenant, LAKESHORE_PLUGIN, &sha256_hex(LAKESHORE_PLUGIN), loaded.world, now)
         .await?;
@@ -342,7 +342,8 @@ pub async fn run(opts: SandboxOptions) -> anyhow::Result<()> {
     let (twilio_base, _twilio_task) = twilio.clone().spawn("127.0.0.1:0".parse().expect("an address")).await?;
     connect_twilio(&store, &keys, &tenant.id, &twilio.config(), &twilio_base, now).await?;
     println!("  Twilio sandbox {twilio_base}  (account {})", twilio.config().account_sid);
-    let runtime = Arc::new(PluginRuntime::new(Some(crate::plugin::default_cache_dir()))?);
+    // Memory only: the demo's master key is ephemeral, so a disk cache would never verify.
+    let runtime = Arc::new(PluginRuntime::new(None)?);
     let version = install_example_plugin(&store, &runtime, &tenant.id, now).await?;
     println!("  plugin        the example customer plugin (plugins/lakeshore), version {version}\n");
     let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?;

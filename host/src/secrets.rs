@@ -12,7 +12,7 @@ use chacha20poly1305::{Key, XChaCha20Poly1305, XNonce};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 use thiserror::Error;
-use zeroize::{Zeroize, ZeroizeOnDrop};
+use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
 const KEY_PREFIX: &str = "mlk1.";
 
@@ -56,6 +56,8 @@ pub struct Sealed {
 struct MasterKey {
     id: String,
     cipher: XChaCha20Poly1305,
+    /// HKDF-SHA-256 over the key: every other key is derived, the AEAD key is used for nothing else.
+    derive: hkdf::Hkdf<sha2_011::Sha256>,
 }
 
 impl MasterKey {
@@ -68,8 +70,9 @@ impl MasterKey {
         }
         let id = hex::encode(&Sha256::new().chain_update(b"ml-connector key id\0").chain_update(&bytes).finalize()[..4]);
         let cipher = XChaCha20Poly1305::new(Key::from_slice(&bytes));
+        let derive = hkdf::Hkdf::new(Some(b"ml-connector derived keys v1"), &bytes);
         bytes.zeroize();
-        Ok(MasterKey { id, cipher })
+        Ok(MasterKey { id, cipher, derive })
     }
 }
 
@@ -108,6 +111,17 @@ impl Keyring {
 
     pub fn current_key_id(&self) -> &str {
         &self.current.id
+    }
+
+    /// A 256-bit key for `purpose` (e.g. the plugin cache's MAC), derived from the current
+    /// master key with HKDF-SHA-256; distinct purposes get unrelated keys.
+    pub fn derive_key(&self, purpose: &str) -> Zeroizing<[u8; 32]> {
+        let mut key = Zeroizing::new([0u8; 32]);
+        self.current
+            .derive
+            .expand(purpose.as_bytes(), key.as_mut())
+            .expect("32 bytes is a valid HKDF-SHA-256 output length");
+        key
     }
 
     pub fn seal(&self, tenant: &str, field: &str, plaintext: &SecretString) -> Sealed {
@@ -202,6 +216,21 @@ mod tests {
         assert_eq!(after.open("t1", "f", &sealed).unwrap().expose(), "v");
         let without_old = Keyring::new(&generate_master_key(), &[]).unwrap();
         assert!(matches!(without_old.open("t1", "f", &sealed), Err(SecretError::UnknownKey { .. })));
+    }
+
+    #[test]
+    fn derived_keys_differ_by_purpose_and_master_key_and_are_not_the_master_key() {
+        let text = generate_master_key();
+        let k = Keyring::new(&text, &[]).unwrap();
+        let a = k.derive_key("plugin cache mac v1");
+        assert_eq!(*a, *Keyring::new(&text, &[]).unwrap().derive_key("plugin cache mac v1"));
+        assert_ne!(*a, *k.derive_key("another purpose"));
+        assert_ne!(
+            *a,
+            *Keyring::new(&generate_master_key(), &[]).unwrap().derive_key("plugin cache mac v1")
+        );
+        let raw = URL_SAFE_NO_PAD.decode(text.strip_prefix(KEY_PREFIX).unwrap()).unwrap();
+        assert_ne!(a.as_slice(), raw.as_slice());
     }
 
     #[test]

@@ -17,6 +17,26 @@ pub const LOGGED_ERROR_CHARS: usize = 256;
 /// trail alike; a longer one is cut and its length noted.
 pub const PLUGIN_TEXT_BYTES: usize = 1024;
 
+/// The most fuel (about instructions) a tenant's `limits.fuel` may give one plugin call:
+/// a hundred times the default of 10 million. A larger setting is refused.
+pub const PLUGIN_FUEL_MAX: u64 = 1_000_000_000;
+
+/// The most memory a tenant's `limits.memory_bytes` may give one record's plugin store
+/// (the pooling allocator's slot size). A larger setting is refused.
+pub const PLUGIN_MEMORY_MAX_BYTES: usize = 128 << 20;
+
+/// Wall-clock time one plugin call (instantiate, `route`, each `render`, `interpret-reply`)
+/// may take, whatever its fuel: a WASI sleep or a wait on a clock uses no fuel.
+pub const PLUGIN_CALL_SECONDS: u64 = 5;
+
+/// The largest plugin (WebAssembly component) a host compiles: 64 MiB, room for a
+/// Python component (about 40 MB) and the gRPC message limit.
+pub const PLUGIN_WASM_MAX_BYTES: usize = 64 << 20;
+
+/// Wall-clock time a plugin's compilation may take before its compiler process is killed
+/// (a cold Python component takes about 30 s on two cores).
+pub const PLUGIN_COMPILE_SECONDS: u64 = 120;
+
 /// Whether `id` has a tenant id's shape (see [`TENANT_ID_MAX`]).
 pub fn is_tenant_id(id: &str) -> bool {
     !id.is_empty()

@@ -138,15 +138,8 @@ pub fn plugin_settings(field: &str, raw: &str) -> Result<String, Status> {
         return Ok("{}".into());
     }
     let s: PluginSettings = serde_json::from_str(raw).map_err(|e| invalid(field, format!("is not plugin settings: {e}")))?;
-    if s.limits.fuel == 0 || s.limits.memory_bytes == 0 || s.limits.memory_bytes > crate::plugin::MAX_MEMORY_BYTES {
-        return Err(invalid(
-            field,
-            format!(
-                "limits must give some fuel and between 1 byte and {} MiB of memory",
-                crate::plugin::MAX_MEMORY_BYTES >> 20
-            ),
-        ));
-    }
+    // The ceilings are core::limits' PLUGIN_FUEL_MAX and PLUGIN_MEMORY_MAX_BYTES.
+    s.limits.check().map_err(|e| invalid(field, e))?;
     Ok(serde_json::to_string(&s).expect("plain data serialises"))
 }
 

@@ -97,6 +97,7 @@ impl PluginsService {
         };
         c.plugins()
             .load(&wasm)
+            .await
             .map_err(|f| Status::failed_precondition(format!("plugin version {version} no longer loads: {f}")))
     }
 
@@ -125,7 +126,7 @@ impl pb::plugins_server::Plugins for PluginsService {
         if r.wasm.is_empty() {
             return Err(invalid("wasm", "is empty"));
         }
-        let loaded = c.plugins().load(&r.wasm).map_err(|f| invalid("wasm", f))?;
+        let loaded = c.plugins().load(&r.wasm).await.map_err(|f| invalid("wasm", f))?;
         let version = c
             .store
             .add_plugin(&r.tenant_id, &r.wasm, &loaded.sha256, loaded.world, c.now())

@@ -57,6 +57,11 @@ impl Guest for Hostile {
                 Err(e) => Err(format!("cannot open a socket: {e}")),
             },
             "long-error" => Err("e".repeat(8_000_000)),
+            // A WASI sleep (monotonic-clock subscribe-duration): no fuel, a real timer.
+            "sleep" => {
+                std::thread::sleep(std::time::Duration::from_secs(3600));
+                Ok(vec![first(&alert)])
+            }
             "log-flood" => {
                 for i in 0..200 {
                     log(Level::Debug, &"x".repeat(5000), &[("i".into(), i.to_string())]);
@@ -75,7 +80,10 @@ impl Guest for Hostile {
         }
     }
 
-    fn interpret_reply(_ctx: Context, _alert: AlertRecord, _d: Delivery, _a: Answer) -> Result<Reply, String> {
+    fn interpret_reply(ctx: Context, _alert: AlertRecord, _d: Delivery, _a: Answer) -> Result<Reply, String> {
+        if mode(&ctx) == "sleep" {
+            std::thread::sleep(std::time::Duration::from_secs(3600));
+        }
         Ok(Reply { action: ReplyAction::Acknowledge, confirmation: "ok".into() })
     }
 }
