@@ -29,6 +29,23 @@ pub const DEFAULT_SPOKEN_CONFIRMATION: &str = "Thank you. Your answer was record
 /// How often the inbox purges replies that matched nothing past their retention.
 pub const PURGE_EVERY: Duration = Duration::from_secs(600);
 
+/// Tenants whose events one inbox processes at once (each tenant's in arrival order), so a
+/// tenant whose plugin is slow (up to its wall-clock limit per call) delays only itself.
+pub const TENANTS_AT_ONCE: usize = 16;
+
+/// Events grouped by tenant, each group in the order given (arrival order), the groups in
+/// the order of their tenant's first event.
+fn by_tenant(events: Vec<WebhookEvent>) -> Vec<Vec<WebhookEvent>> {
+    let mut groups: Vec<Vec<WebhookEvent>> = Vec::new();
+    for e in events {
+        match groups.iter_mut().find(|g| g[0].tenant == e.tenant) {
+            Some(g) => g.push(e),
+            None => groups.push(vec![e]),
+        }
+    }
+    groups
+}
+
 /// An answer as heard: what was said, on which channel, what proves who said it.
 struct Heard<'a> {
     answer: Answer,
@@ -59,7 +76,8 @@ impl Inbox {
         }
     }
 
-    /// Process one batch of queued events; how many.
+    /// Process one batch of queued events; how many. Tenants are processed concurrently
+    /// (at most [`TENANTS_AT_ONCE`]), each tenant's events one after another in arrival order.
     pub async fn run_once(&self) -> Result<usize, StoreError> {
         let now = self.poller.clock.now();
         let events = self
@@ -67,7 +85,34 @@ impl Inbox {
             .store
             .claim_webhooks(now, self.lease, chrono::Duration::seconds(30), self.batch)
             .await?;
-        for e in &events {
+        let n = events.len();
+        let turns = Arc::new(tokio::sync::Semaphore::new(TENANTS_AT_ONCE));
+        let mut tenants = tokio::task::JoinSet::new();
+        for group in by_tenant(events) {
+            let (inbox, turns) = (self.clone(), turns.clone());
+            tenants.spawn(async move {
+                let _turn = turns.acquire_owned().await.expect("the semaphore is never closed");
+                inbox.process_in_order(&group).await
+            });
+        }
+        // Every tenant's run ends (a store error stops only its tenant; its events keep
+        // their lease and are taken again); the first error is reported.
+        let mut first_error = None;
+        while let Some(done) = tenants.join_next().await {
+            match done {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    first_error.get_or_insert(e);
+                }
+                Err(panicked) => std::panic::resume_unwind(panicked.into_panic()),
+            }
+        }
+        first_error.map_or(Ok(n), Err)
+    }
+
+    /// One tenant's events, in order; stops at the first store error.
+    async fn process_in_order(&self, events: &[WebhookEvent]) -> Result<(), StoreError> {
+        for e in events {
             let sid = e
                 .params
                 .iter()
@@ -79,7 +124,7 @@ impl Inbox {
             tracing::debug!(tenant = %e.tenant, event_id = e.id, sid = %sid, outcome = %outcome, "webhook processed");
             self.poller.store.finish_webhook(e.id, &outcome, self.poller.clock.now()).await?;
         }
-        Ok(events.len())
+        Ok(())
     }
 
     /// Purge replies that matched nothing past their retention (and spent counters).

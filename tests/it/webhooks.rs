@@ -974,3 +974,58 @@ async fn strangers_texts_are_bounded_and_purged_and_what_people_write_reaches_qa
         assert_eq!(out["result"], "unmatched", "{engine}: {out}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_tenants_sleeping_plugin_does_not_delay_another_tenants_events() {
+    let l = start("sqlite", false).await;
+    let (s, a) = (&l.h.db.store, l.h.tenant.id.clone());
+    l.h.poller.poll(&a, "test").await.unwrap();
+    l.settle().await;
+    let (person, po, code) = po_alert(&l);
+    // Tenant A's plugin now sleeps an hour reading an answer (cut at its call's wall clock).
+    let wasm = std::fs::read(env!("HOSTILE_PLUGIN_WASM")).unwrap();
+    let sha = ml_connector::plugin::sha256_hex(&wasm);
+    let v = s.add_plugin(&a, &wasm, &sha, "ml-connector:plugin@0.1.0", morning()).await.unwrap();
+    s.activate_plugin(&a, Some(v)).await.unwrap();
+    s.set_plugin_settings(&a, r#"{"config": {"mode": "sleep"}}"#).await.unwrap();
+    // Tenant B: another customer of the same host.
+    let mut other = ml_connector::sandbox::example_tenant(&l.h.qad.base, &l.h.qad.config, 60);
+    other.id = "other".into();
+    ml_connector::sandbox::provision_example(s, &l.h.keys, &other, &l.h.qad.config, morning())
+        .await
+        .unwrap();
+    ml_connector::sandbox::connect_twilio(s, &l.h.keys, "other", &l.sb.config(), "http://127.0.0.1:9", morning())
+        .await
+        .unwrap();
+    // A's answer arrives first, B's STOP after it.
+    let answer = p(&[
+        ("MessageSid", "SMa1"),
+        ("From", &person),
+        ("To", OURS),
+        ("Body", &format!("SEEN {code}")),
+    ]);
+    assert_eq!(l.post(&a, "messages/inbound", &answer, &l.token(), None).await.status(), 200);
+    let stop = p(&[("MessageSid", "SMb1"), ("From", "+15550001111"), ("To", OURS), ("Body", "STOP")]);
+    assert_eq!(l.post("other", "messages/inbound", &stop, &l.token(), None).await.status(), 200);
+    let inbox = l.inbox.clone();
+    let batch = tokio::spawn(async move { inbox.run_once().await.unwrap() });
+    let done = |tenant: &'static str, key: &'static str| async move {
+        s.webhook_by_key(tenant, key, None).await.unwrap().unwrap().outcome.is_some()
+    };
+    let t = std::time::Instant::now();
+    while !done("other", "in/SMb1").await {
+        assert!(t.elapsed() < Duration::from_secs(120), "B's event was never processed");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let waited = t.elapsed();
+    assert!(
+        !done("lakeshore", "in/SMa1").await,
+        "B's event waited for A's sleeping plugin ({waited:?})"
+    );
+    assert_eq!(batch.await.unwrap(), 2);
+    let a_took = t.elapsed();
+    let trail = events_of(&l, "purchase_order", &po).await;
+    let fault = trail.iter().find(|e| e.0 == "plugin_fault").expect("A's fault is on its record");
+    assert_eq!(fault.1["kind"], "timeout", "{fault:?}");
+    eprintln!("B's event processed in {waited:?} while A's plugin slept; A's event ended at its wall clock after {a_took:?}");
+}
