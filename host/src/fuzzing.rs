@@ -9,8 +9,11 @@ use crate::core::profile::MappingProfile;
 use crate::core::routing::{self, AlertInput, Channel, Delivery, KeypadChoice, Message, Reply};
 use crate::core::{rows, signature, twiml};
 
+/// A fuzz target's body: arbitrary bytes in, a panic only when a property breaks.
+pub type Target = fn(&[u8]);
+
 /// Every target, by the name of its folder under `host/fuzz/corpus`.
-pub const TARGETS: [(&str, fn(&[u8])); 6] = [
+pub const TARGETS: [(&str, Target); 6] = [
     ("webhook_form", webhook_form),
     ("qad_rows", qad_rows),
     ("config_toml", config_toml),
@@ -35,15 +38,27 @@ pub fn webhook_form(data: &[u8]) {
     let _ = signature::check("fuzz-token", &url, &params, body, &header);
     if signature::body_hash(&url).is_none() {
         let good = signature::sign("fuzz-token", &url, &params);
-        assert!(signature::verify("fuzz-token", &url, &params, body, &good), "own signature refused: {url:?}");
-        let bad = if good.starts_with('A') { good.replacen('A', "B", 1) } else { format!("A{}", &good[1..]) };
-        assert!(!signature::verify("fuzz-token", &url, &params, body, &bad), "changed signature taken: {url:?}");
+        assert!(
+            signature::verify("fuzz-token", &url, &params, body, &good),
+            "own signature refused: {url:?}"
+        );
+        let bad = if good.starts_with('A') {
+            good.replacen('A', "B", 1)
+        } else {
+            format!("A{}", &good[1..])
+        };
+        assert!(
+            !signature::verify("fuzz-token", &url, &params, body, &bad),
+            "changed signature taken: {url:?}"
+        );
     }
 }
 
 /// A QAD browse row as JSON: every record parser answers with a record or a `RowError`.
 pub fn qad_rows(data: &[u8]) {
-    let Ok(row) = serde_json::from_slice::<rows::Row>(data) else { return };
+    let Ok(row) = serde_json::from_slice::<rows::Row>(data) else {
+        return;
+    };
     let p = MappingProfile::default();
     let _ = rows::content_version(&row);
     let _ = rows::invoice(&row, &p, "fuzz");
@@ -67,7 +82,9 @@ pub fn config_toml(data: &[u8]) {
 
 /// A tenant's mapping profile (gRPC `profile_json`), then a row read through it.
 pub fn mapping_profile(data: &[u8]) {
-    let Ok(p) = serde_json::from_slice::<MappingProfile>(data) else { return };
+    let Ok(p) = serde_json::from_slice::<MappingProfile>(data) else {
+        return;
+    };
     let row: rows::Row = serde_json::from_str(
         r#"{"ih_inv_nbr":"SI-1","ih_vend":"S1","ih_amt":"10.00","ih_curr":"USD","ih_due_date":"2026-12-01","ad_name":"A","ad_country":"DE","ph_nbr":"030 1234567"}"#,
     )
@@ -90,7 +107,9 @@ struct PluginOutput {
 /// What a plugin returns, checked as the host checks it; a voice message the checks pass
 /// becomes TwiML that an XML parser reads back.
 pub fn plugin_output(data: &[u8]) {
-    let Ok(out) = serde_json::from_slice::<PluginOutput>(data) else { return };
+    let Ok(out) = serde_json::from_slice::<PluginOutput>(data) else {
+        return;
+    };
     let _ = routing::check_deliveries(&out.alert, &out.deliveries);
     let _ = routing::check_reply(&out.reply);
     if routing::check_message(out.channel, &out.message).is_ok()

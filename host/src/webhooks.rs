@@ -303,7 +303,12 @@ fn forbidden(s: &WebhookServer, tenant: &str, path: &str, why: impl std::fmt::Di
 fn unsupported(s: &WebhookServer, tenant: &str, media: Media) -> Response {
     s.counters.unidentified.fetch_add(1, Ordering::Relaxed);
     if let Some(unlogged) = s.refusals.admit() {
-        tracing::warn!(tenant = for_log(tenant), ?media, unlogged, "signed webhook with a body that is not a form");
+        tracing::warn!(
+            tenant = for_log(tenant),
+            ?media,
+            unlogged,
+            "signed webhook with a body that is not a form"
+        );
     }
     let why = "these endpoints take Twilio's application/x-www-form-urlencoded callbacks only\n";
     (StatusCode::UNSUPPORTED_MEDIA_TYPE, why).into_response()

@@ -472,7 +472,7 @@ async fn stuck_host() -> Stuck {
     // The poll is under way once the host has started it.
     let mut polling = false;
     for _ in 0..600 {
-        if db.store.polls(&tenant.id, 1).await.unwrap().first().is_some() {
+        if !db.store.polls(&tenant.id, 1).await.unwrap().is_empty() {
             polling = true;
             break;
         }
@@ -481,16 +481,24 @@ async fn stuck_host() -> Stuck {
     assert!(polling, "the host started a poll");
     let mut watch = None;
     for _ in 0..200 {
-        let Ok(channel) = tonic::transport::Endpoint::from_shared(format!("http://{grpc}")).unwrap().connect().await else {
+        let Ok(channel) = tonic::transport::Endpoint::from_shared(format!("http://{grpc}"))
+            .unwrap()
+            .connect()
+            .await
+        else {
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
         let auth = |mut req: tonic::Request<()>| {
-            req.metadata_mut().insert("authorization", "Bearer stop-test-token".parse().unwrap());
+            req.metadata_mut()
+                .insert("authorization", "Bearer stop-test-token".parse().unwrap());
             Ok(req)
         };
         let mut alerts = ml_connector::grpc::pb::alerts_client::AlertsClient::with_interceptor(channel, auth);
-        let request = ml_connector::grpc::pb::WatchRequest { after_id: 0, tenant_id: String::new() };
+        let request = ml_connector::grpc::pb::WatchRequest {
+            after_id: 0,
+            tenant_id: String::new(),
+        };
         if let Ok(stream) = alerts.watch(request).await {
             watch = Some(stream.into_inner());
             break;
@@ -520,7 +528,10 @@ async fn sigterm_ends_serve_within_thirty_seconds_whatever_hangs() {
     signal(&s.host, "-TERM");
     let status = tokio::time::timeout(Duration::from_secs(90), s.host.wait()).await;
     let took = sent.elapsed();
-    eprintln!("SIGTERM with a hung poll and an open Watch: exited after {:.1} s", took.as_secs_f64());
+    eprintln!(
+        "SIGTERM with a hung poll and an open Watch: exited after {:.1} s",
+        took.as_secs_f64()
+    );
     assert!(status.is_ok(), "still running 90 s after SIGTERM");
     assert!(took <= ml_connector::cli::SHUTDOWN_GRACE, "exited after {took:?}");
 }

@@ -198,7 +198,10 @@ async fn body_sha256_covers_the_body_that_was_sent() {
     let covered = format!("{url}?bodySHA256={}", sha256_hex(body.as_bytes()));
     let sig = node_sig(&covered, &covered, &[]);
     assert_eq!(port.post(&covered, FORM, body.clone(), &sig).await, 204);
-    assert_eq!(port.stored().await, [p(&[("MessageSid", "SMforged"), ("MessageStatus", "delivered")])]);
+    assert_eq!(
+        port.stored().await,
+        [p(&[("MessageSid", "SMforged"), ("MessageStatus", "delivered")])]
+    );
 
     // A JSON body with a valid hash and signature: not a callback these paths take.
     let json_body = r#"{"MessageSid":"SMjson","MessageStatus":"delivered"}"#;
@@ -393,6 +396,10 @@ async fn three_thousand_refusals_grow_neither_memory_nor_log_much() {
     assert!(logged <= 5_000_000, "the log grew {logged} bytes");
     let log = std::fs::read_to_string(&log_path).unwrap();
     assert!(!log.contains('\u{1b}'), "no colour codes in a log file");
-    assert!(log.contains("webhook refused"), "refusals are logged, clipped: {}", &log[..log.len().min(2000)]);
+    assert!(
+        log.contains("webhook refused"),
+        "refusals are logged, clipped: {}",
+        &log[..log.len().min(2000)]
+    );
     host.kill().await.unwrap();
 }

@@ -810,8 +810,7 @@ async fn a_strangers_reply_with_a_real_reference_decides_nothing_and_guesses_are
             .await
             .unwrap()
             .into_iter()
-            .filter(|e| e.event == "answer" && e.detail["event_id"].as_i64().is_some())
-            .next_back()
+            .rfind(|e| e.event == "answer" && e.detail["event_id"].as_i64().is_some())
             .unwrap();
         assert!(
             throttled.detail["references"].as_str().unwrap().contains("not looked up"),

@@ -102,7 +102,9 @@ fn ensure_node_tools() -> Result<()> {
     for f in ["package.json", "package-lock.json"] {
         std::fs::copy(root().join("xtask/node-tools").join(f), dir.join(f))?;
     }
-    run(Command::new("npm").args(["ci", "--no-audit", "--no-fund", "--silent"]).current_dir(&dir))?;
+    run(Command::new("npm")
+        .args(["ci", "--no-audit", "--no-fund", "--silent"])
+        .current_dir(&dir))?;
     std::fs::write(&marker, lock)?;
     Ok(())
 }
@@ -132,7 +134,14 @@ fn sandbox(extra: &[String]) -> Result<()> {
 }
 
 /// The fuzz targets under host/fuzz (their bodies are `ml_connector::fuzzing`).
-const FUZZ_TARGETS: [&str; 6] = ["webhook_form", "qad_rows", "config_toml", "mapping_profile", "plugin_output", "twiml"];
+const FUZZ_TARGETS: [&str; 6] = [
+    "webhook_form",
+    "qad_rows",
+    "config_toml",
+    "mapping_profile",
+    "plugin_output",
+    "twiml",
+];
 
 /// cargo-fuzz on the nightly toolchain, installed when missing (`rustup toolchain install
 /// nightly` and `cargo install cargo-fuzz` both work here).
@@ -147,7 +156,11 @@ fn ensure_cargo_fuzz() -> Result<()> {
     }
     // The host's build script builds the embedded plugins with the same toolchain.
     run(Command::new("rustup").args(["target", "add", "wasm32-wasip2", "--toolchain", "nightly"]))?;
-    if !Command::new("cargo").args(["fuzz", "--version"]).output().is_ok_and(|o| o.status.success()) {
+    if !Command::new("cargo")
+        .args(["fuzz", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
         eprintln!("xtask: installing cargo-fuzz");
         run(Command::new("cargo").args(["install", "cargo-fuzz", "--locked"]))?;
     }
@@ -167,7 +180,11 @@ fn fuzz(args: &[String]) -> Result<()> {
         match a.as_str() {
             "--seconds" => {
                 let n = it.next().context("--seconds takes a number")?;
-                seconds = n.parse().ok().filter(|n| (1..=86_400).contains(n)).context("--seconds takes 1 to 86400")?;
+                seconds = n
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=86_400).contains(n))
+                    .context("--seconds takes 1 to 86400")?;
             }
             "--runs" => {
                 let n = it.next().context("--runs takes a number")?;

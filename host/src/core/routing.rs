@@ -308,7 +308,10 @@ mod tests {
             let body = format!("Invoice SI-1 is held. {line}");
             assert_eq!(check_message(Channel::Sms, &Message::Sms { body: body.clone() }), Ok(()), "{body}");
         }
-        let asked = Reply { action: ReplyAction::Acknowledge, confirmation: "Noted. Reply START for more".into() };
+        let asked = Reply {
+            action: ReplyAction::Acknowledge,
+            confirmation: "Noted. Reply START for more".into(),
+        };
         assert!(check_reply(&asked).unwrap_err().contains("START"));
     }
     use crate::core::people::Role;

@@ -6,9 +6,9 @@
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use hmac::{Hmac, KeyInit, Mac};
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use sha1::Sha1;
 use sha2::{Digest, Sha256};
-use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use url::Url;
 
 type HmacSha1 = Hmac<Sha1>;
@@ -128,7 +128,9 @@ const NODE_QUERYSTRING: &AsciiSet = &NON_ALPHANUMERIC
 /// The query as `querystring.stringify(querystring.parse(query))` writes it: `+` and escapes
 /// decoded, the values of a repeated name gathered at its first place, then re-escaped.
 fn legacy_querystring(url: &str) -> String {
-    let Some((base, query)) = url.split_once('?') else { return url.to_string() };
+    let Some((base, query)) = url.split_once('?') else {
+        return url.to_string();
+    };
     if query.is_empty() {
         return url.to_string();
     }
@@ -185,7 +187,11 @@ pub fn check(token: &str, url: &str, params: &[(String, String)], raw_body: &[u8
     for u in url_variants(url) {
         let by_code_point = signed_payload_in(SortOrder::CodePoints, &u, params);
         let by_utf16 = signed_payload_in(SortOrder::Utf16, &u, params);
-        let payloads = if by_utf16 == by_code_point { vec![by_code_point] } else { vec![by_code_point, by_utf16] };
+        let payloads = if by_utf16 == by_code_point {
+            vec![by_code_point]
+        } else {
+            vec![by_code_point, by_utf16]
+        };
         if payloads.iter().any(|p| mac(token, p).verify_slice(&given).is_ok()) {
             return Ok(());
         }
@@ -278,13 +284,23 @@ mod tests {
         // Repeated values sorted by UTF-16 code units: U+1F600 before U+FF5E.
         let repeated = p(&[("X", "～"), ("X", "😀")]);
         assert!(verify("12345", url, &repeated, b"", "TiWkgR2C7NjsQ/6lTNaImLsMeJ8="));
-        assert_ne!(sign("12345", url, &repeated), "TiWkgR2C7NjsQ/6lTNaImLsMeJ8=", "code points sort the other way");
+        assert_ne!(
+            sign("12345", url, &repeated),
+            "TiWkgR2C7NjsQ/6lTNaImLsMeJ8=",
+            "code points sort the other way"
+        );
         assert!(verify("12345", url, &repeated, b"", &sign("12345", url, &repeated)));
         // Signed with the query escaped (`a%20b`), received as `a+b`.
         let digits = p(&[("Digits", "1")]);
         let received = "https://mycompany.com/myapp.php?note=a+b";
         assert!(verify("12345", received, &digits, b"", "COvSlpOtkmAZukWa6cx0KD2aiWA="));
-        assert!(!verify("12345", "https://mycompany.com/myapp.php?note=a+c", &digits, b"", "COvSlpOtkmAZukWa6cx0KD2aiWA="));
+        assert!(!verify(
+            "12345",
+            "https://mycompany.com/myapp.php?note=a+c",
+            &digits,
+            b"",
+            "COvSlpOtkmAZukWa6cx0KD2aiWA="
+        ));
     }
 
     #[test]
