@@ -6,6 +6,7 @@ mod conformance;
 mod dispatch;
 mod fuzz_corpus;
 mod grpc;
+mod grpc_fields;
 mod hosts;
 mod ops;
 mod plugins;

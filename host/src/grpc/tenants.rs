@@ -100,6 +100,8 @@ impl pb::tenants_server::Tenants for TenantsService {
     async fn delete_tenant(&self, req: Request<pb::DeleteTenantRequest>) -> Result<Response<pb::DeleteTenantResponse>, Status> {
         let c = &self.0;
         let id = req.into_inner().id;
+        // A poll under way ends first, recorded as cancelled, so nothing it writes follows the delete.
+        c.scheduler.cancel(&id).await;
         let deleted = c.store.delete_tenant(&id, c.now()).await.map_err(store_status)?;
         c.scheduler.reschedule();
         tracing::info!(tenant = %id, jobs_cancelled = deleted.jobs_cancelled, "tenant deleted over gRPC");
