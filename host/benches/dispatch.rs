@@ -392,7 +392,11 @@ impl Setup {
                 (SECRET_TWILIO_API_KEY_SID, &account.api_key_sid),
                 (SECRET_TWILIO_API_KEY_SECRET, &account.api_key_secret),
             ] {
-                store.set_secret(&keys, &t.id, f, &SecretString::new(v.clone()), now).await.unwrap();
+                let origin = ml_connector::secrets::Origin::of(twilio).unwrap();
+                store
+                    .set_secret(&keys, &t.id, f, &origin, &SecretString::new(v.clone()), now)
+                    .await
+                    .unwrap();
             }
             tenants.push(t.id);
         }

@@ -109,7 +109,11 @@ async fn one(url: &str, twilio: &str, hosts: usize) {
             (SECRET_TWILIO_API_KEY_SECRET, account.api_key_secret.as_str()),
             (SECRET_TWILIO_AUTH_TOKEN, TOKEN),
         ] {
-            store.set_secret(&keys, &t.id, f, &SecretString::new(v), now).await.unwrap();
+            let origin = ml_connector::secrets::Origin::of(twilio).unwrap();
+            store
+                .set_secret(&keys, &t.id, f, &origin, &SecretString::new(v), now)
+                .await
+                .unwrap();
         }
     }
 

@@ -63,6 +63,7 @@ async fn host() {
             &keys,
             &tenant.id,
             SECRET_TWILIO_AUTH_TOKEN,
+            &ml_connector::secrets::Origin::of(ml_connector::twilio::DEFAULT_BASE_URL).unwrap(),
             &SecretString::new(TOKEN),
             chrono::Utc::now(),
         )

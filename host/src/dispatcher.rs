@@ -21,7 +21,7 @@ use crate::core::dispatch::{CallReconciliation, SendOutcome, SmsReconciliation, 
 use crate::core::routing::{Channel, Message, Routed};
 use crate::core::twiml;
 use crate::group_commit::GroupCommit;
-use crate::secrets::Keyring;
+use crate::secrets::{Keyring, Origin};
 use crate::store::{Finish, InFlight, Job, JobEnd, Sent, Store, StoreError};
 use crate::twilio::{Call, LIST_PAGE, Sms, TwilioClient, TwilioConfig};
 
@@ -493,10 +493,20 @@ impl Dispatcher {
 
     async fn client(&self, tenant: &str) -> Result<Option<(TwilioClient, String)>, StoreError> {
         let account = self.store.twilio_account(tenant).await?;
-        let sid = self.store.secret(&self.keys, tenant, SECRET_TWILIO_API_KEY_SID).await?;
-        let secret = self.store.secret(&self.keys, tenant, SECRET_TWILIO_API_KEY_SECRET).await?;
-        let (Some(sid), Some(secret)) = (sid, secret) else {
+        // The key goes only to the origin it was set for, over a transport the tenant allows;
+        // otherwise the tenant has no usable key, as if none were set.
+        let Ok(origin) = Origin::of(&account.base_url) else {
             return Ok(None);
+        };
+        let secret = |field| self.store.secret(&self.keys, tenant, field, &origin);
+        let (sid, secret) = match (secret(SECRET_TWILIO_API_KEY_SID).await, secret(SECRET_TWILIO_API_KEY_SECRET).await) {
+            (Ok(Some(sid)), Ok(Some(secret))) => (sid, secret),
+            (Err(e @ StoreError::Transport(_)), _) | (_, Err(e @ StoreError::Transport(_))) => {
+                tracing::warn!(tenant, error = %e, "Twilio key not used");
+                return Ok(None);
+            }
+            (Err(e), _) | (_, Err(e)) => return Err(e),
+            _ => return Ok(None),
         };
         if account.account_sid.is_empty() || account.from.is_empty() {
             return Ok(None);

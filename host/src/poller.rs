@@ -26,8 +26,8 @@ use crate::core::routing::{AlertInput, PluginContext, Routed};
 use crate::core::rows::{self, Row, RowError};
 use crate::core::schedule::{Schedule, ScheduleError};
 use crate::plugin::{DEFAULT_PLUGIN, LoadedPlugin, PluginFault, PluginRuntime, PluginSettings};
-use crate::qad::{Ceiling, Filter, QadClient, QadConfig, QadError, RetryPolicy};
-use crate::secrets::Keyring;
+use crate::qad::{Filter, QadClient, QadConfig, QadError, RetryPolicy};
+use crate::secrets::{Keyring, Origin, OriginError};
 use crate::store::{Applied, EpisodeChange, NewAudit, NewEpisode, NewJob, OpenRecord, PollTotals, RecordChange, Store, StoreError, Tenant};
 
 pub const SECRET_QAD_USER: &str = "qad.username";
@@ -39,13 +39,14 @@ pub enum PollError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Qad(#[from] QadError),
-    #[error("tenant {0} has no QAD {1} set")]
-    MissingCredential(String, &'static str),
+    #[error("tenant {0} has no QAD {1} set for {2} (set for another origin, or never: Tenants.SetQadCredentials)")]
+    MissingCredential(String, &'static str, Origin),
+    /// The QAD base URL is no origin credentials may be sent to (plain http:// off loopback
+    /// without the tenant's allow_plain_http, or no http(s) URL at all).
+    #[error("tenant {0}: {1}")]
+    Origin(String, OriginError),
     #[error("tenant {0}: {1}")]
     Schedule(String, ScheduleError),
-    /// Ended where it was: its tenant was deleted.
-    #[error("cancelled: {0}")]
-    Cancelled(&'static str),
 }
 
 /// What happened, for the demo's printed lines and other listeners.
@@ -129,8 +130,6 @@ pub struct Poller {
     pub events: broadcast::Sender<Event>,
     pub retry: RetryPolicy,
     pub plugins: Arc<PluginRuntime>,
-    /// The most one poll reads of QAD (`ML_CONNECTOR_POLL_MAX_PAGES`, `…_MAX_ROWS`).
-    pub ceiling: Ceiling,
 }
 
 impl Poller {
@@ -143,7 +142,6 @@ impl Poller {
             events: broadcast::channel(4096).0,
             retry: RetryPolicy::default(),
             plugins,
-            ceiling: Ceiling::default(),
         }
     }
 
@@ -182,22 +180,9 @@ impl Poller {
     /// Poll one tenant once. A QAD failure ends the cycle with the cursors of the streams
     /// already finished advanced and the rest untouched, recorded in the poll history.
     pub async fn poll(&self, tenant_id: &str, requested_by: &str) -> Result<PollReport, PollError> {
-        self.poll_until(tenant_id, requested_by, std::future::pending()).await
-    }
-
-    /// [`Poller::poll`], ended where it is when `cancel` resolves (with why), and recorded
-    /// as failed with that reason.
-    pub async fn poll_until(
-        &self,
-        tenant_id: &str,
-        requested_by: &str,
-        cancel: impl std::future::Future<Output = &'static str>,
-    ) -> Result<PollReport, PollError> {
         let tenant = self.store.tenant(tenant_id).await?;
         let schedule = Schedule::parse(&tenant.schedule).map_err(|e| PollError::Schedule(tenant.id.clone(), e))?;
-        let client = qad_client(&self.store, &self.keys, &self.http, self.retry.clone(), &tenant)
-            .await?
-            .with_ceiling(self.ceiling);
+        let client = qad_client(&self.store, &self.keys, &self.http, self.retry.clone(), &tenant).await?;
         let started = self.clock.now();
         self.store.abandon_running_polls(&tenant.id, started).await?;
         let poll_id = self.store.start_poll(&tenant.id, requested_by, started).await?;
@@ -218,10 +203,7 @@ impl Poller {
         let outcome = {
             use tracing::Instrument;
             let span = tracing::info_span!("poll", tenant = %tenant.id, poll_id);
-            tokio::select! {
-                r = cycle.run().instrument(span) => r,
-                why = cancel => Err(PollError::Cancelled(why)),
-            }
+            cycle.run().instrument(span).await
         };
         let error = outcome.as_ref().err().map(|e| e.to_string());
         let totals = cycle.totals;
@@ -256,10 +238,16 @@ pub async fn qad_client(
     retry: RetryPolicy,
     tenant: &Tenant,
 ) -> Result<QadClient, PollError> {
-    let user = store.secret(keys, &tenant.id, SECRET_QAD_USER).await?;
-    let password = store.secret(keys, &tenant.id, SECRET_QAD_PASSWORD).await?;
-    let user = user.ok_or_else(|| PollError::MissingCredential(tenant.id.clone(), "user name"))?;
-    let password = password.ok_or_else(|| PollError::MissingCredential(tenant.id.clone(), "password"))?;
+    let origin = Origin::of(&tenant.qad_base_url).map_err(|e| PollError::Origin(tenant.id.clone(), e))?;
+    let secret = |field| store.secret(keys, &tenant.id, field, &origin);
+    let (user, password) = match (secret(SECRET_QAD_USER).await, secret(SECRET_QAD_PASSWORD).await) {
+        (Ok(user), Ok(password)) => (user, password),
+        (Err(StoreError::Transport(e)), _) | (_, Err(StoreError::Transport(e))) => return Err(PollError::Origin(tenant.id.clone(), e)),
+        (Err(e), _) | (_, Err(e)) => return Err(e.into()),
+    };
+    let missing = |what| PollError::MissingCredential(tenant.id.clone(), what, origin.clone());
+    let user = user.ok_or_else(|| missing("user name"))?;
+    let password = password.ok_or_else(|| missing("password"))?;
     Ok(QadClient::new(
         http.clone(),
         QadConfig {
@@ -347,11 +335,37 @@ impl Parsed {
     }
 }
 
-struct Stream {
-    kind: RecordKind,
-    name: &'static str,
-    browse: String,
-    date_field: String,
+/// One stream a poll reads, in the order it reads them.
+pub(crate) struct Stream {
+    pub(crate) kind: RecordKind,
+    pub(crate) name: &'static str,
+    pub(crate) browse: String,
+    pub(crate) date_field: String,
+}
+
+/// The streams a poll reads: receipts first, then purchase orders, then invoices (what
+/// `TestConnection` browses one row of, too).
+pub(crate) fn streams(p: &MappingProfile) -> [Stream; 3] {
+    [
+        Stream {
+            kind: RecordKind::GoodsReceipt,
+            name: "receipts",
+            browse: p.browses.receipts.clone(),
+            date_field: "prh_hist.prh_rcp_date".into(),
+        },
+        Stream {
+            kind: RecordKind::PurchaseOrder,
+            name: "purchase_orders",
+            browse: p.browses.purchase_orders.clone(),
+            date_field: p.fields.po_mod_date.clone(),
+        },
+        Stream {
+            kind: RecordKind::SupplierInvoice,
+            name: "invoices",
+            browse: p.browses.invoices.clone(),
+            date_field: "CInvoice.LastModifiedDate".into(),
+        },
+    ]
 }
 
 impl<'a> Cycle<'a> {
@@ -360,27 +374,7 @@ impl<'a> Cycle<'a> {
     }
 
     async fn run(&mut self) -> Result<(), PollError> {
-        let p = self.profile().clone();
-        let streams = [
-            Stream {
-                kind: RecordKind::GoodsReceipt,
-                name: "receipts",
-                browse: p.browses.receipts.clone(),
-                date_field: "prh_hist.prh_rcp_date".into(),
-            },
-            Stream {
-                kind: RecordKind::PurchaseOrder,
-                name: "purchase_orders",
-                browse: p.browses.purchase_orders.clone(),
-                date_field: p.fields.po_mod_date.clone(),
-            },
-            Stream {
-                kind: RecordKind::SupplierInvoice,
-                name: "invoices",
-                browse: p.browses.invoices.clone(),
-                date_field: "CInvoice.LastModifiedDate".into(),
-            },
-        ];
+        let streams = streams(self.profile());
         let mut open: HashMap<(RecordKind, String), OpenRecord> = self
             .p
             .store

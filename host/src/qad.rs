@@ -13,7 +13,14 @@ use thiserror::Error;
 use tokio::sync::Mutex;
 
 use crate::core::rows::Row;
+use crate::outbound::{BodyError, read_capped};
 use crate::secrets::SecretString;
+
+/// The most of one QAD answer read: 16 MiB. A page of the default 200 rows is well under
+/// 1 MiB; a larger one is refused (`QadError::Body`), not read on.
+pub const MAX_BODY_BYTES: usize = 16 << 20;
+/// The most of an error answer read for its message: 64 KiB.
+pub const MAX_ERROR_BODY_BYTES: usize = 64 << 10;
 
 #[derive(Debug, Error)]
 pub enum QadError {
@@ -31,16 +38,11 @@ pub enum QadError {
     Shape { what: String, problem: String },
     #[error("QAD rejected the write to {what}: {errors}")]
     Rejected { what: String, errors: String },
-    /// The poll read more than its ceiling (`ML_CONNECTOR_POLL_MAX_PAGES`, `…_MAX_ROWS`): a
-    /// QAD that pages for ever, or a page size far too small, ends the poll here.
-    #[error(
-        "the poll stopped at browse {browse} page {page}: {read} read and QAD had more, the ceiling is {ceiling} (ML_CONNECTOR_POLL_MAX_PAGES / ML_CONNECTOR_POLL_MAX_ROWS)"
-    )]
-    Ceiling {
-        browse: String,
-        page: u32,
-        read: String,
-        ceiling: String,
+    #[error("QAD's answer to {what} was not read: {source}")]
+    Body {
+        what: String,
+        #[source]
+        source: BodyError,
     },
 }
 
@@ -49,6 +51,7 @@ impl QadError {
     pub fn is_transient(&self) -> bool {
         match self {
             QadError::Transport { .. } => true,
+            QadError::Body { source, .. } => source.is_transient(),
             QadError::Status { status, .. } => *status >= 500 || *status == 429 || *status == 408,
             _ => false,
         }
@@ -105,32 +108,13 @@ impl Filter {
 #[derive(Debug, Default)]
 pub struct Counters {
     pub requests: AtomicU64,
-    /// Browse pages read (what the poll's page ceiling counts).
-    pub pages: AtomicU64,
     pub rows: AtomicU64,
     pub logins: AtomicU64,
-}
-
-/// The most one poll (one client) reads of QAD, all browses together.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Ceiling {
-    pub pages: u64,
-    pub rows: u64,
-}
-
-impl Default for Ceiling {
-    fn default() -> Self {
-        Ceiling {
-            pages: crate::core::limits::POLL_MAX_PAGES,
-            rows: crate::core::limits::POLL_MAX_ROWS,
-        }
-    }
 }
 
 pub struct QadClient {
     http: reqwest::Client,
     cfg: QadConfig,
-    ceiling: Ceiling,
     token: Mutex<Option<SecretString>>,
     pub counters: Counters,
 }
@@ -146,32 +130,9 @@ impl QadClient {
         QadClient {
             http,
             cfg,
-            ceiling: Ceiling::default(),
             token: Mutex::new(None),
             counters: Counters::default(),
         }
-    }
-
-    /// The same client with another ceiling on what it reads.
-    pub fn with_ceiling(mut self, ceiling: Ceiling) -> Self {
-        self.ceiling = ceiling;
-        self
-    }
-
-    /// Past the ceiling after a page: the error that ends the poll.
-    fn past_ceiling(&self, browse: &str, page: u32) -> Option<QadError> {
-        let (pages, rows) = (
-            self.counters.pages.load(Ordering::Relaxed),
-            self.counters.rows.load(Ordering::Relaxed),
-        );
-        let over = |read: u64, ceiling: u64, what: &str| (read >= ceiling).then(|| (format!("{read} {what}"), format!("{ceiling} {what}")));
-        let (read, ceiling) = over(pages, self.ceiling.pages, "pages").or_else(|| over(rows, self.ceiling.rows, "rows"))?;
-        Some(QadError::Ceiling {
-            browse: browse.into(),
-            page,
-            read,
-            ceiling,
-        })
     }
 
     fn url(&self, path: &str) -> String {
@@ -189,7 +150,10 @@ impl QadClient {
 
     async fn error_from(what: &str, resp: reqwest::Response) -> QadError {
         let status = resp.status().as_u16();
-        let text = resp.text().await.unwrap_or_default();
+        let text = read_capped(resp, MAX_ERROR_BODY_BYTES)
+            .await
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default();
         // The documented envelope: {"errors":[{"severity":1,"code":"403","message":"…"}]}.
         let message = serde_json::from_str::<Value>(&text)
             .ok()
@@ -220,7 +184,10 @@ impl QadClient {
         if !resp.status().is_success() {
             return Err(Self::error_from(what, resp).await);
         }
-        resp.json().await.map_err(|e| QadError::Shape {
+        let body = read_capped(resp, MAX_BODY_BYTES)
+            .await
+            .map_err(|source| QadError::Body { what: what.into(), source })?;
+        serde_json::from_slice(&body).map_err(|e| QadError::Shape {
             what: what.into(),
             problem: e.to_string(),
         })
@@ -287,12 +254,13 @@ impl QadClient {
         filters: &[Filter],
         page: u32,
         call_id: &str,
+        page_size: u32,
     ) -> Result<(Vec<Row>, bool), PageError> {
         let what = format!("browse {browse_id} page {page}");
         let mut query: Vec<(&str, String)> = vec![
             ("browseId", browse_id.to_string()),
             ("page", page.to_string()),
-            ("pageSize", self.cfg.page_size.to_string()),
+            ("pageSize", page_size.to_string()),
             // Both page and pageAction always: without them QAD answers 200 with no rows.
             ("pageAction", if page == 1 { "first" } else { "next" }.to_string()),
             ("callId", call_id.to_string()),
@@ -330,7 +298,6 @@ impl QadClient {
         let flag = &body["auxillaryData"]["HasMoreParams"];
         let more = flag.as_str() == Some("true") || flag.as_bool() == Some(true);
         self.counters.rows.fetch_add(rows.len() as u64, Ordering::Relaxed);
-        self.counters.pages.fetch_add(1, Ordering::Relaxed);
         Ok((rows, more))
     }
 
@@ -343,14 +310,11 @@ impl QadClient {
             let mut rows = Vec::new();
             let mut page = 1;
             loop {
-                match self.page(&token, browse_id, filters, page, &call_id).await {
+                match self.page(&token, browse_id, filters, page, &call_id, self.cfg.page_size).await {
                     Ok((mut got, more)) => {
                         rows.append(&mut got);
                         if !more {
                             return Ok(rows);
-                        }
-                        if let Some(e) = self.past_ceiling(browse_id, page) {
-                            return Err(e);
                         }
                         page += 1;
                     }
@@ -370,6 +334,23 @@ impl QadClient {
                 }
             }
         }
+    }
+
+    /// The first page of a browse with one row at most, in the tenant's workspace: what
+    /// `TestConnection` reads of each stream to prove a poll may (a wrong domain or entity
+    /// logs in, then is refused every browse). The number of rows read, 0 or 1.
+    pub async fn probe(&self, browse_id: &str) -> Result<usize, QadError> {
+        let token = self.current_token().await?;
+        let call_id = uuid::Uuid::new_v4().to_string();
+        match self.page(&token, browse_id, &[], 1, &call_id, 1).await {
+            Ok((rows, _)) => Ok(rows.len()),
+            Err(PageError::Unauthorized(e) | PageError::Other(e)) => Err(e),
+        }
+    }
+
+    /// The workspace sent as `x-qad-workspace-id`.
+    pub fn workspace(&self) -> &str {
+        &self.cfg.workspace
     }
 
     /// POST a write (`submitResult` envelope). `success:false` is a failure even with 200.

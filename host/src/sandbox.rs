@@ -24,7 +24,7 @@ use crate::plugin::{LAKESHORE_PLUGIN, PluginRuntime, PluginSettings, sha256_hex}
 use crate::poller::{Event, Poller, Routing, SECRET_QAD_PASSWORD, SECRET_QAD_USER};
 use crate::qad_sandbox::{QadSandbox, SandboxConfig};
 use crate::scheduler::Scheduler;
-use crate::secrets::{Keyring, SecretString, generate_master_key};
+use crate::secrets::{Keyring, Origin, SecretString, generate_master_key};
 use crate::store::{Store, Tenant, TwilioAccount};
 use crate::twilio_sandbox::{Script, TwilioSandbox, TwilioSandboxConfig};
 use crate::webhooks::WebhookServer;
@@ -79,11 +79,26 @@ pub async fn provision_example(
     now: DateTime<Utc>,
 ) -> anyhow::Result<()> {
     store.create_tenant(tenant, now).await?;
+    let origin = Origin::of(&tenant.qad_base_url)?;
     store
-        .set_secret(keys, &tenant.id, SECRET_QAD_USER, &SecretString::new(cfg.user.clone()), now)
+        .set_secret(
+            keys,
+            &tenant.id,
+            SECRET_QAD_USER,
+            &origin,
+            &SecretString::new(cfg.user.clone()),
+            now,
+        )
         .await?;
     store
-        .set_secret(keys, &tenant.id, SECRET_QAD_PASSWORD, &SecretString::new(cfg.password.clone()), now)
+        .set_secret(
+            keys,
+            &tenant.id,
+            SECRET_QAD_PASSWORD,
+            &origin,
+            &SecretString::new(cfg.password.clone()),
+            now,
+        )
         .await?;
     Ok(())
 }
@@ -120,13 +135,14 @@ pub async fn connect_twilio(
         base_url: base_url.into(),
     };
     store.set_twilio_account(tenant, &account).await?;
+    let origin = Origin::of(base_url)?;
     for (field, value) in [
         (SECRET_TWILIO_API_KEY_SID, &cfg.api_key_sid),
         (SECRET_TWILIO_API_KEY_SECRET, &cfg.api_key_secret),
         (SECRET_TWILIO_AUTH_TOKEN, &cfg.auth_token),
     ] {
         store
-            .set_secret(keys, tenant, field, &SecretString::new(value.clone()), now)
+            .set_secret(keys, tenant, field, &origin, &SecretString::new(value.clone()), now)
             .await?;
     }
     Ok(())
@@ -346,7 +362,7 @@ pub async fn run(opts: SandboxOptions) -> anyhow::Result<()> {
     let runtime = Arc::new(PluginRuntime::new(None)?);
     let version = install_example_plugin(&store, &runtime, &tenant.id, now).await?;
     println!("  plugin        the example customer plugin (plugins/lakeshore), version {version}\n");
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?;
+    let http = crate::outbound::client(Duration::from_secs(30))?;
     let poller = Poller::new(store.clone(), keys, http.clone(), clock, runtime);
     let inbox = Inbox::new(poller.clone());
     let listener = tokio::net::TcpListener::bind(opts.http_addr).await.map_err(|e| {

@@ -22,7 +22,7 @@ use crate::core::people::People;
 use crate::core::profile::MappingProfile;
 use crate::core::routing::Channel;
 use crate::core::schedule::ScheduleSpec;
-use crate::secrets::{Keyring, Sealed, SecretError, SecretString};
+use crate::secrets::{Keyring, Origin, OriginError, Sealed, SecretError, SecretString, Service};
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
@@ -47,6 +47,11 @@ pub enum StoreError {
     },
     #[error(transparent)]
     Secret(#[from] SecretError),
+    /// A credential would go in clear over the network (see `Origin::check_transport`).
+    #[error(transparent)]
+    Transport(#[from] OriginError),
+    #[error("stored credential field {0:?} belongs to no service (qad.*, twilio.*)")]
+    UnknownSecretField(String),
     /// The commit this change shared with others failed (the message says why).
     #[error("database (group commit): {0}")]
     GroupCommit(String),
@@ -351,6 +356,15 @@ pub struct Sent {
     pub from: String,
 }
 
+/// What any API may say about a stored credential: never its value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretState {
+    pub field: String,
+    pub set_at: DateTime<Utc>,
+    /// The origin it was set for (`None`: sealed by the previous release, not yet re-sealed).
+    pub origin: Option<String>,
+}
+
 /// The tenant's Twilio account (its secrets are sealed apart).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TwilioAccount {
@@ -540,49 +554,96 @@ impl Store {
         Ok(self.all_tenant_settings().await?.into_iter().map(|s| s.tenant).collect())
     }
 
+    /// Every tenant's id, and nothing else (the webhook listener's set of known tenants).
+    pub async fn tenant_ids(&self) -> Result<std::collections::HashSet<String>> {
+        on_pool!(self, p => Ok(sqlx::query_scalar::<_, String>("SELECT id FROM tenants").fetch_all(p).await?.into_iter().collect()))
+    }
+
     // ---- secrets -------------------------------------------------------------------
 
-    pub async fn set_secret(&self, keys: &Keyring, tenant: &str, field: &str, value: &SecretString, now: DateTime<Utc>) -> Result<()> {
-        let sealed = keys.seal(tenant, field, value);
+    /// Seal and keep a credential for the origin it may be sent to.
+    pub async fn set_secret(
+        &self,
+        keys: &Keyring,
+        tenant: &str,
+        field: &str,
+        origin: &Origin,
+        value: &SecretString,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        let sealed = keys.seal(tenant, field, origin.as_str(), value);
+        self.put_sealed(tenant, field, &sealed, now).await
+    }
+
+    async fn put_sealed(&self, tenant: &str, field: &str, sealed: &Sealed, now: DateTime<Utc>) -> Result<()> {
         on_pool!(self, p => { sqlx::query(
-            "INSERT INTO secrets (tenant_id, field, key_id, nonce, ciphertext, set_at) VALUES ($1, $2, $3, $4, $5, $6)
+            "INSERT INTO secrets (tenant_id, field, key_id, nonce, ciphertext, set_at, origin) VALUES ($1, $2, $3, $4, $5, $6, $7)
              ON CONFLICT (tenant_id, field) DO UPDATE SET key_id = excluded.key_id, nonce = excluded.nonce,
-                 ciphertext = excluded.ciphertext, set_at = excluded.set_at",
+                 ciphertext = excluded.ciphertext, set_at = excluded.set_at, origin = excluded.origin",
         )
         .bind(tenant).bind(field).bind(&sealed.key_id).bind(&sealed.nonce).bind(&sealed.ciphertext).bind(millis(now))
+        .bind(&sealed.origin)
         .execute(p).await?; });
         Ok(())
     }
 
-    /// The decrypted secret, or `None` when it was never set.
-    pub async fn secret(&self, keys: &Keyring, tenant: &str, field: &str) -> Result<Option<SecretString>> {
-        let sealed = on_pool!(self, p => sqlx::query("SELECT key_id, nonce, ciphertext FROM secrets WHERE tenant_id = $1 AND field = $2")
-            .bind(tenant).bind(field).fetch_optional(p).await?
-            .map(|r| Sealed { key_id: r.get(0), nonce: r.get(1), ciphertext: r.get(2) }));
-        Ok(match sealed {
-            Some(s) => Some(keys.open(tenant, field, &s)?),
-            None => None,
-        })
+    /// The credential to send to `to`, or `None` when it was never set or was set for another
+    /// origin (a base URL moved since: set it again). Refused when `to` is plain `http://` off
+    /// loopback and the tenant does not allow it. The one place credentials leave the store.
+    pub async fn secret(&self, keys: &Keyring, tenant: &str, field: &str, to: &Origin) -> Result<Option<SecretString>> {
+        const SQL: &str = "SELECT t.allow_plain_http, s.key_id, s.nonce, s.ciphertext, s.origin
+             FROM tenants t LEFT JOIN secrets s ON s.tenant_id = t.id AND s.field = $2 WHERE t.id = $1";
+        let row = on_pool!(self, p => sqlx::query(SQL).bind(tenant).bind(field).fetch_optional(p).await?.map(|r| {
+            let sealed = r.get::<Option<String>, _>(1).map(|key_id| Sealed { key_id, nonce: r.get(2), ciphertext: r.get(3), origin: r.get(4) });
+            (r.get::<bool, _>(0), sealed)
+        }));
+        let (allow_plain_http, sealed) = row.ok_or_else(|| StoreError::NoSuchTenant(tenant.into()))?;
+        to.check_transport(allow_plain_http)?;
+        match sealed {
+            Some(s) if s.origin.as_deref() == Some(to.as_str()) => Ok(Some(keys.open(tenant, field, &s)?)),
+            _ => Ok(None),
+        }
     }
 
-    /// When each secret of a tenant was set: the only thing about a secret any API returns.
-    pub async fn secrets_set_at(&self, tenant: &str) -> Result<Vec<(String, DateTime<Utc>)>> {
-        on_pool!(self, p => Ok(sqlx::query("SELECT field, set_at FROM secrets WHERE tenant_id = $1 ORDER BY field")
+    /// Which credentials of a tenant are stored, when each was set and for which origin:
+    /// the only things about a secret any API returns.
+    pub async fn secret_states(&self, tenant: &str) -> Result<Vec<SecretState>> {
+        on_pool!(self, p => Ok(sqlx::query("SELECT field, set_at, origin FROM secrets WHERE tenant_id = $1 ORDER BY field")
             .bind(tenant).fetch_all(p).await?
-            .into_iter().map(|r| (r.get(0), from_millis(r.get(1)))).collect()))
+            .into_iter().map(|r| SecretState { field: r.get(0), set_at: from_millis(r.get(1)), origin: r.get(2) }).collect()))
     }
 
-    /// Re-seal every value not under the current master key; returns how many.
+    /// Re-seal every value not under the current master key or without an origin; returns
+    /// how many. A value keeps the origin it was set for; one the previous release sealed
+    /// takes its tenant's current origin (`rekey`).
     pub async fn reseal_secrets(&self, keys: &Keyring, now: DateTime<Utc>) -> Result<u64> {
-        let rows: Vec<(String, String, Sealed)> = on_pool!(self, p => sqlx::query("SELECT tenant_id, field, key_id, nonce, ciphertext FROM secrets")
+        self.reseal_where(keys, now, |s| keys.is_stale(s)).await
+    }
+
+    /// Re-seal the values the previous release sealed (no origin) with their tenant's
+    /// current origin; returns how many. `serve` runs it at start, after the migrations.
+    pub async fn seal_legacy_secrets(&self, keys: &Keyring, now: DateTime<Utc>) -> Result<u64> {
+        self.reseal_where(keys, now, |s| s.origin.is_none()).await
+    }
+
+    async fn reseal_where(&self, keys: &Keyring, now: DateTime<Utc>, stale: impl Fn(&Sealed) -> bool) -> Result<u64> {
+        let rows: Vec<(String, String, Sealed, [String; 2])> = on_pool!(self, p => sqlx::query(
+            "SELECT s.tenant_id, s.field, s.key_id, s.nonce, s.ciphertext, s.origin, t.qad_base_url, t.twilio_base_url
+             FROM secrets s JOIN tenants t ON t.id = s.tenant_id")
             .fetch_all(p).await?
             .into_iter()
-            .map(|r| (r.get(0), r.get(1), Sealed { key_id: r.get(2), nonce: r.get(3), ciphertext: r.get(4) }))
+            .map(|r| (r.get(0), r.get(1), Sealed { key_id: r.get(2), nonce: r.get(3), ciphertext: r.get(4), origin: r.get(5) },
+                [r.get(6), r.get(7)]))
             .collect());
         let mut n = 0;
-        for (tenant, field, sealed) in rows.into_iter().filter(|(_, _, s)| keys.is_stale(s)) {
+        for (tenant, field, sealed, [qad, twilio]) in rows.into_iter().filter(|(_, _, s, _)| stale(s)) {
             let plain = keys.open(&tenant, &field, &sealed)?;
-            self.set_secret(keys, &tenant, &field, &plain, now).await?;
+            let origin = match &sealed.origin {
+                Some(o) => o.clone(),
+                None => current_origin(&tenant, &field, &qad, &twilio)?,
+            };
+            let sealed = keys.seal(&tenant, &field, &origin, &plain);
+            self.put_sealed(&tenant, &field, &sealed, now).await?;
             n += 1;
         }
         Ok(n)
@@ -1047,6 +1108,21 @@ where
         event: r.get(5),
         detail: serde_json::from_str(&r.get::<String, _>(6)).unwrap_or(Value::Null),
     }
+}
+
+/// The origin a credential of the previous release is re-sealed for: its tenant's current
+/// base URL for the field's service.
+fn current_origin(tenant: &str, field: &str, qad: &str, twilio: &str) -> Result<String> {
+    let url = match Service::of_field(field) {
+        Some(Service::Qad) => qad,
+        Some(Service::Twilio) => twilio,
+        None => return Err(StoreError::UnknownSecretField(field.into())),
+    };
+    Origin::of(url).map(|o| o.as_str().to_string()).map_err(|e| StoreError::Corrupt {
+        tenant: tenant.into(),
+        what: "base URL",
+        problem: e.to_string(),
+    })
 }
 
 #[allow(clippy::too_many_arguments)]

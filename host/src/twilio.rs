@@ -9,9 +9,22 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::core::dispatch::{self, ListedCall, ListedMessage, SendOutcome};
+use crate::outbound::read_capped;
 use crate::secrets::SecretString;
 
 pub const DEFAULT_BASE_URL: &str = "https://api.twilio.com";
+
+/// The most of one Twilio answer read: 8 MiB. A list page of [`LIST_PAGE`] messages of the
+/// longest bodies (1,600 characters) is about 3 MiB; a create's answer about 2 KiB. A larger
+/// answer is not read on: a create's counts as having no body (its outcome then unknown,
+/// reconciled before any resend), a list's or a check's as an error.
+pub const MAX_BODY_BYTES: usize = 8 << 20;
+
+/// An answer's JSON, read up to [`MAX_BODY_BYTES`].
+async fn json_capped(resp: reqwest::Response) -> Result<Value, String> {
+    let body = read_capped(resp, MAX_BODY_BYTES).await.map_err(|e| e.to_string())?;
+    serde_json::from_slice(&body).map_err(|e| format!("not JSON: {e}"))
+}
 
 #[derive(Debug, Clone)]
 pub struct TwilioConfig {
@@ -138,7 +151,11 @@ impl TwilioClient {
         };
         let status = resp.status().as_u16();
         let after = retry_after(&resp);
-        let answer: CreateAnswer = resp.json().await.unwrap_or_default();
+        let answer: CreateAnswer = json_capped(resp)
+            .await
+            .ok()
+            .and_then(|v| serde_json::from_value(v).ok())
+            .unwrap_or_default();
         let code = answer.code.as_ref().and_then(Value::as_u64).map(|c| c as u32);
         crate::metrics::twilio_answered(status, code);
         dispatch::classify(status, code, answer.message.as_deref().unwrap_or(""), answer.sid.as_deref(), after)
@@ -208,7 +225,7 @@ impl TwilioClient {
             .await
             .map_err(|e| format!("no answer from Twilio: {e}"))?;
         let status = resp.status();
-        let v: Value = resp.json().await.map_err(|e| format!("Twilio's {file} list is not JSON: {e}"))?;
+        let v = json_capped(resp).await.map_err(|e| format!("Twilio's {file} list: {e}"))?;
         if !status.is_success() {
             return Err(format!("Twilio answered {status}: {}", v["message"].as_str().unwrap_or("")));
         }
@@ -250,7 +267,7 @@ async fn answered(resp: reqwest::Response, done: &str) -> Result<String, String>
     if status.is_success() {
         return Ok(done.to_string());
     }
-    let v: Value = resp.json().await.unwrap_or(Value::Null);
+    let v = json_capped(resp).await.unwrap_or(Value::Null);
     Err(format!(
         "Twilio answered {status} (code {}): {}",
         v["code"].as_u64().map(|c| c.to_string()).unwrap_or_else(|| "none".into()),

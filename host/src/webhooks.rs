@@ -235,10 +235,21 @@ impl WebhookServer {
         {
             return Ok(t);
         }
-        let token = match self.store.secret(&self.keys, tenant, SECRET_TWILIO_AUTH_TOKEN).await {
-            Ok(t) => t.map(Arc::new),
-            Err(crate::store::StoreError::NoSuchTenant(_)) => None,
+        use crate::store::StoreError;
+        // The token is bound to the Twilio origin it was set for: after the tenant's Twilio
+        // base URL moves it is unset here too, until set again.
+        let origin = match self.store.twilio_account(tenant).await {
+            Ok(a) => crate::secrets::Origin::of(&a.base_url).ok(),
+            Err(StoreError::NoSuchTenant(_)) => None,
             Err(e) => return Err(e),
+        };
+        let token = match origin {
+            None => None,
+            Some(origin) => match self.store.secret(&self.keys, tenant, SECRET_TWILIO_AUTH_TOKEN, &origin).await {
+                Ok(t) => t.map(Arc::new),
+                Err(StoreError::NoSuchTenant(_) | StoreError::Transport(_)) => None,
+                Err(e) => return Err(e),
+            },
         };
         self.tokens.insert(tenant.to_string(), (token.clone(), Instant::now()));
         Ok(token)

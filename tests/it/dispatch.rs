@@ -24,7 +24,7 @@ async fn with_twilio(h: &Harness) -> (TwilioSandbox, Dispatcher) {
         &TwilioAccount {
             account_sid: c.account_sid.clone(),
             from: "+13125550100".into(),
-            base_url: base,
+            base_url: base.clone(),
         },
     )
     .await
@@ -34,7 +34,8 @@ async fn with_twilio(h: &Harness) -> (TwilioSandbox, Dispatcher) {
         (SECRET_TWILIO_API_KEY_SECRET, &c.api_key_secret),
         (SECRET_TWILIO_AUTH_TOKEN, &c.auth_token),
     ] {
-        s.set_secret(&h.keys, &h.tenant.id, f, &SecretString::new(v.clone()), morning())
+        let origin = ml_connector::secrets::Origin::of(&base).unwrap();
+        s.set_secret(&h.keys, &h.tenant.id, f, &origin, &SecretString::new(v.clone()), morning())
             .await
             .unwrap();
     }
@@ -853,8 +854,6 @@ async fn killing_the_host_between_a_post_and_its_commit_never_doubles_an_alert()
             .env("ML_CONNECTOR_JOB_LEASE_SECONDS", "1")
             // A host killed mid-poll holds the tenant's poll lease until it expires.
             .env("ML_CONNECTOR_POLL_LEASE_SECONDS", "1")
-            // Polls every 2 s as the schedule says (a debug build's test override of the minimum).
-            .env("ML_CONNECTOR_TEST_POLL_MIN_INTERVAL_SECONDS", "1")
             .env("ML_CONNECTOR_HTTP_ADDR", "127.0.0.1:0")
             .env("ML_CONNECTOR_GRPC_ADDR", "127.0.0.1:0")
             .env("ML_CONNECTOR_METRICS_ADDR", "127.0.0.1:0")

@@ -3,10 +3,10 @@
 mod cli;
 mod client;
 mod conformance;
+mod credentials;
 mod dispatch;
 mod fuzz_corpus;
 mod grpc;
-mod grpc_fields;
 mod hosts;
 mod ops;
 mod plugins;

@@ -3,7 +3,7 @@
 //! checkpointed off the writer.
 
 use ml_connector::poller::{SECRET_QAD_PASSWORD, SECRET_QAD_USER};
-use ml_connector::secrets::{Keyring, SecretString, generate_master_key};
+use ml_connector::secrets::{Keyring, Origin, SecretString, generate_master_key};
 use ml_connector::store::{NewAudit, StoreError};
 use ml_connector_tests::{engines, fresh_db, harness, morning};
 use serde_json::json;
@@ -35,8 +35,9 @@ async fn swapped_ciphertexts_do_not_open() {
     for engine in engines() {
         let h = harness(engine).await;
         let (s, t) = (&h.db.store, &h.tenant.id);
+        let qad = Origin::of(&h.tenant.qad_base_url).unwrap();
         assert_eq!(
-            s.secret(&h.keys, t, SECRET_QAD_PASSWORD).await.unwrap().unwrap().expose(),
+            s.secret(&h.keys, t, SECRET_QAD_PASSWORD, &qad).await.unwrap().unwrap().expose(),
             "sandbox-password"
         );
         // An attacker with write access to the database swaps the user name and password values.
@@ -48,7 +49,7 @@ async fn swapped_ciphertexts_do_not_open() {
             assert_eq!(s.execute_raw(sql).await.unwrap(), 1);
         }
         for field in [SECRET_QAD_USER, SECRET_QAD_PASSWORD] {
-            let err = s.secret(&h.keys, t, field).await.unwrap_err();
+            let err = s.secret(&h.keys, t, field, &qad).await.unwrap_err();
             assert!(matches!(err, StoreError::Secret(_)), "{engine}: {err}");
             assert!(err.to_string().contains("tampered"), "{err}");
         }
@@ -63,9 +64,10 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 async fn neither_the_database_file_nor_its_wal_holds_a_secret_in_clear() {
     let h = harness("sqlite").await;
     let secrets = ["qad-password-Zq8#unique", "twilio-auth-token-7f3e9c1d2b", "SK-api-secret-A1B2C3"];
+    let qad = Origin::of(&h.tenant.qad_base_url).unwrap();
     for (i, v) in secrets.iter().enumerate() {
         h.db.store
-            .set_secret(&h.keys, &h.tenant.id, &format!("field{i}"), &SecretString::new(*v), morning())
+            .set_secret(&h.keys, &h.tenant.id, &format!("field{i}"), &qad, &SecretString::new(*v), morning())
             .await
             .unwrap();
     }
@@ -118,8 +120,9 @@ async fn rotation_reseals_under_the_new_key() {
         let h = harness(engine).await;
         let tenant = h.tenant.clone();
         db.store.create_tenant(&tenant, morning()).await.unwrap();
+        let qad = Origin::of(&tenant.qad_base_url).unwrap();
         db.store
-            .set_secret(&k1, &tenant.id, "f", &SecretString::new("v1"), morning())
+            .set_secret(&k1, &tenant.id, "qad.f", &qad, &SecretString::new("v1"), morning())
             .await
             .unwrap();
         let k2 = Keyring::new(&generate_master_key(), &[old]).unwrap();
@@ -127,9 +130,12 @@ async fn rotation_reseals_under_the_new_key() {
         assert_eq!(db.store.reseal_secrets(&k2, morning()).await.unwrap(), 0, "{engine}: idempotent");
         let k2_alone = Keyring::new(&std::env::var("NONE").unwrap_or_default(), &[]).err();
         assert!(k2_alone.is_some(), "an empty key is refused");
-        assert_eq!(db.store.secret(&k2, &tenant.id, "f").await.unwrap().unwrap().expose(), "v1");
+        assert_eq!(
+            db.store.secret(&k2, &tenant.id, "qad.f", &qad).await.unwrap().unwrap().expose(),
+            "v1"
+        );
         assert!(
-            db.store.secret(&k1, &tenant.id, "f").await.is_err(),
+            db.store.secret(&k1, &tenant.id, "qad.f", &qad).await.is_err(),
             "the old key alone no longer opens it"
         );
     }
@@ -145,11 +151,11 @@ async fn migrations_are_idempotent_and_tenants_unique() {
         assert_eq!(h.db.store.tenants().await.unwrap(), vec![h.tenant.clone()]);
         let set: Vec<String> =
             h.db.store
-                .secrets_set_at(&h.tenant.id)
+                .secret_states(&h.tenant.id)
                 .await
                 .unwrap()
                 .into_iter()
-                .map(|s| s.0)
+                .map(|s| s.field)
                 .collect();
         assert_eq!(set, [SECRET_QAD_PASSWORD, SECRET_QAD_USER]);
     }

@@ -30,7 +30,8 @@ struct Port {
 async fn start(limits: HttpLimits) -> Port {
     let h = harness("sqlite").await;
     let s = &h.db.store;
-    s.set_secret(&h.keys, &h.tenant.id, SECRET_TWILIO_AUTH_TOKEN, &SecretString::new(TOKEN), morning())
+    let twilio = ml_connector::secrets::Origin::of(ml_connector::twilio::DEFAULT_BASE_URL).unwrap();
+    s.set_secret(&h.keys, &h.tenant.id, SECRET_TWILIO_AUTH_TOKEN, &twilio, &SecretString::new(TOKEN), morning())
         .await
         .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -243,6 +243,7 @@ async fn a_forged_or_cross_tenant_webhook_gets_403_and_changes_nothing() {
         &l.h.keys,
         "other",
         SECRET_TWILIO_AUTH_TOKEN,
+        &ml_connector::secrets::Origin::of(ml_connector::twilio::DEFAULT_BASE_URL).unwrap(),
         &SecretString::new("another-tenants-auth-token-000"),
         morning(),
     )

@@ -200,7 +200,8 @@ pub async fn harness_with(engine: &str, qad: Qad) -> Harness {
     let clock = Arc::new(ManualClock::new(morning()));
     let tenant = example_tenant(&qad.base, &qad.config, 60);
     provision_example(&db.store, &keys, &tenant, &qad.config, morning()).await.unwrap();
-    let mut poller = Poller::new(db.store.clone(), keys.clone(), reqwest::Client::new(), clock.clone(), plugins());
+    let http = ml_connector::outbound::client(std::time::Duration::from_secs(30)).unwrap();
+    let mut poller = Poller::new(db.store.clone(), keys.clone(), http, clock.clone(), plugins());
     poller.retry = RetryPolicy {
         attempts: 3,
         min_delay: std::time::Duration::from_millis(5),

@@ -94,9 +94,142 @@ pub fn resolve(people: Vec<Person>, default_country: &str, aliases: &BTreeMap<St
     out
 }
 
+/// What the roles the mapping profile names people for (AP clerk, plant manager) reach:
+/// one report, for `TestConnection`, `DryRun` and each poll's audit entry. A role that
+/// reaches nobody sends its alerts nowhere.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+pub struct RoleReport {
+    pub roles: Vec<RoleReach>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RoleReach {
+    pub role: Role,
+    /// People named for it with a usable number.
+    pub reached: usize,
+    /// Why each other person named for it is not reached.
+    pub problems: Vec<String>,
+}
+
+impl RoleReport {
+    /// The roles that reach nobody.
+    pub fn nobody(&self) -> impl Iterator<Item = &RoleReach> {
+        self.roles.iter().filter(|r| r.reached == 0)
+    }
+
+    /// One line for people: each role that reaches nobody and why.
+    pub fn describe(&self) -> String {
+        let gaps: Vec<String> = self
+            .nobody()
+            .map(|r| match r.problems.as_slice() {
+                [] => format!("{} maps to nobody (no one named in the profile's roles)", r.role.as_str()),
+                p => format!("{} maps to nobody ({})", r.role.as_str(), p.join("; ")),
+            })
+            .collect();
+        if gaps.is_empty() {
+            let each: Vec<String> = self.roles.iter().map(|r| format!("{} {}", r.role.as_str(), r.reached)).collect();
+            format!("every role reaches someone ({})", each.join(", "))
+        } else {
+            gaps.join("; ")
+        }
+    }
+}
+
+/// The report for the profile's `roles`, given what QAD said of each employee code they
+/// name (`None`: no such employee).
+pub fn role_report(
+    roles: &crate::core::profile::Roles,
+    employees: &BTreeMap<String, Option<crate::core::model::Employee>>,
+    default_country: &str,
+    aliases: &BTreeMap<String, String>,
+) -> RoleReport {
+    use crate::core::profile::PersonRef;
+    let reach = |role: Role, refs: &[PersonRef]| {
+        let mut problems = Vec::new();
+        let mut people = Vec::new();
+        for r in refs {
+            match r {
+                PersonRef::Employee { employee } => match employees.get(employee).cloned().flatten() {
+                    Some(e) => people.push(Person {
+                        role,
+                        name: e.full_name(),
+                        source: format!("employee {employee}"),
+                        phone: e.phone,
+                        country: e.country,
+                    }),
+                    None => problems.push(format!("employee {employee} is not a QAD employee")),
+                },
+                PersonRef::Direct { name, phone, country } => people.push(Person {
+                    role,
+                    name: name.clone(),
+                    source: format!("{} {name}", role.as_str()),
+                    phone: phone.clone(),
+                    country: country.clone(),
+                }),
+            }
+        }
+        let resolved = resolve(people, default_country, aliases);
+        problems.extend(resolved.unreachable.into_iter().map(|u| u.error));
+        RoleReach {
+            role,
+            reached: resolved.recipients.len(),
+            problems,
+        }
+    };
+    RoleReport {
+        roles: vec![
+            reach(Role::ApClerk, &roles.ap_clerk),
+            reach(Role::PlantManager, &roles.plant_manager),
+        ],
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_role_report_names_roles_that_reach_nobody_and_why() {
+        use crate::core::model::Employee;
+        use crate::core::profile::{PersonRef, Roles};
+        let employee = |code: &str, phone: &str| Employee {
+            code: code.into(),
+            first_name: "Pat".into(),
+            last_name: "Lee".into(),
+            phone: phone.into(),
+            title: String::new(),
+            country: "US".into(),
+        };
+        let roles = Roles {
+            ap_clerk: vec![
+                PersonRef::Employee { employee: "E-1".into() },
+                PersonRef::Employee { employee: "E-9".into() },
+            ],
+            plant_manager: vec![PersonRef::Employee { employee: "E-2".into() }],
+        };
+        let employees = BTreeMap::from([
+            ("E-1".to_string(), Some(employee("E-1", "(312) 555-0142"))),
+            ("E-2".to_string(), Some(employee("E-2", "12"))),
+            ("E-9".to_string(), None),
+        ]);
+        let report = role_report(&roles, &employees, "US", &BTreeMap::new());
+        assert_eq!(report.roles[0].reached, 1);
+        assert_eq!(report.roles[0].problems, ["employee E-9 is not a QAD employee"]);
+        let nobody: Vec<Role> = report.nobody().map(|r| r.role).collect();
+        assert_eq!(nobody, [Role::PlantManager]);
+        assert!(
+            report.describe().starts_with("plant_manager maps to nobody ("),
+            "{}",
+            report.describe()
+        );
+        let empty = role_report(&Roles::default(), &BTreeMap::new(), "US", &BTreeMap::new());
+        assert_eq!(empty.nobody().count(), 2);
+        assert!(
+            empty.describe().contains("ap_clerk maps to nobody (no one named"),
+            "{}",
+            empty.describe()
+        );
+    }
 
     fn person(role: Role, phone: &str, country: &str) -> Person {
         Person {

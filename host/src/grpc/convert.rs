@@ -13,18 +13,20 @@ use crate::core::phone;
 use crate::core::profile::MappingProfile;
 use crate::core::schedule::{ActiveHours, Schedule, ScheduleSpec};
 use crate::plugin::PluginSettings;
-use crate::store::{AuditEntry, DeliveryRow, EpisodeRow, JobRow, Tenant, TenantSettings, TwilioAccount};
+use crate::secrets::{Origin, Service};
+use crate::store::{AuditEntry, DeliveryRow, EpisodeRow, JobRow, SecretState, Tenant, TenantSettings, TwilioAccount};
 use crate::twilio::DEFAULT_BASE_URL;
 
 /// Tenant ids appear in webhook paths and logs: keep them plain.
 pub fn check_tenant_id(field: &str, id: &str) -> Result<(), Status> {
-    if crate::core::limits::is_tenant_id(id) {
+    let ok = !id.is_empty()
+        && id.len() <= 63
+        && id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !id.starts_with('-');
+    if ok {
         Ok(())
     } else {
-        Err(invalid(
-            field,
-            format!("{} must be 1–63 lower-case letters, digits or dashes", super::validate::quote(id)),
-        ))
+        Err(invalid(field, format!("{id:?} must be 1–63 lower-case letters, digits or dashes")))
     }
 }
 
@@ -62,10 +64,13 @@ pub fn schedule_spec(field: &str, s: Option<&pb::Schedule>) -> Result<ScheduleSp
         every_seconds: (s.every_seconds > 0).then_some(s.every_seconds),
         cron: (!s.cron.is_empty()).then(|| s.cron.clone()),
         active_hours,
-        // Required: an empty one was silently UTC.
-        time_zone: s.time_zone.clone(),
+        time_zone: if s.time_zone.is_empty() {
+            "UTC".into()
+        } else {
+            s.time_zone.clone()
+        },
     };
-    Schedule::check(&spec).map_err(|e| invalid(&format!("{field}.{}", e.field()), e))?;
+    Schedule::parse(&spec).map_err(|e| invalid(field, e))?;
     Ok(spec)
 }
 
@@ -126,9 +131,7 @@ pub fn profile(field: &str, raw: &str) -> Result<MappingProfile, Status> {
     if raw.trim().is_empty() {
         return Ok(MappingProfile::default());
     }
-    let p: MappingProfile = serde_json::from_str(raw).map_err(|e| invalid(field, format!("is not a mapping profile: {e}")))?;
-    p.check().map_err(|e| invalid(field, e))?;
-    Ok(p)
+    serde_json::from_str(raw).map_err(|e| invalid(field, format!("is not a mapping profile: {e}")))
 }
 
 pub fn plugin_settings(field: &str, raw: &str) -> Result<String, Status> {
@@ -170,6 +173,7 @@ pub fn new_tenant(t: &pb::Tenant, now: chrono::DateTime<chrono::Utc>) -> Result<
         call_opted_out: t.call_opted_out,
         unproven_answers_cancel_escalations: t.unproven_answers_cancel_escalations,
         decision_roles: decision_roles("tenant.decision_roles", &t.decision_roles)?,
+        allow_plain_http: t.allow_plain_http,
         active_plugin: None,
         plugin_settings: plugin_settings("tenant.plugin_settings_json", &t.plugin_settings_json)?,
         created_at: now,
@@ -179,7 +183,7 @@ pub fn new_tenant(t: &pb::Tenant, now: chrono::DateTime<chrono::Utc>) -> Result<
 
 /// Apply the fields an update names (all settable ones when the mask is empty).
 pub fn apply_update(current: &mut TenantSettings, t: &pb::Tenant, mask: &[String]) -> Result<(), Status> {
-    const FIELDS: [&str; 10] = [
+    const FIELDS: [&str; 11] = [
         "name",
         "qad",
         "twilio",
@@ -190,6 +194,7 @@ pub fn apply_update(current: &mut TenantSettings, t: &pb::Tenant, mask: &[String
         "plugin_settings_json",
         "unproven_answers_cancel_escalations",
         "decision_roles",
+        "allow_plain_http",
     ];
     let mask: Vec<&str> = if mask.is_empty() {
         FIELDS.to_vec()
@@ -211,6 +216,7 @@ pub fn apply_update(current: &mut TenantSettings, t: &pb::Tenant, mask: &[String
             "plugin_settings_json" => current.plugin_settings = plugin_settings("tenant.plugin_settings_json", &t.plugin_settings_json)?,
             "unproven_answers_cancel_escalations" => current.unproven_answers_cancel_escalations = t.unproven_answers_cancel_escalations,
             "decision_roles" => current.decision_roles = decision_roles("tenant.decision_roles", &t.decision_roles)?,
+            "allow_plain_http" => current.allow_plain_http = t.allow_plain_http,
             other => {
                 return Err(invalid(
                     "update_mask",
@@ -222,7 +228,27 @@ pub fn apply_update(current: &mut TenantSettings, t: &pb::Tenant, mask: &[String
     Ok(())
 }
 
-pub fn tenant_out(s: &TenantSettings, credentials: &[(String, chrono::DateTime<chrono::Utc>)]) -> pb::Tenant {
+/// A stored credential as the API shows it: set for the origin its base URL has now, or not.
+fn credential_out(s: &TenantSettings, c: &SecretState) -> pb::CredentialState {
+    let url = match Service::of_field(&c.field) {
+        Some(Service::Qad) => Some(&s.tenant.qad_base_url),
+        Some(Service::Twilio) => Some(&s.twilio.base_url),
+        None => None,
+    };
+    let now = url.and_then(|u| Origin::of(u).ok());
+    let status = match (&c.origin, now) {
+        (Some(set_for), Some(now)) if set_for == now.as_str() => pb::CredentialStatus::Set,
+        _ => pb::CredentialStatus::SetForAnotherOrigin,
+    };
+    pb::CredentialState {
+        field: c.field.clone(),
+        set_at: time(c.set_at),
+        origin: c.origin.clone().unwrap_or_default(),
+        status: status.into(),
+    }
+}
+
+pub fn tenant_out(s: &TenantSettings, credentials: &[SecretState]) -> pb::Tenant {
     let t = &s.tenant;
     pb::Tenant {
         id: t.id.clone(),
@@ -238,13 +264,8 @@ pub fn tenant_out(s: &TenantSettings, credentials: &[(String, chrono::DateTime<c
             base_url: s.twilio.base_url.clone(),
         }),
         schedule: Some(schedule_out(&t.schedule)),
-        credentials: credentials
-            .iter()
-            .map(|(field, at)| pb::CredentialState {
-                field: field.clone(),
-                set_at: time(*at),
-            })
-            .collect(),
+        credentials: credentials.iter().map(|c| credential_out(s, c)).collect(),
+        allow_plain_http: s.allow_plain_http,
         execute_decisions: s.execute_decisions,
         call_opted_out: s.call_opted_out,
         unproven_answers_cancel_escalations: s.unproven_answers_cancel_escalations,
@@ -364,10 +385,8 @@ mod tests {
                 t.qad.as_mut().unwrap().base_url = "qad.example.com".into()
             }),
             ("tenant.qad.domain", |t| t.qad.as_mut().unwrap().domain = String::new()),
-            ("tenant.schedule.cron", |t| {
-                t.schedule.as_mut().unwrap().cron = "every tuesday".into()
-            }),
-            ("tenant.schedule.time_zone", |t| {
+            ("tenant.schedule", |t| t.schedule.as_mut().unwrap().cron = "every tuesday".into()),
+            ("tenant.schedule", |t| {
                 t.schedule.as_mut().unwrap().time_zone = "Mars/Olympus".into()
             }),
             ("tenant.schedule.active_from", |t| {

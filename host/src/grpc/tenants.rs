@@ -7,8 +7,8 @@ use super::convert::{self, check_tenant_id};
 use super::{Control, invalid, pb, store_status};
 use crate::dispatcher::{SECRET_TWILIO_API_KEY_SECRET, SECRET_TWILIO_API_KEY_SID, SECRET_TWILIO_AUTH_TOKEN};
 use crate::poller::{SECRET_QAD_PASSWORD, SECRET_QAD_USER, qad_client};
-use crate::secrets::SecretString;
-use crate::store::NewAudit;
+use crate::secrets::{Origin, SecretString, Service};
+use crate::store::{NewAudit, SecretState, TenantSettings};
 use crate::twilio::{TwilioClient, TwilioConfig};
 
 pub struct TenantsService(pub Control);
@@ -17,7 +17,7 @@ impl Control {
     /// The tenant as the API shows it: settings and when each credential was set.
     pub(crate) async fn tenant_out(&self, id: &str) -> Result<pb::Tenant, Status> {
         let s = self.store.tenant_settings(id).await.map_err(store_status)?;
-        let creds = self.store.secrets_set_at(id).await.map_err(store_status)?;
+        let creds = self.store.secret_states(id).await.map_err(store_status)?;
         Ok(convert::tenant_out(&s, &creds))
     }
 
@@ -32,21 +32,46 @@ impl Control {
         self.store.append_audit(tenant, &[entry], self.now()).await.map_err(store_status)
     }
 
-    async fn set_secrets(&self, tenant: &str, values: &[(&str, &str)]) -> Result<(), Status> {
-        self.store.tenant_settings(tenant).await.map_err(store_status)?;
+    /// Seal credentials of one service for the origin its base URL has now: they are sent
+    /// there and nowhere else.
+    async fn set_secrets(&self, tenant: &str, service: Service, values: &[(&str, &str)]) -> Result<(), Status> {
+        let s = self.store.tenant_settings(tenant).await.map_err(store_status)?;
+        let (name, url) = match service {
+            Service::Qad => ("qad.base_url", &s.tenant.qad_base_url),
+            Service::Twilio => ("twilio.base_url", &s.twilio.base_url),
+        };
+        let origin = Origin::of(url).map_err(|e| Status::failed_precondition(format!("{name}: {e}")))?;
+        origin
+            .check_transport(s.allow_plain_http)
+            .map_err(|e| Status::failed_precondition(format!("{name}: {e}")))?;
         let now = self.now();
         for (field, value) in values {
             self.store
-                .set_secret(&self.keys, tenant, field, &SecretString::new(*value), now)
+                .set_secret(&self.keys, tenant, field, &origin, &SecretString::new(*value), now)
                 .await
                 .map_err(store_status)?;
         }
         let fields: Vec<&str> = values.iter().map(|(f, _)| *f).collect();
-        self.audit_admin(tenant, "credentials_set", json!({"fields": fields})).await?;
+        self.audit_admin(tenant, "credentials_set", json!({"fields": fields, "origin": origin.as_str()}))
+            .await?;
         // A tenant held back for want of credentials is tried again now.
         self.scheduler.reschedule();
         Ok(())
     }
+}
+
+/// Base URLs credentials are sent to: plain `http://` only to loopback, unless the tenant
+/// allows it explicitly (`allow_plain_http`).
+fn plain_http_allowed(s: &TenantSettings) -> Result<(), Status> {
+    for (field, url) in [
+        ("tenant.qad.base_url", &s.tenant.qad_base_url),
+        ("tenant.twilio.base_url", &s.twilio.base_url),
+    ] {
+        Origin::of(url)
+            .and_then(|o| o.check_transport(s.allow_plain_http))
+            .map_err(|e| invalid(field, e))?;
+    }
+    Ok(())
 }
 
 fn required<'a>(field: &str, v: &'a str) -> Result<&'a str, Status> {
@@ -62,6 +87,7 @@ impl pb::tenants_server::Tenants for TenantsService {
         let c = &self.0;
         let t = req.into_inner().tenant.ok_or_else(|| invalid("tenant", "is required"))?;
         let settings = convert::new_tenant(&t, c.now())?;
+        plain_http_allowed(&settings)?;
         c.store.create_tenant(&settings.tenant, c.now()).await.map_err(store_status)?;
         c.store.update_tenant(&settings, c.now()).await.map_err(store_status)?;
         c.audit_admin(&t.id, "tenant_created", json!({"name": settings.tenant.name}))
@@ -79,7 +105,7 @@ impl pb::tenants_server::Tenants for TenantsService {
         let c = &self.0;
         let mut tenants = Vec::new();
         for s in c.store.all_tenant_settings().await.map_err(store_status)? {
-            let creds = c.store.secrets_set_at(&s.tenant.id).await.map_err(store_status)?;
+            let creds = c.store.secret_states(&s.tenant.id).await.map_err(store_status)?;
             tenants.push(convert::tenant_out(&s, &creds));
         }
         Ok(Response::new(pb::ListTenantsResponse { tenants }))
@@ -91,6 +117,7 @@ impl pb::tenants_server::Tenants for TenantsService {
         let t = req.tenant.ok_or_else(|| invalid("tenant", "is required"))?;
         let mut current = c.store.tenant_settings(&t.id).await.map_err(store_status)?;
         convert::apply_update(&mut current, &t, &req.update_mask)?;
+        plain_http_allowed(&current)?;
         c.store.update_tenant(&current, c.now()).await.map_err(store_status)?;
         c.audit_admin(&t.id, "tenant_updated", json!({"fields": req.update_mask})).await?;
         c.scheduler.reschedule();
@@ -115,7 +142,11 @@ impl pb::tenants_server::Tenants for TenantsService {
         let user = required("username", &r.username)?;
         let password = required("password", &r.password)?;
         self.0
-            .set_secrets(&r.tenant_id, &[(SECRET_QAD_USER, user), (SECRET_QAD_PASSWORD, password)])
+            .set_secrets(
+                &r.tenant_id,
+                Service::Qad,
+                &[(SECRET_QAD_USER, user), (SECRET_QAD_PASSWORD, password)],
+            )
             .await?;
         Ok(Response::new(self.0.tenant_out(&r.tenant_id).await?))
     }
@@ -137,7 +168,7 @@ impl pb::tenants_server::Tenants for TenantsService {
         if values.is_empty() {
             return Err(invalid("api_key_sid", "give an API key and its secret, an auth_token, or both"));
         }
-        self.0.set_secrets(&r.tenant_id, &values).await?;
+        self.0.set_secrets(&r.tenant_id, Service::Twilio, &values).await?;
         Ok(Response::new(self.0.tenant_out(&r.tenant_id).await?))
     }
 
@@ -162,34 +193,90 @@ impl pb::tenants_server::Tenants for TenantsService {
         let c = &self.0;
         let id = req.into_inner().tenant_id;
         let s = c.store.tenant_settings(&id).await.map_err(store_status)?;
-        let check = |name: &str, r: Result<String, String>| pb::ConnectionCheck {
-            name: name.into(),
-            ok: r.is_ok(),
-            detail: r.unwrap_or_else(|e| e),
+        let mut checks = c.qad_checks(&s).await;
+        checks.extend(c.twilio_checks(&s).await?);
+        let ok = checks.iter().all(|c| c.ok);
+        Ok(Response::new(pb::TestConnectionResponse { ok, checks }))
+    }
+}
+
+fn check(name: &str, r: Result<String, String>) -> pb::ConnectionCheck {
+    pb::ConnectionCheck {
+        name: name.into(),
+        ok: r.is_ok(),
+        detail: r.unwrap_or_else(|e| e),
+    }
+}
+
+impl Control {
+    /// `qad.login`, then what a poll needs: one row of each stream in the tenant's
+    /// workspace (`qad.browse.<stream>`), and the profile's roles each reaching someone
+    /// (`qad.roles`).
+    async fn qad_checks(&self, s: &TenantSettings) -> Vec<pb::ConnectionCheck> {
+        let t = &s.tenant;
+        let streams = crate::poller::streams(&t.profile);
+        let client = match qad_client(&self.store, &self.keys, &self.poller.http, self.poller.retry.clone(), t).await {
+            Ok(client) => client,
+            Err(e) => return not_tried(check("qad.login", Err(e.to_string())), &streams),
         };
-        let mut checks = Vec::new();
-        let qad = match qad_client(&c.store, &c.keys, &c.poller.http, c.poller.retry.clone(), &s.tenant).await {
-            Ok(client) => client
-                .login()
-                .await
-                .map(|()| format!("logged into {} as the tenant's user", s.tenant.qad_base_url))
-                .map_err(|e| format!("{} refused or failed the login: {e}", s.tenant.qad_base_url)),
-            Err(e) => Err(e.to_string()),
+        if let Err(e) = client.login().await {
+            let login = check("qad.login", Err(format!("{} refused or failed the login: {e}", t.qad_base_url)));
+            return not_tried(login, &streams);
+        }
+        let mut checks = vec![check(
+            "qad.login",
+            Ok(format!("logged into {} as the tenant's user", t.qad_base_url)),
+        )];
+        for stream in &streams {
+            let read = client.probe(&stream.browse).await.map(|n| {
+                format!(
+                    "read {n} row of {} in workspace {} (as a poll does)",
+                    stream.browse,
+                    client.workspace()
+                )
+            });
+            let read = read.map_err(|e| format!("{e} (workspace {}: are qad.domain and qad.entity right?)", client.workspace()));
+            checks.push(check(&format!("qad.browse.{}", stream.name), read));
+        }
+        let roles = match crate::roles::role_report(&client, &t.profile).await {
+            // A role no one is named for is reported, not failed: the tenant may mean it.
+            // One whose named people are all unreachable is a mistake to fix.
+            Ok(r) if r.nobody().all(|gap| gap.problems.is_empty()) => Ok(r.describe()),
+            Ok(r) => Err(r.describe()),
+            Err(e) => Err(format!("employees could not be read: {e}")),
         };
-        checks.push(check("qad.login", qad));
+        checks.push(check("qad.roles", roles));
+        checks
+    }
+
+    /// `twilio.api_key` and `twilio.auth_token`, each credential read for the origin of the
+    /// Twilio base URL (unset if set for another).
+    async fn twilio_checks(&self, s: &TenantSettings) -> Result<Vec<pb::ConnectionCheck>, Status> {
+        let origin = match Origin::of(&s.twilio.base_url) {
+            Ok(o) => o,
+            Err(e) => {
+                let e = format!("twilio.base_url: {e}");
+                return Ok(vec![
+                    check("twilio.api_key", Err(e.clone())),
+                    check("twilio.auth_token", Err(format!("not tried: {e}"))),
+                ]);
+            }
+        };
+        let states = self.store.secret_states(&s.tenant.id).await.map_err(store_status)?;
         let secret = |field: &'static str| {
-            let (store, keys, tenant) = (c.store.clone(), c.keys.clone(), id.clone());
+            let (store, keys, tenant, origin) = (self.store.clone(), self.keys.clone(), s.tenant.id.clone(), origin.clone());
+            let states = &states;
             async move {
                 store
-                    .secret(&keys, &tenant, field)
+                    .secret(&keys, &tenant, field, &origin)
                     .await
                     .map_err(|e| e.to_string())?
-                    .ok_or_else(|| format!("{field} is not set (Tenants.SetTwilioCredentials)"))
+                    .ok_or_else(|| unset(field, &origin, states))
             }
         };
         let key = match (secret(SECRET_TWILIO_API_KEY_SID).await, secret(SECRET_TWILIO_API_KEY_SECRET).await) {
             (Ok(sid), Ok(secret)) if !s.twilio.account_sid.is_empty() => Ok(TwilioClient::new(
-                c.poller.http.clone(),
+                self.poller.http.clone(),
                 TwilioConfig {
                     base_url: s.twilio.base_url.clone(),
                     account_sid: s.twilio.account_sid.clone(),
@@ -200,21 +287,40 @@ impl pb::tenants_server::Tenants for TenantsService {
             (Ok(_), Ok(_)) => Err("the tenant has no Twilio account SID (Tenants.UpdateTenant, field twilio)".to_string()),
             (Err(e), _) | (_, Err(e)) => Err(e),
         };
-        match key {
+        Ok(match key {
             Ok(client) => {
-                checks.push(check("twilio.api_key", client.check_api_key().await));
                 let token = match secret(SECRET_TWILIO_AUTH_TOKEN).await {
                     Ok(token) => client.check_auth_token(&token).await,
                     Err(e) => Err(e),
                 };
-                checks.push(check("twilio.auth_token", token));
+                vec![
+                    check("twilio.api_key", client.check_api_key().await),
+                    check("twilio.auth_token", token),
+                ]
             }
-            Err(e) => {
-                checks.push(check("twilio.api_key", Err(e.clone())));
-                checks.push(check("twilio.auth_token", Err(format!("not tried: {e}"))));
-            }
+            Err(e) => vec![
+                check("twilio.api_key", Err(e.clone())),
+                check("twilio.auth_token", Err(format!("not tried: {e}"))),
+            ],
+        })
+    }
+}
+
+/// A failed first check, and every check after it marked not tried.
+fn not_tried(first: pb::ConnectionCheck, streams: &[crate::poller::Stream]) -> Vec<pb::ConnectionCheck> {
+    let why = format!("not tried: {} failed", first.name);
+    let mut checks = vec![first];
+    checks.extend(streams.iter().map(|s| check(&format!("qad.browse.{}", s.name), Err(why.clone()))));
+    checks.push(check("qad.roles", Err(why)));
+    checks
+}
+
+/// Why a credential reads as unset: never set, or set for another origin.
+fn unset(field: &str, origin: &Origin, states: &[SecretState]) -> String {
+    match states.iter().find(|c| c.field == field).and_then(|c| c.origin.as_deref()) {
+        Some(other) if other != origin.as_str() => {
+            format!("{field} was set for {other}, not {origin}: set it again for the new base URL (Tenants.SetTwilioCredentials)")
         }
-        let ok = checks.iter().all(|c| c.ok);
-        Ok(Response::new(pb::TestConnectionResponse { ok, checks }))
+        _ => format!("{field} is not set (Tenants.SetTwilioCredentials)"),
     }
 }

@@ -18,6 +18,8 @@ pub struct TenantSettings {
     pub unproven_answers_cancel_escalations: bool,
     /// Who may decide each kind of record.
     pub decision_roles: crate::core::intake::DecisionRoles,
+    /// Whether credentials may go to a plain http:// origin off loopback.
+    pub allow_plain_http: bool,
     pub active_plugin: Option<i64>,
     pub plugin_settings: String,
     pub created_at: DateTime<Utc>,
@@ -127,7 +129,7 @@ pub struct Deleted {
 
 const TENANT_COLUMNS: &str = "id, name, qad_base_url, qad_domain, qad_entity, schedule, profile, twilio_account_sid, twilio_from,
     twilio_base_url, execute_decisions, call_opted_out, active_plugin, plugin_settings, created_at, updated_at,
-    unproven_answers_cancel_escalations, decision_roles";
+    unproven_answers_cancel_escalations, decision_roles, allow_plain_http";
 
 const EPISODE_COLUMNS: &str = "id, tenant_id, kind, record_key, episode, state, reason_code, summary, urgency, due_date, resolution,
     reference, opened_at, resolved_at";
@@ -156,6 +158,7 @@ macro_rules! tenant_settings_from {
                 updated_at: from_millis(r.get(15)),
                 unproven_answers_cancel_escalations: r.get(16),
                 decision_roles,
+                allow_plain_http: r.get(18),
             })
         })
     }};
@@ -235,12 +238,14 @@ impl Store {
         let n = on_pool!(self, p => sqlx::query(
             "UPDATE tenants SET name = $2, qad_base_url = $3, qad_domain = $4, qad_entity = $5, schedule = $6, profile = $7,
                  twilio_account_sid = $8, twilio_from = $9, twilio_base_url = $10, execute_decisions = $11, call_opted_out = $12,
-                 plugin_settings = $13, updated_at = $14, unproven_answers_cancel_escalations = $15, decision_roles = $16 WHERE id = $1",
+                 plugin_settings = $13, updated_at = $14, unproven_answers_cancel_escalations = $15, decision_roles = $16,
+                 allow_plain_http = $17 WHERE id = $1",
         )
         .bind(&t.id).bind(&t.name).bind(&t.qad_base_url).bind(&t.qad_domain).bind(&t.qad_entity).bind(json(&t.schedule))
         .bind(json(&t.profile)).bind(&s.twilio.account_sid).bind(&s.twilio.from).bind(&s.twilio.base_url)
         .bind(s.execute_decisions).bind(s.call_opted_out).bind(&s.plugin_settings).bind(millis(now))
         .bind(s.unproven_answers_cancel_escalations).bind(super::intake::decision_roles_column(&s.decision_roles))
+        .bind(s.allow_plain_http)
         .execute(p).await?.rows_affected());
         if n == 0 {
             return Err(StoreError::NoSuchTenant(t.id.clone()));
