@@ -1,9 +1,10 @@
 //! The inbox: processes the webhooks the HTTP adapter queued, in arrival order. A status
 //! moves its delivery forward (never back) and can prove an unknown send was made; an
 //! inbound SMS is an opt-out word, or an answer matched to the alert it answers (by the
-//! alert's reference from the number it went to — proof —, else, unproven, the latest open
-//! alert sent to that number) and read by the tenant's plugin; a keypress likewise (its own
-//! proof). `core::intake::judge` decides what the answer may do (decide, cancel escalations).
+//! alert's reference from the number it went to — proof —, else, unproven and only when the
+//! reply quoted no reference at all, the latest open alert sent to that number) and read by
+//! the tenant's plugin; a keypress likewise (its own proof). Who answered (name, role) is the
+//! record's own person for the delivery's number and role, never the plugin's label. `core::intake::judge` decides what the answer may do (decide, cancel escalations).
 //! A reply that matches nothing is kept within limits for a retention, or counted and
 //! dropped. An answer's effects (audit, cancelled escalations, the confirmation, the QAD
 //! comment and decision as jobs) commit together. Processing is
@@ -18,7 +19,8 @@ use tokio::sync::{Notify, watch};
 
 use crate::core::intake::{self, HookKind, Keyword, Proof, Throttled, param};
 use crate::core::model::RecordKind;
-use crate::core::routing::{AlertInput, Answer, Channel, Delivery, PluginContext, Reply, ReplyAction};
+use crate::core::people::Role;
+use crate::core::routing::{AlertInput, Answer, Channel, Delivery, PluginContext, Reply, ReplyAction, person_of};
 use crate::core::schedule::Schedule;
 use crate::poller::{Event, Poller};
 use crate::store::{Answered, JobInfo, NewJob, StatusReport, StoreError, UnmatchedReply, WebhookEvent};
@@ -26,7 +28,8 @@ use crate::store::{Answered, JobInfo, NewJob, StatusReport, StoreError, Unmatche
 /// What a call says after a keypress when the plugin gave no words.
 pub const DEFAULT_SPOKEN_CONFIRMATION: &str = "Thank you. Your answer was recorded.";
 
-/// How often the inbox purges replies that matched nothing past their retention.
+/// How often the inbox purges replies that matched nothing past their retention, and
+/// processed webhook events past theirs.
 pub const PURGE_EVERY: Duration = Duration::from_secs(600);
 
 /// Tenants whose events one inbox processes at once (each tenant's in arrival order), so a
@@ -46,6 +49,21 @@ fn by_tenant(events: Vec<WebhookEvent>) -> Vec<Vec<WebhookEvent>> {
     groups
 }
 
+/// Who a send went to, as the record names them: the name and role of the record's person
+/// with the delivery's (number, role); both `None` when the job carries no such pair (a job
+/// queued before deliveries were checked for it, or a payload that cannot be read).
+fn recipient(job: &JobInfo) -> (Option<String>, Option<Role>) {
+    let alert = serde_json::from_value::<AlertInput>(job.payload["alert"].clone()).ok();
+    let delivery = serde_json::from_value::<Delivery>(job.payload["delivery"].clone()).ok();
+    match (alert, delivery) {
+        (Some(a), Some(d)) => match person_of(&a, &d) {
+            Some(p) => (Some(p.name.clone()), Some(p.role)),
+            None => (None, None),
+        },
+        _ => (None, None),
+    }
+}
+
 /// An answer as heard: what was said, on which channel, what proves who said it.
 struct Heard<'a> {
     answer: Answer,
@@ -53,8 +71,6 @@ struct Heard<'a> {
     proof: Proof,
     person: &'a str,
     our_number: &'a str,
-    /// Why the reply's references were not looked up, if they were not.
-    throttled: Option<Throttled>,
 }
 
 #[derive(Clone)]
@@ -127,14 +143,16 @@ impl Inbox {
         Ok(())
     }
 
-    /// Purge replies that matched nothing past their retention (and spent counters).
+    /// Purge replies that matched nothing past their retention (and spent counters), and
+    /// processed webhook events past [`intake::EVENT_RETENTION_DAYS`].
     pub async fn purge(&self) -> Result<crate::store::Purged, StoreError> {
         let purged = self.poller.store.purge_unmatched(self.poller.clock.now()).await?;
         if purged != crate::store::Purged::default() {
             tracing::info!(
                 replies = purged.replies,
                 counters = purged.counters,
-                "purged replies that matched nothing"
+                events = purged.events,
+                "purged replies that matched nothing and processed webhooks past their retention"
             );
         }
         Ok(purged)
@@ -146,7 +164,7 @@ impl Inbox {
         loop {
             if last_purge.is_none_or(|t| t.elapsed() >= PURGE_EVERY) {
                 if let Err(e) = self.purge().await {
-                    tracing::warn!(error = %e, "cannot purge replies that matched nothing; retrying later");
+                    tracing::warn!(error = %e, "cannot purge replies that matched nothing or old webhooks; retrying later");
                 }
                 last_purge = Some(std::time::Instant::now());
             }
@@ -265,8 +283,9 @@ impl Inbox {
             );
             // A first alert's final status is written back to QAD, once per delivery.
             if intake::is_final(channel, status) && job.kind == "send" {
-                let name = job.payload["delivery"]["to"]["name"].as_str().unwrap_or("the recipient");
-                let text = intake::status_comment(channel, name, to, status, error_code, &self.local_time(&e.tenant).await?);
+                let (name, _) = recipient(&job);
+                let name = name.unwrap_or_else(|| "the recipient".into());
+                let text = intake::status_comment(channel, &name, to, status, error_code, &self.local_time(&e.tenant).await?);
                 let comment = self.comment_job(&job, format!("comment/{}/status/{}", e.tenant, job.id), text);
                 self.poller
                     .store
@@ -330,9 +349,14 @@ impl Inbox {
         if let Some(out) = self.keyword(e, from, to, &body).await? {
             return Ok(out);
         }
-        let (by_reference, throttled) = self.by_reference(e, from, &body).await?;
+        let candidates = intake::references_to_try(&body);
+        let (by_reference, throttled) = self.by_reference(e, from, &candidates).await?;
         let matched = match by_reference {
             Some(job) => Some((job, Proof::Reference)),
+            // A reply that quoted a reference answers that alert or none: never the latest
+            // alert sent to the number (after a miss, or while a spoofer keeps the number
+            // throttled, "APPROVE <PO A's code>" would land on PO B).
+            None if !candidates.is_empty() => None,
             None => self
                 .poller
                 .store
@@ -340,11 +364,18 @@ impl Inbox {
                 .await?
                 .map(|j| (j, Proof::None)),
         };
+        let why = match (&throttled, candidates.len()) {
+            (Some(t), _) => format!("its reference codes were not looked up: {t}"),
+            (None, 0) => "no open alert was sent to this number".to_string(),
+            (None, n) => format!(
+                "it quoted {n} reference code(s), none of an open alert sent to this number; a reply quoting a code is never matched to another alert"
+            ),
+        };
         let Some((job_id, proof)) = matched else {
-            return self.unmatched_reply(e, from, to, &body, throttled).await;
+            return self.unmatched_reply(e, from, to, &body, &why, throttled).await;
         };
         let Some(job) = self.poller.store.job_info(&e.tenant, job_id).await? else {
-            return self.unmatched_reply(e, from, to, &body, throttled).await;
+            return self.unmatched_reply(e, from, to, &body, &why, throttled).await;
         };
         let heard = Heard {
             answer: Answer::Text(body),
@@ -352,7 +383,6 @@ impl Inbox {
             proof,
             person: from,
             our_number: to,
-            throttled,
         };
         let (reply, action) = self.answer(e, &job, heard).await?;
         Ok(
@@ -389,8 +419,12 @@ impl Inbox {
     /// The alert a reply's reference proves it answers: one sent to the number it came from,
     /// among the reply's first few candidates. A reply whose candidates all miss counts a miss
     /// of its number; a number with too many misses is not looked up (the reason why).
-    async fn by_reference(&self, e: &WebhookEvent, from: &str, body: &str) -> Result<(Option<i64>, Option<Throttled>), StoreError> {
-        let candidates = intake::references_to_try(body);
+    async fn by_reference(
+        &self,
+        e: &WebhookEvent,
+        from: &str,
+        candidates: &[String],
+    ) -> Result<(Option<i64>, Option<Throttled>), StoreError> {
         if candidates.is_empty() {
             return Ok((None, None));
         }
@@ -398,7 +432,7 @@ impl Inbox {
         if let Err(t) = intake::may_look_up_references(store.reference_misses(&e.tenant, from, now).await?) {
             return Ok((None, Some(t)));
         }
-        for c in &candidates {
+        for c in candidates {
             if let Some(job) = store.alert_by_reference(&e.tenant, c, from).await? {
                 return Ok((Some(job), None));
             }
@@ -407,14 +441,16 @@ impl Inbox {
         Ok((None, None))
     }
 
-    /// A reply that answers no alert: kept (cleaned, for the retention) within the limits per
-    /// sender and per tenant, else counted and dropped.
+    /// A reply that answers no alert: kept (cleaned, for the retention, `why` on the trail)
+    /// within the limits per sender and per tenant, else counted and dropped. Nothing is sent
+    /// back: a reply naming a record would tell a stranger about it.
     async fn unmatched_reply(
         &self,
         e: &WebhookEvent,
         from: &str,
         to: &str,
         body: &str,
+        why: &str,
         throttled: Option<Throttled>,
     ) -> Result<Value, StoreError> {
         let reply = UnmatchedReply {
@@ -423,13 +459,14 @@ impl Inbox {
             to: to.into(),
             body: body.into(),
             event_id: e.id,
+            why: why.into(),
         };
         let throttled = throttled.map(|t| t.to_string());
         Ok(
             match self.poller.store.keep_unmatched_reply(&reply, self.poller.clock.now()).await? {
                 Ok(()) => {
-                    tracing::info!(tenant = %e.tenant, event_id = e.id, "reply matches no alert; kept");
-                    json!({"result": "unmatched", "why": "no open alert carries its reference or was sent to this number", "throttled": throttled})
+                    tracing::info!(tenant = %e.tenant, event_id = e.id, why, "reply matches no alert; kept");
+                    json!({"result": "unmatched", "why": why, "throttled": throttled})
                 }
                 Err(dropped) => {
                     tracing::debug!(tenant = %e.tenant, event_id = e.id, why = %dropped, "reply matches no alert; dropped");
@@ -456,7 +493,6 @@ impl Inbox {
             proof: Proof::Keypress,
             person: param(&e.params, "To").unwrap_or(""),
             our_number: param(&e.params, "From").unwrap_or(""),
-            throttled: None,
         };
         let (reply, action) = self.answer(e, &job, heard).await?;
         let say = if reply.confirmation.is_empty() {
@@ -478,14 +514,17 @@ impl Inbox {
         let mut reply = self.read(&e.tenant, job, delivery.as_ref(), &heard.answer, &mut audit).await?;
         let kind = RecordKind::parse(&job.record_kind).unwrap_or(RecordKind::GoodsReceipt);
         let rules = store.answer_rules(&e.tenant).await?;
-        let verdict = intake::judge(reply.action, heard.proof, delivery.as_ref().map(|d| d.to.role), kind, &rules);
-        let name = job.payload["delivery"]["to"]["name"].as_str().unwrap_or(heard.person).to_string();
+        // Who answered is the record's own person for the delivery's (number, role): the
+        // plugin's label decides nothing (a delivery the record does not back has no role).
+        let (name, role) = recipient(job);
+        let verdict = intake::judge(reply.action, heard.proof, role, kind, &rules);
+        let name = name.unwrap_or_else(|| heard.person.to_string());
         audit.push((
             "answer".into(),
-            json!({"from": heard.person, "name": name, "role": delivery.as_ref().map(|d| d.to.role), "channel": heard.channel,
+            json!({"from": heard.person, "name": name, "role": role, "channel": heard.channel,
                    "answer": heard.answer, "action": verdict.action, "plugin_action": reply.action,
                    "note": verdict.not_decided.map(|n| n.to_string()), "proof": heard.proof,
-                   "reference_given": heard.proof == Proof::Reference, "references": heard.throttled.map(|t| t.to_string()),
+                   "reference_given": heard.proof == Proof::Reference,
                    "cancels_escalations": verdict.cancels_escalations, "event_id": e.id}),
         ));
         if verdict.not_decided.is_some() {
@@ -556,14 +595,15 @@ impl Inbox {
         }])
     }
 
-    /// The decision written to QAD; one per episode: the first answer decides.
+    /// The decision written to QAD; one per episode: the first answer decides. The person is
+    /// named as data ([`intake::name_for_qad`]), the comment fitted ([`intake::decision_comment`]).
     fn decision_job(&self, e: &WebhookEvent, job: &JobInfo, action: ReplyAction, name: &str) -> NewJob {
         NewJob {
             key: format!("decision/{}/{}/{}/{}", e.tenant, job.record_kind, job.record_key, job.episode),
             kind: "qad_decision".into(),
             episode: job.episode,
             payload: json!({"po": job.record_key, "action": if action == ReplyAction::Approve { "approve" } else { "deny" },
-                            "approver": name, "comment": format!("{} by {name} through ml-connector", intake::action_word(action))})
+                            "approver": intake::name_for_qad(name), "comment": intake::decision_comment(name, action)})
             .to_string(),
             run_at: self.poller.clock.now(),
             escalation_step: 0,

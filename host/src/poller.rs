@@ -281,15 +281,12 @@ pub(crate) struct Router {
     pub(crate) default: Arc<LoadedPlugin>,
 }
 
-/// A fresh unguessable reference for an episode's alerts: 6 characters, no look-alikes.
+/// A fresh unguessable reference for an episode's alerts: 6 characters, no look-alikes, at
+/// least one digit (`core::intake::reference_from`).
 fn new_reference() -> String {
-    use crate::core::intake::{REFERENCE_ALPHABET, REFERENCE_LEN};
     use rand::Rng;
-    let alphabet = REFERENCE_ALPHABET.as_bytes();
     let mut rng = rand::thread_rng();
-    (0..REFERENCE_LEN)
-        .map(|_| alphabet[rng.gen_range(0..alphabet.len())] as char)
-        .collect()
+    crate::core::intake::reference_from(|n| rng.gen_range(0..n))
 }
 
 struct Cycle<'a> {

@@ -77,6 +77,13 @@ async fn hostile_plugins_are_stopped_within_their_budgets_with_a_clear_fault() {
             FaultKind::InvalidOutput,
             "delivery 1: +13125559999 is not one of the record's people",
         ),
+        // The first person is the AP clerk: labelled a buyer (who decides POs), refused.
+        (
+            "relabel",
+            Limits::default(),
+            FaultKind::InvalidOutput,
+            "delivery 1: +13125550130 is not the record's buyer (the record names that number only as ap_clerk)",
+        ),
         (
             "asks-yes",
             Limits::default(),

@@ -363,6 +363,7 @@ async fn replies_that_match_nothing_are_limited_per_tenant_counted_in_windows_an
             to: "+13125550100".into(),
             body: format!("hello {i}"),
             event_id: i,
+            why: "no open alert was sent to this number".into(),
         };
         let now = morning();
         // One text from each of many numbers: the tenant's limit holds them all the same.
@@ -399,6 +400,70 @@ async fn replies_that_match_nothing_are_limited_per_tenant_counted_in_windows_an
         assert_eq!(gone.replies as usize, limit + 1, "{engine}");
         assert!(gone.counters > 0, "{engine}");
         assert!(s.unmatched_replies(&t).await.unwrap().is_empty(), "{engine}");
+    }
+}
+
+#[tokio::test]
+async fn processed_webhooks_are_purged_past_their_retention_and_unprocessed_ones_never() {
+    use ml_connector::core::intake::{self, HookKind};
+    use ml_connector::store::NewWebhook;
+    for engine in engines() {
+        let h = harness(engine).await;
+        let (s, t) = (&h.db.store, h.tenant.id.clone());
+        let now = morning();
+        let days = chrono::Duration::days;
+        let hook = |sid: &str, body: &str| NewWebhook {
+            tenant: t.clone(),
+            kind: HookKind::InboundSms,
+            dedup_key: format!("in/{sid}"),
+            idempotency_token: None,
+            delivery_id: None,
+            params: vec![("MessageSid".into(), sid.into()), ("Body".into(), body.into())],
+        };
+        // An answer (its text in its parameters), a dropped reply (parameters cleared), an
+        // event processed later, and one still queued.
+        let ids: Vec<i64> = s
+            .queue_webhooks(
+                &[
+                    hook("SMold", "APPROVE K7QM2X my notes"),
+                    hook("SMdrop", "hello"),
+                    hook("SMlater", "seen"),
+                    hook("SMqueued", "never processed"),
+                ],
+                now,
+            )
+            .await
+            .unwrap()
+            .into_iter()
+            .map(Option::unwrap)
+            .collect();
+        s.finish_webhook(ids[0], &json!({"result": "answered"}), now).await.unwrap();
+        s.finish_webhook(ids[1], &json!({"result": "dropped"}), now).await.unwrap();
+        s.finish_webhook(ids[2], &json!({"result": "answered"}), now + days(20))
+            .await
+            .unwrap();
+        let left = |evs: Vec<ml_connector::store::WebhookEvent>| evs.into_iter().map(|e| e.id).collect::<Vec<_>>();
+
+        // Within the retention nothing goes.
+        let p = s
+            .purge_unmatched(now + days(intake::EVENT_RETENTION_DAYS) - chrono::Duration::minutes(1))
+            .await
+            .unwrap();
+        assert_eq!(p.events, 0, "{engine}");
+        assert_eq!(left(s.webhooks(&t).await.unwrap()), ids, "{engine}");
+        // Past it, the events processed then go (text and all); the later one and the
+        // queued one stay.
+        let p = s
+            .purge_unmatched(now + days(intake::EVENT_RETENTION_DAYS) + chrono::Duration::minutes(1))
+            .await
+            .unwrap();
+        assert_eq!(p.events, 2, "{engine}");
+        assert_eq!(left(s.webhooks(&t).await.unwrap()), ids[2..], "{engine}");
+        // However old, an event not yet processed is never purged.
+        let p = s.purge_unmatched(now + days(400)).await.unwrap();
+        assert_eq!(p.events, 1, "{engine}");
+        assert_eq!(left(s.webhooks(&t).await.unwrap()), ids[3..], "{engine}");
+        assert_eq!(s.webhook(ids[3]).await.unwrap().unwrap().state, "queued", "{engine}");
     }
 }
 

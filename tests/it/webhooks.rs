@@ -793,30 +793,21 @@ async fn a_strangers_reply_with_a_real_reference_decides_nothing_and_guesses_are
         assert!(!l.sb.messages().iter().any(|m| m.to == stranger), "{engine}");
 
         // From the right number, only the first three candidates are tried: a fourth word
-        // is never looked up, so a reply cannot carry hundreds of guesses.
-        let out = text(&l, "SMx2", &person, &format!("AAAAAA BBBBBB CCCCCC APPROVE {code}")).await;
-        assert_eq!(out["reference"], false, "{engine}: {out}");
+        // is never looked up, so a reply cannot carry hundreds of guesses (and a reply that
+        // quoted codes answers none but theirs: it matches nothing).
+        let out = text(&l, "SMx2", &person, &format!("2AAAAA 2BBBBB 2CCCCC APPROVE {code}")).await;
+        assert_eq!(out["result"], "unmatched", "{engine}: {out}");
         assert!(approvals(&l).await.is_empty(), "{engine}");
 
         // A number whose replies keep quoting codes that match nothing is throttled: even
         // the right code is then not looked up, until the window ends.
         for i in 0..intake::MISSES_BEFORE_THROTTLE {
-            text(&l, &format!("SMx3-{i}"), &person, "APPROVE ZZZZZZ").await;
+            text(&l, &format!("SMx3-{i}"), &person, "APPROVE 2ZZZZZ").await;
         }
         let out = text(&l, "SMx4", &person, &format!("APPROVE {code}")).await;
-        assert_eq!(out["reference"], false, "{engine}: {out}");
+        assert_ne!(out["result"], "answered", "{engine}: {out}");
         assert!(approvals(&l).await.is_empty(), "{engine}: a throttled number's code was looked up");
-        let throttled = s
-            .audit_since(&t, 0, 100_000)
-            .await
-            .unwrap()
-            .into_iter()
-            .rfind(|e| e.event == "answer" && e.detail["event_id"].as_i64().is_some())
-            .unwrap();
-        assert!(
-            throttled.detail["references"].as_str().unwrap().contains("not looked up"),
-            "{engine}: {throttled:?}"
-        );
+        assert!(out["throttled"].as_str().unwrap().contains("not looked up"), "{engine}: {out}");
 
         l.h.clock.advance(Span::minutes(intake::MISS_WINDOW_MINUTES + 1));
         let out = text(&l, "SMx5", &person, &format!("APPROVE {code}")).await;
@@ -824,6 +815,95 @@ async fn a_strangers_reply_with_a_real_reference_decides_nothing_and_guesses_are
         let approved = approvals(&l).await;
         assert_eq!(approved.len(), 1, "{engine}: {approved:?}");
         assert_eq!(approved[0]["purchaseOrderNumber"], po.as_str());
+    }
+}
+
+#[tokio::test]
+async fn a_spoofed_throttle_or_a_missed_code_never_lands_an_answer_on_another_record() {
+    for engine in engines() {
+        let l = start(engine, false).await;
+        let (s, t) = (&l.h.db.store, l.h.tenant.id.clone());
+        s.set_answer_settings(&t, true, true).await.unwrap();
+        l.h.poller.poll(&t, "test").await.unwrap();
+        l.settle().await;
+        // A buyer alerted about two POs: A (the first) and B (the latest sent to them).
+        let alerts: Vec<(String, String, String)> =
+            l.sb.messages()
+                .into_iter()
+                .filter(|m| m.body.contains("awaits approval"))
+                .map(|m| {
+                    let code = intake::reference_candidates(&m.body).pop().unwrap();
+                    (m.to.clone(), m.body.split_whitespace().nth(1).unwrap().to_string(), code)
+                })
+                .collect();
+        let (victim, po_a, code_a) = alerts
+            .iter()
+            .find(|(to, _, _)| alerts.iter().filter(|a| &a.0 == to).count() >= 2)
+            .cloned()
+            .unwrap_or_else(|| panic!("{engine}: no buyer has two PO alerts: {alerts:?}"));
+        let (_, po_b, _) = alerts.iter().rfind(|a| a.0 == victim).cloned().unwrap();
+        assert_ne!(po_a, po_b, "{engine}");
+        let other = alerts.iter().find(|a| a.0 != victim).cloned().unwrap();
+        let sent_before = l.sb.stats().messages_created;
+        let answered_about = |trail: &[(String, Value)]| trail.iter().filter(|e| e.0 == "answer").count();
+        let answers_before = (
+            answered_about(&events_of(&l, "purchase_order", &po_a).await),
+            answered_about(&events_of(&l, "purchase_order", &po_b).await),
+        );
+
+        // A code that matches nothing sent to this number (another person's PO): kept as a
+        // reply that matched nothing, never read as an answer to the victim's latest alert.
+        let out = text(&l, "SMv0", &victim, &format!("APPROVE {}", other.2)).await;
+        assert_eq!(out["result"], "unmatched", "{engine}: {out}");
+        assert!(out["why"].as_str().unwrap().contains("quoted 1 reference code"), "{engine}: {out}");
+
+        // A spoofer texting guesses "from" the victim's number throttles it…
+        for i in 0..intake::MISSES_BEFORE_THROTTLE {
+            let out = text(
+                &l,
+                &format!("SMv1-{i}"),
+                &victim,
+                &format!("APPROVE 2ZZZZ{}", &"ABCDEFGHJKMN"[i as usize..i as usize + 1]),
+            )
+            .await;
+            assert_ne!(out["result"], "answered", "{engine}: a guess landed on a record: {out}");
+        }
+        // …so the victim's own answer quoting PO A's code is not looked up: it is kept as a
+        // reply that matched nothing (the reason on the trail), not recorded against PO B.
+        let out = text(&l, "SMv2", &victim, &format!("APPROVE {code_a}")).await;
+        assert_ne!(out["result"], "answered", "{engine}: {out}");
+        assert!(out["throttled"].as_str().unwrap().contains("not looked up"), "{engine}: {out}");
+        assert!(approvals(&l).await.is_empty(), "{engine}: approved while throttled");
+        for (po, before) in [(&po_a, answers_before.0), (&po_b, answers_before.1)] {
+            let trail = events_of(&l, "purchase_order", po).await;
+            assert_eq!(answered_about(&trail), before, "{engine}: an answer landed on {po}: {trail:?}");
+        }
+        let comments = l.h.qad.control_get("writes").await["transactionComments"].clone();
+        let comments = comments.as_array().cloned().unwrap_or_default();
+        assert!(
+            !comments.iter().any(|c| c["commentText"].as_str().unwrap_or("").contains(&code_a)),
+            "{engine}: the answer was quoted into a QAD comment: {comments:?}"
+        );
+        // Nothing was sent back naming any record.
+        assert_eq!(l.sb.stats().messages_created, sent_before, "{engine}: a reply was sent");
+        let kept = s.unmatched_replies(&t).await.unwrap();
+        assert!(kept.iter().any(|r| r.phone == victim), "{engine}: {kept:?}");
+        let why = events_of(&l, "phone", &victim).await;
+        assert!(
+            why.iter()
+                .any(|e| e.1["why"].as_str().unwrap_or("").contains("quoted 1 reference code")),
+            "{engine}: {why:?}"
+        );
+
+        // Once the hour ends, the victim's code counts again, even among words of the
+        // code's shape: honest English neither crowds it out nor counts as a miss.
+        l.h.clock.advance(Span::minutes(intake::MISS_WINDOW_MINUTES + 1));
+        let out = text(&l, "SMv3", &victim, &format!("REJECT, CHANGE, THANKS {code_a}")).await;
+        assert_eq!(out["result"], "answered", "{engine}: {out}");
+        assert_eq!(out["reference"], true, "{engine}: {out}");
+        let trail = events_of(&l, "purchase_order", &po_a).await;
+        assert_eq!(answered_about(&trail), answers_before.0 + 1, "{engine}: {trail:?}");
+        assert_eq!(s.reference_misses(&t, &victim, l.h.clock.now()).await.unwrap(), 0, "{engine}");
     }
 }
 

@@ -166,13 +166,29 @@ pub fn keyword(body: &str, opt_out_type: Option<&str>) -> Option<Keyword> {
 pub const REFERENCE_ALPHABET: &str = "ABCDEFGHJKMNPQRSTUVWXYZ23456789";
 pub const REFERENCE_LEN: usize = 6;
 
-/// Words of an SMS body that could be an alert reference, upper-cased, in order; all of
-/// them (a reply's are looked up only as far as [`references_to_try`] goes).
+/// A new reference: [`REFERENCE_LEN`] characters of [`REFERENCE_ALPHABET`], at least one of
+/// them a digit, so that no English word (THANKS, REJECT, CHANGE) is ever shaped like one.
+/// `pick(n)` is a uniform random index below `n`; a draw without a digit is drawn again,
+/// so every digit-bearing reference is equally likely (about 25% of draws are redrawn).
+pub fn reference_from(mut pick: impl FnMut(usize) -> usize) -> String {
+    let alphabet = REFERENCE_ALPHABET.as_bytes();
+    loop {
+        let r: String = (0..REFERENCE_LEN).map(|_| alphabet[pick(alphabet.len())] as char).collect();
+        if r.bytes().any(|b| b.is_ascii_digit()) {
+            return r;
+        }
+    }
+}
+
+/// Words of an SMS body that could be an alert reference, upper-cased, in order: six
+/// characters of the alphabet, at least one a digit (every reference generated carries one; a
+/// word of letters only is English, neither tried nor counted as a miss). All of them; a
+/// reply's are looked up only as far as [`references_to_try`] goes.
 pub fn reference_candidates(body: &str) -> Vec<String> {
     body.split(|c: char| !c.is_ascii_alphanumeric())
         .filter(|w| w.len() == REFERENCE_LEN)
         .map(str::to_ascii_uppercase)
-        .filter(|w| w.chars().all(|c| REFERENCE_ALPHABET.contains(c)))
+        .filter(|w| w.chars().all(|c| REFERENCE_ALPHABET.contains(c)) && w.bytes().any(|b| b.is_ascii_digit()))
         .collect()
 }
 
@@ -190,8 +206,11 @@ pub fn references_to_try(body: &str) -> Vec<String> {
 
 /// A miss: a reply from a number carried reference-shaped words and none was the reference
 /// of an open alert sent to that number. After this many misses within
-/// [`MISS_WINDOW_MINUTES`], the number's references are not looked up until the window ends
-/// (its replies still reach the latest alert sent to it, without proof).
+/// [`MISS_WINDOW_MINUTES`], the number's references are not looked up until the window ends.
+/// Misses are counted per `From`, which can be spoofed: a stranger can block a number's SMS
+/// references for the window (a keypress on our call still answers). A reply that quoted a
+/// reference never falls back to the latest alert sent to its number — not while throttled,
+/// not after a miss — so such a block cannot land an answer on the wrong record.
 pub const MISSES_BEFORE_THROTTLE: i64 = 10;
 /// The window misses are counted in, fixed from a number's first miss.
 pub const MISS_WINDOW_MINUTES: i64 = 60;
@@ -221,6 +240,11 @@ pub const UNMATCHED_PER_TENANT: i64 = 200;
 pub const UNMATCHED_WINDOW_MINUTES: i64 = 60;
 /// How long a kept reply that matched nothing is kept before it is purged.
 pub const UNMATCHED_RETENTION_DAYS: i64 = 30;
+/// How long a processed webhook event (its parameters: an answer's text, numbers) is kept
+/// before the inbox purges it. Twilio retries a callback for hours at most, so a duplicate
+/// arriving after this is no concern; what an event changed stays on the audit trail, which
+/// names the event by id only (no table refers to events).
+pub const EVENT_RETENTION_DAYS: i64 = 30;
 
 /// Why a reply that matched nothing was dropped rather than kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -510,6 +534,16 @@ pub fn fit_comment(text: &str) -> String {
     clip(text, QAD_COMMENT_CHARS)
 }
 
+/// How many characters of a person's name a QAD comment or decision carries.
+pub const NAME_CHARS: usize = 80;
+
+/// A person's name as written to QAD (a comment, a decision's approver): names come from QAD,
+/// the tenant's profile or a plugin, so they are data like a reply — quoted as
+/// [`quoted_for_qad`] does, and cut to [`NAME_CHARS`].
+pub fn name_for_qad(name: &str) -> String {
+    clip(&quoted_for_qad(name), NAME_CHARS)
+}
+
 pub fn action_word(a: ReplyAction) -> &'static str {
     match a {
         ReplyAction::Acknowledge => "acknowledged",
@@ -538,6 +572,7 @@ fn channel_word(channel: Channel) -> &'static str {
 
 /// The QAD comment for a delivery's final status, `at` in the tenant's local time.
 pub fn status_comment(channel: Channel, name: &str, phone: &str, status: &str, error_code: Option<&str>, at: &str) -> String {
+    let name = name_for_qad(name);
     let mut s = format!("ml-connector: {} to {name} ({phone}) {status} {at}", channel_word(channel));
     if let Some(code) = error_code {
         s.push_str(&format!(", Twilio error {code}"));
@@ -553,7 +588,13 @@ pub fn answer_comment(name: &str, answer: &Answer, action: ReplyAction, at: &str
         Answer::Text(t) => format!("replied {at}: \"{}\"", quoted_for_qad(t)),
         Answer::Keypress(k) => format!("pressed {} on the call {at}", quoted_for_qad(k)),
     };
-    fit_comment(&format!("ml-connector: {name} {said} ({}).", action_word(action)))
+    fit_comment(&format!("ml-connector: {} {said} ({}).", name_for_qad(name), action_word(action)))
+}
+
+/// The comment of a decision written to QAD, the person named as data, fitted to
+/// [`QAD_COMMENT_CHARS`].
+pub fn decision_comment(name: &str, action: ReplyAction) -> String {
+    fit_comment(&format!("{} by {} through ml-connector", action_word(action), name_for_qad(name)))
 }
 
 #[cfg(test)]
@@ -661,7 +702,7 @@ mod tests {
         let cases: &[(&str, &[&str])] = &[
             ("APPROVE K7QM2X", &["K7QM2X"]),
             // Every word of the shape is a candidate; the store knows which is a reference.
-            ("approve k7qm2x thanks", &["K7QM2X", "THANKS"]),
+            ("approve k7qm2x 2brave", &["K7QM2X", "2BRAVE"]),
             ("K7QM2X: seen", &["K7QM2X"]),
             ("ok", &[]),
             // I, L, O, 0 and 1 are not in the alphabet: not a reference.
@@ -669,6 +710,11 @@ mod tests {
             ("PLEASE APPROVE", &[]),
             ("SEEN BRAVE2", &["BRAVE2"]),
             ("R2D2C3PO", &[]),
+            // Words of letters only are English, never a reference: references carry a digit.
+            ("approve k7qm2x thanks", &["K7QM2X"]),
+            ("THANKS REJECT ACCEPT CHANGE STATUS", &[]),
+            ("AAAAAA", &[]),
+            ("222222", &["222222"]),
         ];
         for (body, want) in cases {
             assert_eq!(reference_candidates(body), *want, "{body:?}");
@@ -681,8 +727,12 @@ mod tests {
             ("APPROVE K7QM2X", &["K7QM2X"]),
             ("ok", &[]),
             // A reply stuffed with guesses is tried for its first three only.
-            ("AAAAAA BBBBBB CCCCCC DDDDDD EEEEEE", &["AAAAAA", "BBBBBB", "CCCCCC"]),
-            ("thanks K7QM2X", &["THANKS", "K7QM2X"]),
+            ("2AAAAA 2BBBBB 2CCCCC 2DDDDD 2EEEEE", &["2AAAAA", "2BBBBB", "2CCCCC"]),
+            ("AAAAAA BBBBBB CCCCCC DDDDDD EEEEEE", &[]),
+            // Honest words neither crowd the code out nor count as guesses.
+            ("thanks K7QM2X", &["K7QM2X"]),
+            ("REJECT, CHANGE, THANKS K7QM2X", &["K7QM2X"]),
+            ("Accept. Status? Thanks! Change K7QM2X please", &["K7QM2X"]),
         ];
         for (body, want) in cases {
             assert_eq!(references_to_try(body), *want, "{body:?}");
@@ -692,6 +742,36 @@ mod tests {
         let stuffed: String = (0..300).map(|_| "K7QM2X ").collect();
         assert_eq!(reference_candidates(&stuffed).len(), 300);
         assert_eq!(references_to_try(&stuffed).len(), REFERENCES_TRIED);
+    }
+
+    #[test]
+    fn every_reference_generated_carries_a_digit() {
+        // A picker that draws letters only for its first draws: they are drawn again.
+        let alphabet: Vec<char> = REFERENCE_ALPHABET.chars().collect();
+        let first_digit = alphabet.iter().position(char::is_ascii_digit).unwrap();
+        let mut n = 0usize;
+        let r = reference_from(|len| {
+            n += 1;
+            if n <= 3 * REFERENCE_LEN { 0 } else { (n * 7) % len }
+        });
+        assert_eq!(r.len(), REFERENCE_LEN);
+        assert!(r.chars().any(|c| c.is_ascii_digit()), "{r}");
+        assert_eq!(reference_candidates(&format!("APPROVE {r}")), vec![r.clone()]);
+        let only_digit = reference_from(|_| first_digit);
+        assert_eq!(only_digit, "222222");
+        // Spread over the whole alphabet: every generated reference is a candidate.
+        let mut seed = 12345u64;
+        for _ in 0..2000 {
+            let r = reference_from(|len| {
+                seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                ((seed >> 33) as usize) % len
+            });
+            assert!(
+                r.chars().all(|c| REFERENCE_ALPHABET.contains(c)) && r.bytes().any(|b| b.is_ascii_digit()),
+                "{r}"
+            );
+            assert_eq!(reference_candidates(&r), vec![r.clone()]);
+        }
     }
 
     #[test]
@@ -978,15 +1058,44 @@ mod tests {
         // A comment never exceeds what QAD's comment field is assumed to hold.
         let name = "N".repeat(3000);
         let c = answer_comment(&name, &Answer::Text(long.clone()), ReplyAction::Acknowledge, "10:05");
-        assert_eq!(c.chars().count(), QAD_COMMENT_CHARS);
-        assert!(c.ends_with('…'));
+        assert!(c.chars().count() <= QAD_COMMENT_CHARS, "{}", c.chars().count());
+        assert!(c.contains(&format!("{}…", "N".repeat(NAME_CHARS - 1))), "{c}");
+        assert_eq!(fit_comment(&long).chars().count(), QAD_COMMENT_CHARS);
+        assert!(fit_comment(&long).ends_with('…'));
         let c = answer_comment("Ana", &Answer::Text(format!("{long}\n<b>")), ReplyAction::Acknowledge, "10:05");
         assert!(
             c.chars().count() <= QAD_COMMENT_CHARS && !c.contains('<') && !c.contains('\n'),
             "{c}"
         );
         let c = status_comment(Channel::Sms, &name, "+1", "delivered", None, "10:02");
-        assert_eq!(c.chars().count(), QAD_COMMENT_CHARS);
+        assert!(c.chars().count() <= QAD_COMMENT_CHARS, "{c}");
+        // A person's name (from QAD, the profile or a plugin) is data too, in every comment
+        // and decision: no markup, no line breaks, no closing quote, cut.
+        let hostile = "Ana\n<b>\"Ruiz\"</b> & co\u{202e}\u{1b}[2J";
+        let quoted = "Ana (b)'Ruiz'(/b) + co[2J";
+        assert_eq!(name_for_qad(hostile), quoted);
+        assert_eq!(name_for_qad(&name).chars().count(), NAME_CHARS);
+        for c in [
+            status_comment(Channel::Voice, hostile, "+13125550130", "completed", None, "10:02"),
+            answer_comment(hostile, &Answer::Keypress("1".into()), ReplyAction::Approve, "10:05"),
+            answer_comment(hostile, &Answer::Text("ok".into()), ReplyAction::Acknowledge, "10:05"),
+            decision_comment(hostile, ReplyAction::Approve),
+            decision_comment(hostile, ReplyAction::Reject),
+        ] {
+            assert!(c.contains(quoted), "{c}");
+            assert!(!c.contains(['<', '>', '&', '\n', '\u{1b}', '\u{202e}']), "{c:?}");
+            assert!(c.matches('"').count() <= 2, "only the reply's own quotes: {c:?}");
+        }
+        for c in [
+            decision_comment(&name, ReplyAction::Approve),
+            decision_comment(&long, ReplyAction::Reject),
+        ] {
+            assert!(c.chars().count() <= QAD_COMMENT_CHARS, "{}", c.chars().count());
+        }
+        assert_eq!(
+            decision_comment("Ana Ruiz", ReplyAction::Approve),
+            "approved by Ana Ruiz through ml-connector"
+        );
     }
 
     #[test]

@@ -144,7 +144,9 @@ fn is_e164(s: &str) -> bool {
     (8..=15).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit()) && !digits.starts_with('0')
 }
 
-/// Deliveries must go to the record's own people, at E.164 numbers, within sane bounds.
+/// Deliveries must go to the record's own people, each as the role the record gives them
+/// (the role labels an answer: who may decide is the tenant's rule, so a plugin may not
+/// relabel a supplier contact as a buyer), at E.164 numbers, within sane bounds.
 pub fn check_deliveries(alert: &AlertInput, deliveries: &[Delivery]) -> Result<(), String> {
     if deliveries.len() > MAX_DELIVERIES {
         return Err(format!(
@@ -160,6 +162,14 @@ pub fn check_deliveries(alert: &AlertInput, deliveries: &[Delivery]) -> Result<(
         if !alert.people.iter().any(|p| p.phone == d.to.phone) {
             return Err(format!("delivery {n}: {} is not one of the record's people", d.to.phone));
         }
+        if !alert.people.iter().any(|p| p.phone == d.to.phone && p.role == d.to.role) {
+            return Err(format!(
+                "delivery {n}: {} is not the record's {} (the record names that number only as {})",
+                d.to.phone,
+                d.to.role.as_str(),
+                roles_of(alert, &d.to.phone)
+            ));
+        }
         if d.delay_minutes > MAX_DELAY_MINUTES {
             return Err(format!("delivery {n}: a delay of {} minutes is more than a week", d.delay_minutes));
         }
@@ -171,6 +181,21 @@ pub fn check_deliveries(alert: &AlertInput, deliveries: &[Delivery]) -> Result<(
         }
     }
     Ok(())
+}
+
+/// The roles the record gives a number, for an error: "buyer, plant_manager".
+fn roles_of(alert: &AlertInput, phone: &str) -> String {
+    let roles: Vec<&str> = alert.people.iter().filter(|p| p.phone == phone).map(|p| p.role.as_str()).collect();
+    roles.join(", ")
+}
+
+/// The person of the record a delivery went to: the record's own entry for its (phone, role),
+/// never the plugin's label; `None` when the record names no such pair.
+pub fn person_of<'a>(alert: &'a AlertInput, delivery: &Delivery) -> Option<&'a Recipient> {
+    alert
+        .people
+        .iter()
+        .find(|p| p.phone == delivery.to.phone && p.role == delivery.to.role)
 }
 
 /// The standard compliance lines an SMS may carry although they name carrier keywords
@@ -348,6 +373,61 @@ mod tests {
             delay_minutes: delay,
             escalation_step: step,
         }
+    }
+    /// A delivery to `phone` labelled `role`.
+    fn as_role(phone: &str, role: Role) -> Delivery {
+        Delivery {
+            to: Recipient { role, ..person(phone) },
+            ..d(phone, 0, 0)
+        }
+    }
+    /// The alert with a second person: the same buyer's number is also a supplier contact's
+    /// (a small company), and a supplier contact of its own.
+    fn shared_alert() -> AlertInput {
+        let mut a = alert();
+        a.people.push(Recipient {
+            role: Role::SupplierContact,
+            ..person("+13125550151")
+        });
+        a.people.push(Recipient {
+            role: Role::PlantManager,
+            ..person("+13125550120")
+        });
+        a
+    }
+
+    #[test]
+    fn a_delivery_keeps_the_role_the_record_gives_its_person() {
+        let cases: Vec<(Delivery, Result<(), &str>)> = vec![
+            (as_role("+13125550120", Role::Buyer), Ok(())),
+            (as_role("+13125550120", Role::PlantManager), Ok(())),
+            (as_role("+13125550151", Role::SupplierContact), Ok(())),
+            // A plugin relabelling a supplier contact as a buyer (who may decide POs).
+            (
+                as_role("+13125550151", Role::Buyer),
+                Err("delivery 1: +13125550151 is not the record's buyer (the record names that number only as supplier_contact)"),
+            ),
+            (
+                as_role("+13125550120", Role::ApClerk),
+                Err("delivery 1: +13125550120 is not the record's ap_clerk (the record names that number only as buyer, plant_manager)"),
+            ),
+            (
+                as_role("+13125550199", Role::Buyer),
+                Err("delivery 1: +13125550199 is not one of the record's people"),
+            ),
+        ];
+        for (delivery, want) in cases {
+            let a = shared_alert();
+            assert_eq!(
+                check_deliveries(&a, std::slice::from_ref(&delivery)),
+                want.map_err(String::from),
+                "{delivery:?}"
+            );
+            assert_eq!(person_of(&a, &delivery).is_some(), want.is_ok(), "{delivery:?}");
+        }
+        // The delivery's error is named by its place.
+        let ds = vec![as_role("+13125550120", Role::Buyer), as_role("+13125550151", Role::PlantManager)];
+        assert!(check_deliveries(&shared_alert(), &ds).unwrap_err().starts_with("delivery 2: "));
     }
 
     #[test]

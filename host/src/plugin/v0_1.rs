@@ -91,21 +91,25 @@ pub fn to_channel(c: routing::Channel) -> t::Channel {
     }
 }
 
-/// A plugin's delivery back to the core; `to` is matched against the record's people so
-/// the host never trusts a plugin's idea of who someone is.
+/// A plugin's delivery back to the core; `to` is matched against the record's people by
+/// number and role, so the host never trusts a plugin's idea of who someone is (name,
+/// source). A pair the record does not name stays as the plugin labelled it, and
+/// `routing::check_deliveries` refuses it (a supplier contact relabelled a buyer, who
+/// may decide a PO).
 pub fn delivery(alert: &routing::AlertInput, d: &t::Delivery) -> routing::Delivery {
+    let role = match d.to.role {
+        t::Role::Buyer => CoreRole::Buyer,
+        t::Role::ApClerk => CoreRole::ApClerk,
+        t::Role::PlantManager => CoreRole::PlantManager,
+        t::Role::SupplierContact => CoreRole::SupplierContact,
+    };
     let to = alert
         .people
         .iter()
-        .find(|p| p.phone == d.to.phone)
+        .find(|p| p.phone == d.to.phone && p.role == role)
         .cloned()
         .unwrap_or_else(|| Recipient {
-            role: match d.to.role {
-                t::Role::Buyer => CoreRole::Buyer,
-                t::Role::ApClerk => CoreRole::ApClerk,
-                t::Role::PlantManager => CoreRole::PlantManager,
-                t::Role::SupplierContact => CoreRole::SupplierContact,
-            },
+            role,
             name: d.to.name.clone(),
             source: "named by the plugin".into(),
             phone: d.to.phone.clone(),

@@ -89,6 +89,8 @@ pub struct UnmatchedReply {
     pub to: String,
     pub body: String,
     pub event_id: i64,
+    /// Why it matched nothing, for the audit trail.
+    pub why: String,
 }
 
 /// A kept reply that matched nothing, as stored.
@@ -106,6 +108,8 @@ pub struct UnmatchedReplyRow {
 pub struct Purged {
     pub replies: u64,
     pub counters: u64,
+    /// Processed webhook events past [`intake::EVENT_RETENTION_DAYS`].
+    pub events: u64,
 }
 
 /// Bump a sender counter in its fixed window (`$4` now, `$5` the start of a window that began
@@ -451,8 +455,7 @@ impl Store {
                 let kept_until = (now + chrono::Duration::days(intake::UNMATCHED_RETENTION_DAYS)).to_rfc3339();
                 sqlx::query("INSERT INTO audit (tenant_id, kind, record_key, episode, at, event, detail) VALUES ($1, 'phone', $2, NULL, $3, 'unmatched_inbound_sms', $4)")
                     .bind(&r.tenant).bind(&r.phone).bind(at)
-                    .bind(json!({"why": "no open alert carries its reference or was sent to this number", "event_id": r.event_id,
-                                 "to": r.to, "text_kept_until": kept_until}).to_string())
+                    .bind(json!({"why": r.why, "event_id": r.event_id, "to": r.to, "text_kept_until": kept_until}).to_string())
                     .execute(&mut *tx).await?;
             }
             sqlx::query("UPDATE webhook_events SET params = '[]' WHERE id = $1").bind(r.event_id).execute(&mut *tx).await?;
@@ -470,15 +473,20 @@ impl Store {
             .collect()))
     }
 
-    /// Purge replies that matched nothing past their retention, and counters whose window
-    /// ended a window ago or more.
+    /// Purge replies that matched nothing past their retention, counters whose window ended a
+    /// window ago or more, and processed webhook events (answers' text in their parameters, a
+    /// dropped reply's bare row) processed more than [`intake::EVENT_RETENTION_DAYS`] ago.
+    /// Events queued or running are never purged, however old.
     pub async fn purge_unmatched(&self, now: DateTime<Utc>) -> Result<Purged> {
         let old = millis(now - chrono::Duration::days(intake::UNMATCHED_RETENTION_DAYS));
         let window = intake::MISS_WINDOW_MINUTES.max(intake::UNMATCHED_WINDOW_MINUTES);
         let stale = millis(now - minutes(2 * window));
+        let events_before = millis(now - chrono::Duration::days(intake::EVENT_RETENTION_DAYS));
         let purged = in_tx!(self, tx => Purged {
             replies: sqlx::query("DELETE FROM unmatched_replies WHERE received_at < $1").bind(old).execute(&mut *tx).await?.rows_affected(),
             counters: sqlx::query("DELETE FROM sender_counters WHERE window_start < $1").bind(stale).execute(&mut *tx).await?.rows_affected(),
+            events: sqlx::query("DELETE FROM webhook_events WHERE state = 'done' AND processed_at < $1")
+                .bind(events_before).execute(&mut *tx).await?.rows_affected(),
         });
         Ok(purged)
     }

@@ -39,6 +39,8 @@ impl Guest for Hostile {
             "trap" => panic!("deliberate trap in route"),
             "bad-number" => Ok(vec![Delivery { to: Person { role: Role::Buyer, name: "x".into(), phone: "+1555".into() }, ..first(&alert) }]),
             "stranger" => Ok(vec![Delivery { to: Person { role: Role::Buyer, name: "x".into(), phone: "+13125559999".into() }, ..first(&alert) }]),
+            // The record's first person, labelled a buyer whatever the record says they are.
+            "relabel" => Ok(vec![Delivery { to: Person { role: Role::Buyer, ..alert.people[0].clone() }, ..first(&alert) }]),
             "clock-random" => {
                 use std::hash::{BuildHasher, Hasher};
                 let wall = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
