@@ -184,8 +184,9 @@ pub enum Command {
         /// Where the QAD sandbox listens (port 0: any free port).
         #[arg(long, default_value = "127.0.0.1:0")]
         qad_addr: SocketAddr,
-        /// Seconds between polls of the example tenant.
-        #[arg(long, default_value_t = 20)]
+        /// Seconds between polls of the example tenant (at least 60, as for every tenant).
+        #[arg(long, default_value_t = crate::core::limits::POLL_INTERVAL_MIN_SECONDS,
+              value_parser = clap::value_parser!(u64).range(crate::core::limits::POLL_INTERVAL_MIN_SECONDS..))]
         poll_every: u64,
         /// The public base URL Twilio calls back (default: the HTTP address).
         #[arg(long, env = "ML_CONNECTOR_PUBLIC_URL")]
@@ -220,6 +221,14 @@ pub enum Command {
         /// How long a host holds a tenant's poll without renewing before another takes it over.
         #[arg(long, env = "ML_CONNECTOR_POLL_LEASE_SECONDS", default_value_t = 60)]
         poll_lease_seconds: u64,
+        /// The most QAD browse pages one poll reads; past it the poll fails saying so.
+        #[arg(long, env = "ML_CONNECTOR_POLL_MAX_PAGES", default_value_t = crate::core::limits::POLL_MAX_PAGES,
+              value_parser = clap::value_parser!(u64).range(1..))]
+        poll_max_pages: u64,
+        /// The most QAD rows one poll reads; past it the poll fails saying so.
+        #[arg(long, env = "ML_CONNECTOR_POLL_MAX_ROWS", default_value_t = crate::core::limits::POLL_MAX_ROWS,
+              value_parser = clap::value_parser!(u64).range(1..))]
+        poll_max_rows: u64,
         /// Twilio requests in flight per tenant on this host (Twilio answers 429 past its
         /// account's own limit; the back-off copes, this keeps it rare).
         #[arg(long, env = "ML_CONNECTOR_TWILIO_CONCURRENCY", default_value_t = crate::dispatcher::PER_TENANT_CONCURRENCY)]
@@ -331,6 +340,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             public_url,
             job_lease_seconds,
             poll_lease_seconds,
+            poll_max_pages,
+            poll_max_rows,
             twilio_concurrency,
             http_addr,
             http_limits,
@@ -345,7 +356,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let store = Store::connect(&db.database_url).await.context("connecting to the database")?;
             let http = crate::outbound::client(Duration::from_secs(60))?;
             let plugins = Arc::new(PluginRuntime::serving(plugin_cache, &keys)?);
-            let poller = Poller::new(store.clone(), keys.clone(), http.clone(), Arc::new(SystemClock), plugins);
+            let mut poller = Poller::new(store.clone(), keys.clone(), http.clone(), Arc::new(SystemClock), plugins);
+            poller.ceiling = crate::qad::Ceiling {
+                pages: poll_max_pages,
+                rows: poll_max_rows,
+            };
             let mut dispatcher = Dispatcher::new(store.clone(), keys.clone(), http, Arc::new(SystemClock), &public_url);
             dispatcher.lease = chrono::Duration::seconds(job_lease_seconds as i64);
             dispatcher.per_tenant_concurrency = twilio_concurrency.max(1);

@@ -26,7 +26,7 @@ use crate::core::routing::{AlertInput, PluginContext, Routed};
 use crate::core::rows::{self, Row, RowError};
 use crate::core::schedule::{Schedule, ScheduleError};
 use crate::plugin::{DEFAULT_PLUGIN, LoadedPlugin, PluginFault, PluginRuntime, PluginSettings};
-use crate::qad::{Filter, QadClient, QadConfig, QadError, RetryPolicy};
+use crate::qad::{Ceiling, Filter, QadClient, QadConfig, QadError, RetryPolicy};
 use crate::secrets::{Keyring, Origin, OriginError};
 use crate::store::{Applied, EpisodeChange, NewAudit, NewEpisode, NewJob, OpenRecord, PollTotals, RecordChange, Store, StoreError, Tenant};
 
@@ -47,6 +47,9 @@ pub enum PollError {
     Origin(String, OriginError),
     #[error("tenant {0}: {1}")]
     Schedule(String, ScheduleError),
+    /// Ended where it was: its tenant was deleted.
+    #[error("cancelled: {0}")]
+    Cancelled(&'static str),
 }
 
 /// What happened, for the demo's printed lines and other listeners.
@@ -130,6 +133,8 @@ pub struct Poller {
     pub events: broadcast::Sender<Event>,
     pub retry: RetryPolicy,
     pub plugins: Arc<PluginRuntime>,
+    /// The most one poll reads of QAD (`ML_CONNECTOR_POLL_MAX_PAGES`, `…_MAX_ROWS`).
+    pub ceiling: Ceiling,
 }
 
 impl Poller {
@@ -142,6 +147,7 @@ impl Poller {
             events: broadcast::channel(4096).0,
             retry: RetryPolicy::default(),
             plugins,
+            ceiling: Ceiling::default(),
         }
     }
 
@@ -180,9 +186,22 @@ impl Poller {
     /// Poll one tenant once. A QAD failure ends the cycle with the cursors of the streams
     /// already finished advanced and the rest untouched, recorded in the poll history.
     pub async fn poll(&self, tenant_id: &str, requested_by: &str) -> Result<PollReport, PollError> {
+        self.poll_until(tenant_id, requested_by, std::future::pending()).await
+    }
+
+    /// [`Poller::poll`], ended where it is when `cancel` resolves (with why), and recorded
+    /// as failed with that reason.
+    pub async fn poll_until(
+        &self,
+        tenant_id: &str,
+        requested_by: &str,
+        cancel: impl std::future::Future<Output = &'static str>,
+    ) -> Result<PollReport, PollError> {
         let tenant = self.store.tenant(tenant_id).await?;
         let schedule = Schedule::parse(&tenant.schedule).map_err(|e| PollError::Schedule(tenant.id.clone(), e))?;
-        let client = qad_client(&self.store, &self.keys, &self.http, self.retry.clone(), &tenant).await?;
+        let client = qad_client(&self.store, &self.keys, &self.http, self.retry.clone(), &tenant)
+            .await?
+            .with_ceiling(self.ceiling);
         let started = self.clock.now();
         self.store.abandon_running_polls(&tenant.id, started).await?;
         let poll_id = self.store.start_poll(&tenant.id, requested_by, started).await?;
@@ -203,7 +222,10 @@ impl Poller {
         let outcome = {
             use tracing::Instrument;
             let span = tracing::info_span!("poll", tenant = %tenant.id, poll_id);
-            cycle.run().instrument(span).await
+            tokio::select! {
+                r = cycle.run().instrument(span) => r,
+                why = cancel => Err(PollError::Cancelled(why)),
+            }
         };
         let error = outcome.as_ref().err().map(|e| e.to_string());
         let totals = cycle.totals;

@@ -44,6 +44,17 @@ pub enum QadError {
         #[source]
         source: BodyError,
     },
+    /// The poll read more than its ceiling (`ML_CONNECTOR_POLL_MAX_PAGES`, `…_MAX_ROWS`): a
+    /// QAD that pages for ever, or a page size far too small, ends the poll here.
+    #[error(
+        "the poll stopped at browse {browse} page {page}: {read} read and QAD had more, the ceiling is {ceiling} (ML_CONNECTOR_POLL_MAX_PAGES / ML_CONNECTOR_POLL_MAX_ROWS)"
+    )]
+    Ceiling {
+        browse: String,
+        page: u32,
+        read: String,
+        ceiling: String,
+    },
 }
 
 impl QadError {
@@ -108,13 +119,32 @@ impl Filter {
 #[derive(Debug, Default)]
 pub struct Counters {
     pub requests: AtomicU64,
+    /// Browse pages read (what the poll's page ceiling counts).
+    pub pages: AtomicU64,
     pub rows: AtomicU64,
     pub logins: AtomicU64,
+}
+
+/// The most one poll (one client) reads of QAD, all browses together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ceiling {
+    pub pages: u64,
+    pub rows: u64,
+}
+
+impl Default for Ceiling {
+    fn default() -> Self {
+        Ceiling {
+            pages: crate::core::limits::POLL_MAX_PAGES,
+            rows: crate::core::limits::POLL_MAX_ROWS,
+        }
+    }
 }
 
 pub struct QadClient {
     http: reqwest::Client,
     cfg: QadConfig,
+    ceiling: Ceiling,
     token: Mutex<Option<SecretString>>,
     pub counters: Counters,
 }
@@ -130,9 +160,32 @@ impl QadClient {
         QadClient {
             http,
             cfg,
+            ceiling: Ceiling::default(),
             token: Mutex::new(None),
             counters: Counters::default(),
         }
+    }
+
+    /// The same client with another ceiling on what it reads.
+    pub fn with_ceiling(mut self, ceiling: Ceiling) -> Self {
+        self.ceiling = ceiling;
+        self
+    }
+
+    /// Past the ceiling after a page: the error that ends the poll.
+    fn past_ceiling(&self, browse: &str, page: u32) -> Option<QadError> {
+        let (pages, rows) = (
+            self.counters.pages.load(Ordering::Relaxed),
+            self.counters.rows.load(Ordering::Relaxed),
+        );
+        let over = |read: u64, ceiling: u64, what: &str| (read >= ceiling).then(|| (format!("{read} {what}"), format!("{ceiling} {what}")));
+        let (read, ceiling) = over(pages, self.ceiling.pages, "pages").or_else(|| over(rows, self.ceiling.rows, "rows"))?;
+        Some(QadError::Ceiling {
+            browse: browse.into(),
+            page,
+            read,
+            ceiling,
+        })
     }
 
     fn url(&self, path: &str) -> String {
@@ -298,6 +351,7 @@ impl QadClient {
         let flag = &body["auxillaryData"]["HasMoreParams"];
         let more = flag.as_str() == Some("true") || flag.as_bool() == Some(true);
         self.counters.rows.fetch_add(rows.len() as u64, Ordering::Relaxed);
+        self.counters.pages.fetch_add(1, Ordering::Relaxed);
         Ok((rows, more))
     }
 
@@ -315,6 +369,9 @@ impl QadClient {
                         rows.append(&mut got);
                         if !more {
                             return Ok(rows);
+                        }
+                        if let Some(e) = self.past_ceiling(browse_id, page) {
+                            return Err(e);
                         }
                         page += 1;
                     }

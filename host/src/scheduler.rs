@@ -2,8 +2,11 @@
 //! now, and nothing lost across restarts (the next time is derived from the poll history).
 //! Across hosts sharing one database, a poll runs under the tenant's lease in the store,
 //! renewed while it runs; a host that stops renewing is taken over when the lease expires.
+//! A scheduled poll comes at most once per `POLL_INTERVAL_MIN_SECONDS` (whatever the stored
+//! schedule says), later after failures (doubling, up to `POLL_BACKOFF_MAX_SECONDS`, read from
+//! the poll history so every host agrees), and a tenant's deletion cancels its running poll.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration as StdDuration;
 
@@ -27,7 +30,8 @@ pub enum PollNowError {
 #[derive(Clone)]
 pub struct Scheduler {
     poller: Poller,
-    running: Arc<Mutex<HashSet<String>>>,
+    /// Tenants being polled by this host, each with what cancels its poll.
+    running: Arc<Mutex<HashMap<String, Arc<Notify>>>>,
     /// Tenants whose poll could not even start (no credentials, say): not tried again before
     /// this time, or until their settings change, instead of at once in a loop.
     held_back: Arc<Mutex<HashMap<String, DateTime<Utc>>>>,
@@ -36,15 +40,48 @@ pub struct Scheduler {
     pub host: String,
     /// How long a poll lease lasts without renewal (renewed every third of it).
     pub poll_lease: Duration,
+    /// The shortest time between two scheduled polls of a tenant (`POLL_INTERVAL_MIN_SECONDS`).
+    pub min_interval: Duration,
 }
 
 /// How long a tenant whose poll cannot start waits before the next try.
 const HOLD_BACK: Duration = Duration::seconds(60);
 
+/// How many recent polls are read to count the failures in a row (the back-off is at its
+/// cap well before).
+const BACKOFF_HISTORY: i64 = 8;
+
+/// How long `cancel` waits for a cancelled poll to record its end.
+const CANCEL_WAIT: StdDuration = StdDuration::from_secs(10);
+
+/// `POLL_INTERVAL_MIN_SECONDS`; a debug build lets a test that needs polls every few seconds
+/// (several hosts taking a poll over) shorten it with
+/// `ML_CONNECTOR_TEST_POLL_MIN_INTERVAL_SECONDS`. A release build has no such override.
+fn min_interval_of_this_build() -> Duration {
+    #[cfg(debug_assertions)]
+    if let Some(s) = std::env::var("ML_CONNECTOR_TEST_POLL_MIN_INTERVAL_SECONDS")
+        .ok()
+        .and_then(|v| v.parse::<i64>().ok())
+    {
+        return Duration::seconds(s.max(1));
+    }
+    crate::core::schedule::min_interval()
+}
+
+/// Failed polls in a row, most recent first (a poll still running is passed over).
+fn failures_in_a_row(history: &[crate::store::PollRow]) -> u32 {
+    history
+        .iter()
+        .filter(|p| p.outcome != "running")
+        .take_while(|p| p.outcome == "failed")
+        .count() as u32
+}
+
 /// Removes the tenant from the running set however the poll ends.
 struct RunningGuard {
-    running: Arc<Mutex<HashSet<String>>>,
+    running: Arc<Mutex<HashMap<String, Arc<Notify>>>>,
     tenant: String,
+    cancel: Arc<Notify>,
     wake: Arc<Notify>,
 }
 
@@ -64,22 +101,55 @@ impl Scheduler {
             wake: Arc::new(Notify::new()),
             host: format!("{}-{}", std::process::id(), uuid::Uuid::new_v4().simple()),
             poll_lease: Duration::seconds(60),
+            min_interval: min_interval_of_this_build(),
         }
     }
 
     fn claim(&self, tenant: &str) -> Option<RunningGuard> {
         let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
-        running.insert(tenant.to_string()).then(|| RunningGuard {
+        if running.contains_key(tenant) {
+            return None;
+        }
+        let cancel = Arc::new(Notify::new());
+        running.insert(tenant.to_string(), cancel.clone());
+        Some(RunningGuard {
             running: self.running.clone(),
             tenant: tenant.to_string(),
+            cancel,
             wake: self.wake.clone(),
         })
     }
 
+    /// Cancel the tenant's poll running on this host, if any, and wait (a while) for it to
+    /// record its end: DeleteTenant calls it before deleting. Whether one was running.
+    pub async fn cancel(&self, tenant: &str) -> bool {
+        let Some(cancel) = self.running.lock().unwrap_or_else(|p| p.into_inner()).get(tenant).cloned() else {
+            return false;
+        };
+        // A stored permit: a poll that has not reached its wait yet is cancelled all the same.
+        cancel.notify_one();
+        let deadline = tokio::time::Instant::now() + CANCEL_WAIT;
+        while self.running.lock().unwrap_or_else(|p| p.into_inner()).contains_key(tenant) && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(StdDuration::from_millis(20)).await;
+        }
+        true
+    }
+
+    /// When the tenant's next scheduled poll is due: its schedule from the last poll's start,
+    /// never sooner than the minimum interval, later after failures in a row.
+    async fn due(&self, tenant: &str, schedule: &Schedule, now: DateTime<Utc>) -> Result<DateTime<Utc>, PollNowError> {
+        let history = self.poller.store.polls(tenant, BACKOFF_HISTORY).await.map_err(PollError::from)?;
+        let last = history.first().map(|p| p.started_at);
+        let schedule = schedule.clone().with_min_gap(self.min_interval);
+        schedule
+            .next_poll_after(last, failures_in_a_row(&history), now)
+            .map_err(|e| PollError::Schedule(tenant.to_string(), e).into())
+    }
+
     /// Poll a tenant now, unless a poll of it is already under way (here or on another host).
     pub async fn poll_now(&self, tenant: &str, requested_by: &str) -> Result<PollReport, PollNowError> {
-        let _guard = self.claim(tenant).ok_or_else(|| PollNowError::AlreadyRunning(tenant.to_string()))?;
-        self.leased(&self.poller, tenant, requested_by, None).await
+        let guard = self.claim(tenant).ok_or_else(|| PollNowError::AlreadyRunning(tenant.to_string()))?;
+        self.leased(&self.poller, &guard, requested_by, None).await
     }
 
     /// Run one poll under the tenant's lease. `due_by`: for a scheduled poll, its schedule,
@@ -88,10 +158,11 @@ impl Scheduler {
     async fn leased(
         &self,
         poller: &Poller,
-        tenant: &str,
+        guard: &RunningGuard,
         requested_by: &str,
         due_by: Option<&Schedule>,
     ) -> Result<PollReport, PollNowError> {
+        let tenant = guard.tenant.as_str();
         let store = &poller.store;
         let now = poller.clock.now();
         if !store
@@ -101,14 +172,17 @@ impl Scheduler {
         {
             return Err(held_elsewhere(store, tenant).await);
         }
-        if let Some(schedule) = due_by {
-            let last = store.polls(tenant, 1).await.map_err(PollError::from)?.first().map(|p| p.started_at);
-            if schedule.next_poll(last, now).is_ok_and(|due| due > now) {
-                store.release_poll_lease(tenant, &self.host).await.map_err(PollError::from)?;
-                return Err(PollNowError::AlreadyRunning(tenant.to_string()));
-            }
+        if let Some(schedule) = due_by
+            && self.due(tenant, schedule, now).await.is_ok_and(|due| due > now)
+        {
+            store.release_poll_lease(tenant, &self.host).await.map_err(PollError::from)?;
+            return Err(PollNowError::AlreadyRunning(tenant.to_string()));
         }
-        let poll = poller.poll(tenant, requested_by);
+        let cancel = guard.cancel.clone();
+        let poll = poller.poll_until(tenant, requested_by, async move {
+            cancel.notified().await;
+            "the tenant was deleted"
+        });
         tokio::pin!(poll);
         let every = (self.poll_lease / 3)
             .to_std()
@@ -160,14 +234,7 @@ impl Scheduler {
                                 continue;
                             }
                         };
-                        let last = match self.poller.store.polls(&t.id, 1).await {
-                            Ok(p) => p.first().map(|p| p.started_at),
-                            Err(e) => {
-                                tracing::warn!(tenant = %t.id, error = %e, "poll history unreadable");
-                                continue;
-                            }
-                        };
-                        let due = match schedule.next_poll(last, now) {
+                        let due = match self.due(&t.id, &schedule, now).await {
                             Ok(d) => d,
                             Err(e) => {
                                 tracing::warn!(tenant = %t.id, error = %e, "no next poll time");
@@ -180,7 +247,7 @@ impl Scheduler {
                             if let Some(guard) = self.claim(&t.id) {
                                 let this = self.clone();
                                 tasks.spawn(async move {
-                                    match this.leased(&this.poller, &guard.tenant, "schedule", Some(&schedule)).await {
+                                    match this.leased(&this.poller, &guard, "schedule", Some(&schedule)).await {
                                         Ok(_) => {}
                                         // Another host just polled it: its history says when next.
                                         Err(PollNowError::AlreadyRunning(_)) => {}

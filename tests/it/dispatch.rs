@@ -854,6 +854,8 @@ async fn killing_the_host_between_a_post_and_its_commit_never_doubles_an_alert()
             .env("ML_CONNECTOR_JOB_LEASE_SECONDS", "1")
             // A host killed mid-poll holds the tenant's poll lease until it expires.
             .env("ML_CONNECTOR_POLL_LEASE_SECONDS", "1")
+            // Polls every 2 s as the schedule says (a debug build's test override of the minimum).
+            .env("ML_CONNECTOR_TEST_POLL_MIN_INTERVAL_SECONDS", "1")
             .env("ML_CONNECTOR_HTTP_ADDR", "127.0.0.1:0")
             .env("ML_CONNECTOR_GRPC_ADDR", "127.0.0.1:0")
             .env("ML_CONNECTOR_METRICS_ADDR", "127.0.0.1:0")

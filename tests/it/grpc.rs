@@ -15,16 +15,16 @@ use ml_connector::twilio_sandbox::{TwilioSandbox, TwilioSandboxConfig};
 use ml_connector_tests::{Qad, binary, engines, fresh_db};
 use serde_json::{Value, json};
 
-const TOKEN: &str = "test-admin-token-0123456789";
+pub(crate) const TOKEN: &str = "test-admin-token-0123456789";
 
 /// A port free a moment ago: `serve` must be told its gRPC address to be reached by grpcurl.
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-struct Host {
-    child: tokio::process::Child,
-    addr: String,
+pub(crate) struct Host {
+    pub(crate) child: tokio::process::Child,
+    pub(crate) addr: String,
 }
 
 /// `ml-connector serve` on `url` with the admin token, gRPC on a free port; not waited for.
@@ -47,7 +47,7 @@ fn spawn_serve(url: &str, key: &str, env: &[(&str, &str)]) -> Host {
 }
 
 /// `ml-connector serve` on `url`, waited for until gRPC health says SERVING.
-async fn serve(url: &str, key: &str, env: &[(&str, &str)]) -> Host {
+pub(crate) async fn serve(url: &str, key: &str, env: &[(&str, &str)]) -> Host {
     let host = spawn_serve(url, key, env);
     for _ in 0..300 {
         // Health needs no token: only reflection (to find the method) is given one.
@@ -1048,4 +1048,70 @@ async fn serve_refuses_plaintext_grpc_off_loopback_unless_allowed() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     panic!("serve with ML_CONNECTOR_GRPC_ALLOW_PLAINTEXT never served on {everywhere}");
+}
+
+/// Health checks, and calls the admin token refuses, do not count as activity: a client that
+/// makes only those, however often, loses its connection at the header timeout (observed as
+/// the client having to connect again), while an admitted call keeps its connection.
+#[tokio::test]
+async fn health_checks_and_refused_calls_do_not_keep_a_connection() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let db = fresh_db("sqlite").await;
+    let key = generate_master_key();
+    let timeouts = [
+        ("ML_CONNECTOR_GRPC_HEADER_TIMEOUT_SECONDS", "1"),
+        ("ML_CONNECTOR_GRPC_IDLE_TIMEOUT_SECONDS", "1"),
+    ];
+    let host = serve(&db.url, &key, &timeouts).await;
+    // A channel that counts the TCP connections it had to open.
+    let connect = || {
+        let opened = std::sync::Arc::new(AtomicUsize::new(0));
+        let counter = opened.clone();
+        let addr = host.addr.clone();
+        let connector = tower::service_fn(move |_: tonic::transport::Uri| {
+            counter.fetch_add(1, Ordering::SeqCst);
+            let addr = addr.clone();
+            async move { tokio::net::TcpStream::connect(addr).await.map(hyper_util::rt::TokioIo::new) }
+        });
+        let endpoint = tonic::transport::Endpoint::from_static("http://grpc.test");
+        let channel = endpoint.connect_with_connector_lazy(connector);
+        (channel, opened)
+    };
+    // Health only, every 250 ms for 4 s.
+    let (channel, opened) = connect();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    for _ in 0..16 {
+        let _ = health.check(tonic_health::pb::HealthCheckRequest::default()).await;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let health_connections = opened.load(Ordering::SeqCst);
+    // Refused calls (a wrong token), the same way.
+    let (channel, refused_opened) = connect();
+    let wrong = |mut req: tonic::Request<()>| {
+        req.metadata_mut().insert("authorization", "Bearer wrong".parse().unwrap());
+        Ok(req)
+    };
+    let mut tenants = pb::tenants_client::TenantsClient::with_interceptor(channel, wrong);
+    for _ in 0..16 {
+        let r = tenants.list_tenants(pb::ListTenantsRequest::default()).await;
+        assert_eq!(r.unwrap_err().code(), tonic::Code::Unauthenticated);
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let refused_connections = refused_opened.load(Ordering::SeqCst);
+    // Admitted calls, the same way: one connection throughout.
+    let (channel, admitted_opened) = connect();
+    let right = |mut req: tonic::Request<()>| {
+        req.metadata_mut().insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
+        Ok(req)
+    };
+    let mut tenants = pb::tenants_client::TenantsClient::with_interceptor(channel, right);
+    for _ in 0..16 {
+        tenants.list_tenants(pb::ListTenantsRequest::default()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let admitted_connections = admitted_opened.load(Ordering::SeqCst);
+    eprintln!("connections opened over 4 s: health {health_connections}, refused {refused_connections}, admitted {admitted_connections}");
+    assert!(health_connections > 1, "health checks kept their connection");
+    assert!(refused_connections > 1, "refused calls kept their connection");
+    assert_eq!(admitted_connections, 1, "admitted calls every 250 ms keep one connection");
 }

@@ -70,6 +70,9 @@ async fn three_hosts_share_the_work_and_survive_one_killed_mid_burst() {
                 .env("ML_CONNECTOR_METRICS_ADDR", "127.0.0.1:0")
                 .env("ML_CONNECTOR_JOB_LEASE_SECONDS", "2")
                 .env("ML_CONNECTOR_POLL_LEASE_SECONDS", "2")
+                // Polls every 2 s, as the tenants' schedules say (a debug build's test override
+                // of the one-minute minimum): a host must be polling when it is killed.
+                .env("ML_CONNECTOR_TEST_POLL_MIN_INTERVAL_SECONDS", "1")
                 .env("ML_CONNECTOR_LOG", "error")
                 .kill_on_drop(true)
                 .spawn()

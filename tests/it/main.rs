@@ -7,6 +7,7 @@ mod credentials;
 mod dispatch;
 mod fuzz_corpus;
 mod grpc;
+mod grpc_fields;
 mod hosts;
 mod ops;
 mod plugins;

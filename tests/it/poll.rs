@@ -396,3 +396,130 @@ async fn the_scheduler_polls_due_tenants_and_stops_on_shutdown() {
     assert_eq!(polls.len(), 1, "not due again until the interval passed (the clock did not move)");
     assert_eq!((polls[0].requested_by.as_str(), polls[0].outcome.as_str()), ("schedule", "ok"));
 }
+
+/// The tenant's schedule as stored, bypassing the control plane's checks (a value stored
+/// before them, or written by hand).
+async fn store_schedule(h: &Harness, every_seconds: u64) {
+    let mut s = h.db.store.tenant_settings(&h.tenant.id).await.unwrap();
+    s.tenant.schedule.every_seconds = Some(every_seconds);
+    h.db.store
+        .update_tenant(&s, ml_connector::clock::Clock::now(&*h.clock))
+        .await
+        .unwrap();
+}
+
+/// Run the scheduler while the clock moves a second every 10 ms (a minute of schedule in
+/// 0.6 s), waking it each time; the scheduled polls' start times.
+async fn scheduled_polls(h: &Harness, clock_seconds: i64) -> Vec<chrono::DateTime<chrono::Utc>> {
+    let scheduler = Scheduler::new(h.poller.clone());
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn({
+        let s = scheduler.clone();
+        async move { s.run(stopped).await }
+    });
+    for _ in 0..clock_seconds {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        h.clock.advance(Duration::seconds(1));
+        scheduler.reschedule();
+    }
+    stop.send(true).unwrap();
+    tokio::time::timeout(std::time::Duration::from_secs(30), task)
+        .await
+        .unwrap()
+        .unwrap();
+    let mut polls = h.db.store.polls(&h.tenant.id, 1000).await.unwrap();
+    polls.reverse();
+    polls.iter().map(|p| p.started_at).collect()
+}
+
+fn gaps(starts: &[chrono::DateTime<chrono::Utc>]) -> Vec<i64> {
+    starts.windows(2).map(|w| (w[1] - w[0]).num_seconds()).collect()
+}
+
+/// Issue 22: a schedule of one second (stored before the checks; `every_seconds`
+/// u64::MAX once wrapped to −1 s) polled 1,347 times in 14.5 s. Scheduled polls come at
+/// most once per minimum interval, whatever is stored.
+#[tokio::test]
+async fn a_stored_one_second_schedule_polls_at_most_once_a_minute() {
+    let h = harness("sqlite").await;
+    store_schedule(&h, 1).await;
+    let starts = scheduled_polls(&h, 400).await;
+    assert!(starts.len() >= 2, "the scheduler ran: {starts:?}");
+    assert!(
+        starts.len() <= 7,
+        "{} polls in 400 s of schedule: {:?}",
+        starts.len(),
+        gaps(&starts)
+    );
+    assert!(gaps(&starts).iter().all(|g| *g >= 60), "{:?}", gaps(&starts));
+}
+
+/// A failing poll backs off: after each failure in a row the next scheduled one waits twice
+/// as long (2, 4, 8 min…), read from the poll history.
+#[tokio::test]
+async fn failing_polls_back_off_exponentially() {
+    let h = harness("sqlite").await;
+    store_schedule(&h, 60).await;
+    h.qad.control("faults", json!({"fail_browse": data::BROWSE_INVOICES})).await;
+    let starts = scheduled_polls(&h, 900).await;
+    let polls = h.db.store.polls(&h.tenant.id, 1000).await.unwrap();
+    assert!(polls.iter().all(|p| p.outcome == "failed"), "every poll failed");
+    let g = gaps(&starts);
+    assert!(g.len() >= 2, "{g:?}");
+    for (i, gap) in g.iter().enumerate() {
+        let want = 60 * (2i64 << i);
+        assert!(*gap >= want && *gap < want + 30, "gap {i} is {gap} s, want about {want}: {g:?}");
+    }
+}
+
+/// A QAD that pages for ever (once: a profile page_size of 0, 3,692 pages) ends the poll at
+/// its ceiling of pages, with a clear error in the poll record.
+#[tokio::test]
+async fn a_qad_that_pages_for_ever_ends_the_poll_at_its_ceiling() {
+    let mut h = harness("sqlite").await;
+    h.poller.ceiling = ml_connector::qad::Ceiling {
+        pages: 25,
+        rows: 1_000_000,
+    };
+    h.qad.control("faults", json!({"endless_paging": true})).await;
+    let report = tokio::time::timeout(std::time::Duration::from_secs(60), h.poller.poll(&h.tenant.id, "test"))
+        .await
+        .expect("the poll ends")
+        .unwrap();
+    let error = report.error.expect("the poll failed");
+    assert!(error.contains("25 pages read and QAD had more, the ceiling is 25 pages"), "{error}");
+    assert!(report.qad_requests < 40, "{} requests", report.qad_requests);
+    let polls = h.db.store.polls(&h.tenant.id, 1).await.unwrap();
+    assert_eq!(polls[0].outcome, "failed");
+    assert_eq!(polls[0].error.as_deref(), Some(error.as_str()));
+    // The rows ceiling likewise.
+    h.poller.ceiling = ml_connector::qad::Ceiling { pages: 1_000, rows: 300 };
+    let report = h.poller.poll(&h.tenant.id, "test").await.unwrap();
+    assert!(report.error.unwrap().contains("the ceiling is 300 rows"));
+}
+
+/// DeleteTenant cancels the tenant's running poll (it calls `Scheduler::cancel` first): the
+/// poll ends where it is and its record says why.
+#[tokio::test]
+async fn cancelling_a_running_poll_ends_it_and_records_why() {
+    let h = harness("sqlite").await;
+    let scheduler = Scheduler::new(h.poller.clone());
+    assert!(!scheduler.cancel(&h.tenant.id).await, "nothing running");
+    h.qad.control("faults", json!({"delay_next": 1000, "delay_ms": 200})).await;
+    let poll = tokio::spawn({
+        let (s, t) = (scheduler.clone(), h.tenant.id.clone());
+        async move { s.poll_now(&t, "grpc").await }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    let started = std::time::Instant::now();
+    assert!(scheduler.cancel(&h.tenant.id).await, "a poll was running");
+    assert!(started.elapsed() < std::time::Duration::from_secs(2), "{:?}", started.elapsed());
+    let report = poll.await.unwrap().unwrap();
+    assert_eq!(report.error.as_deref(), Some("cancelled: the tenant was deleted"));
+    let polls = h.db.store.polls(&h.tenant.id, 1).await.unwrap();
+    assert_eq!(
+        (polls[0].outcome.as_str(), polls[0].error.as_deref()),
+        ("failed", Some("cancelled: the tenant was deleted"))
+    );
+    h.qad.control("faults", json!({})).await;
+}

@@ -38,6 +38,12 @@ pub struct E164 {
     pub extension: Option<String>,
 }
 
+/// Whether `code` is an ISO 3166 alpha-2 region whose numbers this connector can read
+/// (upper case, known to the numbering metadata: `ZZ` is not).
+pub fn is_region(code: &str) -> bool {
+    code.len() == 2 && code.bytes().all(|b| b.is_ascii_uppercase()) && phonenumber::metadata::DATABASE.by_id(code).is_some()
+}
+
 /// Normalise `raw` with `country` (alpha-2, or an alias from the mapping profile) as the
 /// region for national-format numbers.
 pub fn normalise(raw: &str, country: &str, aliases: &BTreeMap<String, String>) -> Result<E164, PhoneError> {

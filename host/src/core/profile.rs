@@ -5,6 +5,11 @@ use std::collections::BTreeMap;
 
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use thiserror::Error;
+
+use crate::core::limits::{PAGE_SIZE_MAX, PAGE_SIZE_MIN, PROFILE_ENTRIES_MAX, PROFILE_TEXT_MAX_CHARS};
+use crate::core::phone;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -89,6 +94,120 @@ pub struct Roles {
 pub enum PersonRef {
     Employee { employee: String },
     Direct { name: String, phone: String, country: String },
+}
+
+/// Why a mapping profile is refused; `field` is its path inside the profile.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum ProfileError {
+    #[error("page_size {0} is not between {PAGE_SIZE_MIN} and {PAGE_SIZE_MAX}")]
+    PageSize(u32),
+    #[error("{field} {value:?} is not an ISO 3166 alpha-2 country this connector knows")]
+    Country { field: String, value: String },
+    #[error("{field} is {chars} characters long, more than {PROFILE_TEXT_MAX_CHARS}")]
+    TooLong { field: String, chars: usize },
+    #[error("{field} holds a control character")]
+    Control { field: String },
+    #[error("{field} is empty")]
+    Empty { field: String },
+    #[error("{field} has {count} entries, more than {PROFILE_ENTRIES_MAX}")]
+    TooMany { field: String, count: usize },
+    #[error("{field} {value:?} must be a path starting with `/`, without `?`, `#`, `\\` or spaces")]
+    Path { field: String, value: String },
+    #[error("high_value_threshold must not be negative")]
+    Threshold,
+}
+
+impl ProfileError {
+    /// The profile's field at fault (`page_size`, `roles.ap_clerk[0].phone`…).
+    pub fn field(&self) -> &str {
+        match self {
+            ProfileError::PageSize(_) => "page_size",
+            ProfileError::Threshold => "high_value_threshold",
+            ProfileError::Country { field, .. }
+            | ProfileError::TooLong { field, .. }
+            | ProfileError::Control { field }
+            | ProfileError::Empty { field }
+            | ProfileError::TooMany { field, .. }
+            | ProfileError::Path { field, .. } => field,
+        }
+    }
+}
+
+impl MappingProfile {
+    /// Every field in its range (`core::limits`): the page size, the countries, each text's
+    /// length and characters, the write paths' shape. A page size of 0 once paged for ever.
+    pub fn check(&self) -> Result<(), ProfileError> {
+        if !(PAGE_SIZE_MIN..=PAGE_SIZE_MAX).contains(&self.page_size) {
+            return Err(ProfileError::PageSize(self.page_size));
+        }
+        if self.high_value_threshold.is_sign_negative() {
+            return Err(ProfileError::Threshold);
+        }
+        let countries = std::iter::once(("default_country".to_string(), &self.default_country))
+            .chain(self.country_aliases.iter().map(|(k, v)| (format!("country_aliases.{k}"), v)));
+        for (field, value) in countries {
+            if !phone::is_region(value) {
+                return Err(ProfileError::Country {
+                    field,
+                    value: value.clone(),
+                });
+            }
+        }
+        for (field, value) in [
+            ("write_paths.transaction_comments", &self.write_paths.transaction_comments),
+            ("write_paths.purchase_order_approvals", &self.write_paths.purchase_order_approvals),
+        ] {
+            if !value.starts_with('/') || value.contains(['?', '#', '\\', ' ']) {
+                return Err(ProfileError::Path {
+                    field: field.into(),
+                    value: value.clone(),
+                });
+            }
+        }
+        check_texts("", &serde_json::to_value(self).expect("plain data serialises"))
+    }
+}
+
+/// Every string in the profile (keys included) within its length, with no control
+/// characters; every list and map within its count; browses and field names not empty.
+fn check_texts(path: &str, v: &Value) -> Result<(), ProfileError> {
+    let text = |field: &str, s: &str| {
+        let chars = s.chars().count();
+        if chars > PROFILE_TEXT_MAX_CHARS {
+            Err(ProfileError::TooLong {
+                field: field.into(),
+                chars,
+            })
+        } else if s.chars().any(char::is_control) {
+            Err(ProfileError::Control { field: field.into() })
+        } else if s.is_empty() && (field.starts_with("browses.") || field.starts_with("fields.")) {
+            Err(ProfileError::Empty { field: field.into() })
+        } else {
+            Ok(())
+        }
+    };
+    let join = |k: &str| if path.is_empty() { k.to_string() } else { format!("{path}.{k}") };
+    match v {
+        Value::String(s) => text(path, s),
+        Value::Array(items) if items.len() > PROFILE_ENTRIES_MAX => Err(ProfileError::TooMany {
+            field: path.into(),
+            count: items.len(),
+        }),
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .try_for_each(|(i, x)| check_texts(&format!("{path}[{i}]"), x)),
+        Value::Object(m) if m.len() > PROFILE_ENTRIES_MAX => Err(ProfileError::TooMany {
+            field: path.into(),
+            count: m.len(),
+        }),
+        Value::Object(m) => m.iter().try_for_each(|(k, x)| {
+            let field = join(k);
+            text(&field, k)?;
+            check_texts(&field, x)
+        }),
+        _ => Ok(()),
+    }
 }
 
 impl Default for MappingProfile {
@@ -189,6 +308,45 @@ mod tests {
         assert_eq!(p.fields.po_mod_date, "po_mstr.po_mod_date");
         assert_eq!(p.page_size, 50);
         assert_eq!(p.browses.receipts, "urn:browse:mfg:prh001");
+    }
+
+    /// Issue 22: page_size 0 paged for ever, "ZZ" was taken as a country, and any text of
+    /// any length was stored. Each is refused naming its field; the default passes.
+    #[test]
+    fn a_profile_out_of_range_is_refused_naming_the_field() {
+        assert_eq!(MappingProfile::default().check(), Ok(()));
+        let long = "x".repeat(PROFILE_TEXT_MAX_CHARS + 1);
+        let cases: Vec<(String, &str)> = vec![
+            (r#"{"page_size":0}"#.into(), "page_size"),
+            (r#"{"page_size":1001}"#.into(), "page_size"),
+            (r#"{"default_country":"ZZ"}"#.into(), "default_country"),
+            (r#"{"default_country":"us"}"#.into(), "default_country"),
+            (r#"{"country_aliases":{"USA":"XX"}}"#.into(), "country_aliases.USA"),
+            (format!(r#"{{"browses":{{"invoices":"{long}"}}}}"#), "browses.invoices"),
+            (r#"{"browses":{"invoices":""}}"#.into(), "browses.invoices"),
+            (r#"{"approval_values":{"pending":"a\r\nb"}}"#.into(), "approval_values.pending"),
+            (
+                r#"{"write_paths":{"transaction_comments":"@evil.example/x"}}"#.into(),
+                "write_paths.transaction_comments",
+            ),
+            (r#"{"high_value_threshold":"-1"}"#.into(), "high_value_threshold"),
+            (
+                format!(
+                    r#"{{"roles":{{"ap_clerk":[{}]}}}}"#,
+                    vec![r#"{"employee":"e"}"#; PROFILE_ENTRIES_MAX + 1].join(",")
+                ),
+                "roles.ap_clerk",
+            ),
+            (
+                r#"{"roles":{"ap_clerk":[{"name":"A","phone":"+1","country":"a\u0007"}]}}"#.into(),
+                "roles.ap_clerk[0].country",
+            ),
+        ];
+        for (json, field) in cases {
+            let p: MappingProfile = serde_json::from_str(&json).unwrap_or_else(|e| panic!("{json}: {e}"));
+            let err = p.check().expect_err(&json);
+            assert_eq!(err.field(), field, "{json}: {err}");
+        }
     }
 
     #[test]

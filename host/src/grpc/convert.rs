@@ -19,14 +19,13 @@ use crate::twilio::DEFAULT_BASE_URL;
 
 /// Tenant ids appear in webhook paths and logs: keep them plain.
 pub fn check_tenant_id(field: &str, id: &str) -> Result<(), Status> {
-    let ok = !id.is_empty()
-        && id.len() <= 63
-        && id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !id.starts_with('-');
-    if ok {
+    if crate::core::limits::is_tenant_id(id) {
         Ok(())
     } else {
-        Err(invalid(field, format!("{id:?} must be 1–63 lower-case letters, digits or dashes")))
+        Err(invalid(
+            field,
+            format!("{} must be 1–63 lower-case letters, digits or dashes", super::validate::quote(id)),
+        ))
     }
 }
 
@@ -64,13 +63,10 @@ pub fn schedule_spec(field: &str, s: Option<&pb::Schedule>) -> Result<ScheduleSp
         every_seconds: (s.every_seconds > 0).then_some(s.every_seconds),
         cron: (!s.cron.is_empty()).then(|| s.cron.clone()),
         active_hours,
-        time_zone: if s.time_zone.is_empty() {
-            "UTC".into()
-        } else {
-            s.time_zone.clone()
-        },
+        // Required: an empty one was silently UTC.
+        time_zone: s.time_zone.clone(),
     };
-    Schedule::parse(&spec).map_err(|e| invalid(field, e))?;
+    Schedule::check(&spec).map_err(|e| invalid(&format!("{field}.{}", e.field()), e))?;
     Ok(spec)
 }
 
@@ -131,7 +127,9 @@ pub fn profile(field: &str, raw: &str) -> Result<MappingProfile, Status> {
     if raw.trim().is_empty() {
         return Ok(MappingProfile::default());
     }
-    serde_json::from_str(raw).map_err(|e| invalid(field, format!("is not a mapping profile: {e}")))
+    let p: MappingProfile = serde_json::from_str(raw).map_err(|e| invalid(field, format!("is not a mapping profile: {e}")))?;
+    p.check().map_err(|e| invalid(field, e))?;
+    Ok(p)
 }
 
 pub fn plugin_settings(field: &str, raw: &str) -> Result<String, Status> {
@@ -385,8 +383,10 @@ mod tests {
                 t.qad.as_mut().unwrap().base_url = "qad.example.com".into()
             }),
             ("tenant.qad.domain", |t| t.qad.as_mut().unwrap().domain = String::new()),
-            ("tenant.schedule", |t| t.schedule.as_mut().unwrap().cron = "every tuesday".into()),
-            ("tenant.schedule", |t| {
+            ("tenant.schedule.cron", |t| {
+                t.schedule.as_mut().unwrap().cron = "every tuesday".into()
+            }),
+            ("tenant.schedule.time_zone", |t| {
                 t.schedule.as_mut().unwrap().time_zone = "Mars/Olympus".into()
             }),
             ("tenant.schedule.active_from", |t| {

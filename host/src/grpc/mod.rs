@@ -12,6 +12,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tokio::sync::watch;
+use tonic::codegen::http;
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Identity, Server, ServerTlsConfig};
@@ -32,6 +33,7 @@ mod feed;
 mod plugins;
 mod polls;
 mod tenants;
+mod validate;
 
 pub use feed::{DEFAULT_MAX_WATCHERS, EventFeed};
 
@@ -196,8 +198,37 @@ pub(crate) fn store_status(e: StoreError) -> Status {
     }
 }
 
+/// INVALID_ARGUMENT naming the field. A value is quoted with `validate::quote` (at most
+/// `QUOTED_CHARS`); whatever else a problem says, the message stops at `REFUSAL_MAX_CHARS`.
 pub(crate) fn invalid(field: &str, problem: impl std::fmt::Display) -> Status {
-    Status::invalid_argument(format!("{field}: {problem}"))
+    let message = format!("{field}: {problem}");
+    match message.char_indices().nth(REFUSAL_MAX_CHARS) {
+        None => Status::invalid_argument(message),
+        Some((cut, _)) => Status::invalid_argument(format!("{}… (cut)", &message[..cut])),
+    }
+}
+
+/// The longest INVALID_ARGUMENT message, whatever a problem quotes.
+const REFUSAL_MAX_CHARS: usize = 400;
+
+/// What a panicking handler answers instead of a reset stream (CANCELLED at the client):
+/// INTERNAL, trailers-only, and the panic logged.
+fn panic_answer(panic: Box<dyn std::any::Any + Send + 'static>) -> http::Response<String> {
+    let what = panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("a panic");
+    tracing::error!(panic = %crate::core::text::for_log(what), "a gRPC handler panicked; answered INTERNAL");
+    let mut answer = http::Response::new(String::new());
+    let headers = answer.headers_mut();
+    headers.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/grpc"));
+    headers.insert("grpc-status", http::HeaderValue::from(tonic::Code::Internal as i32));
+    headers.insert(
+        "grpc-message",
+        http::HeaderValue::from_static("the%20host%20failed%20on%20this%20call%20(a%20bug%2C%20logged)"),
+    );
+    answer
 }
 
 pub(crate) fn time(t: DateTime<Utc>) -> String {
@@ -274,6 +305,7 @@ pub async fn spawn(
         .expect("the descriptor set built into this binary is valid");
     let limits = opts.limits;
     let mut builder = Server::builder()
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(panic_answer))
         .max_concurrent_streams(limits.max_streams_per_connection.max(1))
         .http2_keepalive_interval(Some(limits.idle_timeout))
         .http2_keepalive_timeout(Some(limits.header_timeout));
@@ -292,19 +324,20 @@ pub async fn spawn(
         .add_service(conn::Tracked(InterceptedService::new(reflection_v1, auth.clone())))
         .add_service(conn::Tracked(InterceptedService::new(reflection_v1alpha, auth.clone())))
         .add_service(conn::Tracked(InterceptedService::new(
-            pb::tenants_server::TenantsServer::new(tenants::TenantsService(control.clone())),
+            pb::tenants_server::TenantsServer::new(validate::Validated(tenants::TenantsService(control.clone()))),
             auth.clone(),
         )))
         .add_service(conn::Tracked(InterceptedService::new(
-            pb::plugins_server::PluginsServer::new(plugins::PluginsService(control.clone())).max_decoding_message_size(MAX_MESSAGE_BYTES),
+            pb::plugins_server::PluginsServer::new(validate::Validated(plugins::PluginsService(control.clone())))
+                .max_decoding_message_size(MAX_MESSAGE_BYTES),
             auth.clone(),
         )))
         .add_service(conn::Tracked(InterceptedService::new(
-            pb::alerts_server::AlertsServer::new(alerts::AlertsService(control.clone())),
+            pb::alerts_server::AlertsServer::new(validate::Validated(alerts::AlertsService(control.clone()))),
             auth.clone(),
         )))
         .add_service(conn::Tracked(InterceptedService::new(
-            pb::polls_server::PollsServer::new(polls::PollsService(control)),
+            pb::polls_server::PollsServer::new(validate::Validated(polls::PollsService(control))),
             auth,
         )));
     let deadlines = conn::Deadlines {

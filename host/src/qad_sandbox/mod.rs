@@ -75,6 +75,9 @@ pub struct Faults {
     pub expire_sessions_now: bool,
     /// Every request for this browse id answers 503 (a poll failing mid-cycle).
     pub fail_browse: Option<String>,
+    /// Every browse page says there are more (`HasMoreParams` "true"), past the last row
+    /// too: a QAD that pages for ever.
+    pub endless_paging: bool,
 }
 
 #[derive(Debug, Default, Clone, serde::Serialize)]
@@ -418,7 +421,7 @@ async fn browse(State(sb): State<QadSandbox>, headers: HeaderMap, RawQuery(query
         .take(size)
         .map(|i| Value::Object(table.row(*i).clone()))
         .collect();
-    let more = start + rows.len() < ids.len();
+    let more = start + rows.len() < ids.len() || s.faults.endless_paging;
     s.stats.rows_served += rows.len() as u64;
     *s.stats.rows_served_by_browse.entry(browse_id).or_default() += rows.len() as u64;
     Json(json!({"data": rows, "auxillaryData": {"HasMoreParams": if more { "true" } else { "false" }}})).into_response()
