@@ -305,6 +305,7 @@ impl HttpLimitArgs {
         crate::webhooks::HttpLimits {
             header_timeout: Duration::from_secs(self.http_header_timeout_seconds),
             max_connections: self.http_max_connections as usize,
+            ..crate::webhooks::HttpLimits::default()
         }
     }
 }
@@ -455,9 +456,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             // Bounded: whatever is still running then is cancelled and keeps its lease, which
             // expires, and another host (or the next start) takes it over, reconciling before
             // any resend.
-            let workers = [stoppable("scheduler", task), stoppable("dispatcher", sender), stoppable("inbox", intake)];
+            let workers = [
+                stoppable("scheduler", task),
+                stoppable("dispatcher", sender),
+                stoppable("inbox", intake),
+            ];
             stop_by(signalled + WORK_GRACE, workers).await;
-            let rest = [stoppable("event feed", feed_task), stoppable("health", health_task), stoppable("gRPC", grpc_task)];
+            let rest = [
+                stoppable("event feed", feed_task),
+                stoppable("health", health_task),
+                stoppable("gRPC", grpc_task),
+            ];
             stop_by(signalled + SHUTDOWN_GRACE - CLOSE_GRACE - RUNTIME_GRACE, rest).await;
             if let Some(t) = wake_task {
                 t.abort();
@@ -559,12 +568,14 @@ fn stoppable<T: Send + 'static>(name: &'static str, task: tokio::task::JoinHandl
 async fn stop_by(deadline: tokio::time::Instant, tasks: impl IntoIterator<Item = Stoppable>) {
     for t in tasks {
         if tokio::time::timeout_at(deadline, t.done).await.is_err() {
-            tracing::warn!(task = t.name, "still running at the stop deadline; cancelled (its leases cover its work)");
+            tracing::warn!(
+                task = t.name,
+                "still running at the stop deadline; cancelled (its leases cover its work)"
+            );
             t.abort.abort();
         }
     }
 }
-
 
 /// Wake the workers when another host announces new work; polling stays the fallback (a
 /// notification lost while reconnecting only delays work).

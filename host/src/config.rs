@@ -86,7 +86,10 @@ impl ConfigFile {
                 "ML_CONNECTOR_HTTP_HEADER_TIMEOUT_SECONDS",
                 self.http_header_timeout_seconds.map(|n| n.to_string()),
             ),
-            ("ML_CONNECTOR_HTTP_MAX_CONNECTIONS", self.http_max_connections.map(|n| n.to_string())),
+            (
+                "ML_CONNECTOR_HTTP_MAX_CONNECTIONS",
+                self.http_max_connections.map(|n| n.to_string()),
+            ),
             ("ML_CONNECTOR_METRICS_ADDR", self.metrics_addr.map(|a| a.to_string())),
             ("ML_CONNECTOR_GRPC_ADDR", self.grpc_addr.map(|a| a.to_string())),
             ("ML_CONNECTOR_ADMIN_TOKEN", self.admin_token.clone()),

@@ -8,7 +8,7 @@ use std::io::IsTerminal;
 use tracing_subscriber::field::MakeExt;
 use tracing_subscriber::fmt::MakeWriter;
 
-use crate::core::text::escape_controls;
+use crate::core::text::{escape_controls, is_line_trick};
 
 /// Text lines (the default) or one JSON object a line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -24,14 +24,15 @@ pub fn init(filter: &str, format: LogFormat) {
 }
 
 /// The subscriber `init` installs, writing to `out` (tests write to a buffer). Text fields
-/// are written with every control character escaped (`\n`, `\u{1b}`); JSON escapes them
-/// itself.
+/// are written with every control character and line trick escaped (`\n`, `\u{1b}`,
+/// `\u{2028}`); JSON escapes control characters itself, and the line tricks are written as
+/// JSON escapes on the way out.
 pub fn subscriber<W>(filter: &str, format: LogFormat, colour: bool, out: W) -> Box<dyn tracing::Subscriber + Send + Sync>
 where
     W: for<'a> MakeWriter<'a> + Send + Sync + 'static,
 {
     let filter = tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(colour).with_writer(out);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(colour);
     match format {
         LogFormat::Text => {
             let fields = tracing_subscriber::fmt::format::debug_fn(|w, field, value| {
@@ -42,9 +43,49 @@ where
                 }
             })
             .delimited(" ");
-            Box::new(builder.fmt_fields(fields).finish())
+            Box::new(builder.with_writer(out).fmt_fields(fields).finish())
         }
-        LogFormat::Json => Box::new(builder.json().finish()),
+        LogFormat::Json => Box::new(builder.with_writer(JsonSafe(out)).json().finish()),
+    }
+}
+
+/// Writes each JSON line with the line tricks (`core::text::is_line_trick`) as `\uXXXX`
+/// escapes, which JSON allows inside strings and where alone they can occur.
+struct JsonSafe<M>(M);
+
+impl<'a, M: MakeWriter<'a>> MakeWriter<'a> for JsonSafe<M> {
+    type Writer = JsonSafeWriter<M::Writer>;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        JsonSafeWriter(self.0.make_writer())
+    }
+}
+
+struct JsonSafeWriter<W>(W);
+
+impl<W: std::io::Write> std::io::Write for JsonSafeWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match std::str::from_utf8(buf) {
+            Ok(text) if text.chars().any(is_line_trick) => {
+                let escaped: String = text
+                    .chars()
+                    .map(|c| {
+                        if is_line_trick(c) {
+                            format!("\\u{:04x}", c as u32)
+                        } else {
+                            c.to_string()
+                        }
+                    })
+                    .collect();
+                self.0.write_all(escaped.as_bytes())?;
+            }
+            _ => self.0.write_all(buf)?,
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
     }
 }
 
@@ -80,7 +121,7 @@ mod tests {
     /// message: one line each, no escape byte, in either format.
     #[test]
     fn a_value_cannot_forge_a_line_or_colour_a_file() {
-        let key = "SI-1\n2026-12-04T00:00:00.000000Z  INFO ml_connector: forged\r\u{1b}[31m";
+        let key = "SI-1\n2026-12-04T00:00:00.000000Z  INFO ml_connector: forged\r\u{1b}[31m\u{2028}next\u{202e}desrever";
         for format in [LogFormat::Text, LogFormat::Json] {
             let out = logged(format, false, || {
                 tracing::warn!(record = %key, "malformed row");
@@ -89,6 +130,13 @@ mod tests {
             assert_eq!(out.lines().count(), 2, "{format:?}: {out}");
             assert!(out.ends_with('\n'));
             assert!(!out.contains('\u{1b}'), "{format:?}: {out:?}");
+            assert!(!out.contains('\u{2028}') && !out.contains('\u{202e}'), "{format:?}: {out:?}");
+            if format == LogFormat::Json {
+                for line in out.lines() {
+                    let v: serde_json::Value = serde_json::from_str(line).unwrap();
+                    assert!(v.to_string().contains("forged"), "{v}");
+                }
+            }
             assert!(out.lines().all(|l| !l.starts_with("2026-12-04T00:00:00.000000Z")), "{out}");
         }
     }

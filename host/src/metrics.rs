@@ -181,7 +181,9 @@ impl MetricsServer {
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let bound = listener.local_addr()?;
         let app = self.router();
-        Ok((bound, tokio::spawn(async move { drop(axum::serve(listener, app).await) })))
+        // The same deadlines and caps as the webhook listener, in case it is exposed.
+        let limits = crate::webhooks::HttpLimits::default();
+        Ok((bound, tokio::spawn(crate::webhooks::serve_http1(listener, app, limits))))
     }
 }
 

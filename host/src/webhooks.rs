@@ -10,7 +10,7 @@
 //! Auth Token gets 403 and changes nothing but a counter and a log line. A `<Gather>` answer
 //! is processed before the response, which speaks the plugin's confirmation.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -48,9 +48,9 @@ const TOKEN_TTL: Duration = Duration::from_secs(10);
 /// How many tenants' Auth Tokens (or their absence) the cache holds; past it the least
 /// recently used go, so ids made up by strangers cannot grow the process.
 pub const TOKEN_CACHE_ENTRIES: usize = 1024;
-/// Refusal lines logged per second at most; the rest are counted and their number said in
+/// Refusal lines logged per minute at most; the rest are counted and their number said in
 /// the next line logged (the counters keep the exact figures).
-pub const REFUSALS_LOGGED_PER_SECOND: u64 = 10;
+pub const REFUSALS_LOGGED_PER_MINUTE: u64 = 20;
 
 /// Limits of the public listener against slow and greedy clients.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,6 +60,9 @@ pub struct HttpLimits {
     pub header_timeout: Duration,
     /// Connections served at once; further ones wait in the kernel's accept backlog.
     pub max_connections: usize,
+    /// A connection is closed (after the request under way) this long after it opened, so
+    /// a client that keeps one busy with a request every few seconds gives its slot back.
+    pub max_connection_age: Duration,
 }
 
 impl Default for HttpLimits {
@@ -67,9 +70,16 @@ impl Default for HttpLimits {
         HttpLimits {
             header_timeout: Duration::from_secs(10),
             max_connections: 1024,
+            max_connection_age: Duration::from_secs(120),
         }
     }
 }
+
+/// The read buffer of one connection: a request's line and headers must fit in it (Twilio's
+/// are a few KiB; hyper's default is about 400 KB a connection).
+const MAX_HEADER_BYTES: usize = 16 * 1024;
+/// Headers per request at most.
+const MAX_HEADERS: usize = 64;
 
 /// A whole request, headers to body, gets this long (the body timeout).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -104,7 +114,22 @@ impl IntakeCounters {
 
 type TokenCache = quick_cache::sync::Cache<String, (Option<Arc<SecretString>>, Instant)>;
 
-/// Rate-limits the refusal lines: at most [`REFUSALS_LOGGED_PER_SECOND`] a second.
+/// The ids of the tenants that exist, read at most once per [`TOKEN_TTL`] however many
+/// requests name made-up ones: a stranger's request for an unknown tenant costs no query.
+#[derive(Debug, Default)]
+struct KnownTenants(tokio::sync::Mutex<(HashSet<String>, Option<Instant>)>);
+
+impl KnownTenants {
+    async fn contains(&self, store: &Store, id: &str) -> Result<bool, crate::store::StoreError> {
+        let mut known = self.0.lock().await;
+        if known.1.is_none_or(|read| read.elapsed() >= TOKEN_TTL) {
+            *known = (store.tenant_ids().await?, Some(Instant::now()));
+        }
+        Ok(known.0.contains(id))
+    }
+}
+
+/// Rate-limits the refusal lines: at most [`REFUSALS_LOGGED_PER_MINUTE`] a minute.
 #[derive(Debug)]
 struct RefusalLog {
     window: Mutex<(Instant, u64)>,
@@ -124,10 +149,10 @@ impl RefusalLog {
     /// Whether this refusal may be logged; if so, how many were not since the last one.
     fn admit(&self) -> Option<u64> {
         let mut w = self.window.lock().unwrap_or_else(|p| p.into_inner());
-        if w.0.elapsed() >= Duration::from_secs(1) {
+        if w.0.elapsed() >= Duration::from_secs(60) {
             *w = (Instant::now(), 0);
         }
-        if w.1 >= REFUSALS_LOGGED_PER_SECOND {
+        if w.1 >= REFUSALS_LOGGED_PER_MINUTE {
             self.unlogged.fetch_add(1, Ordering::Relaxed);
             return None;
         }
@@ -143,6 +168,7 @@ pub struct WebhookServer {
     public_url: String,
     inbox: Inbox,
     tokens: Arc<TokenCache>,
+    known: Arc<KnownTenants>,
     refusals: Arc<RefusalLog>,
     writer: IntakeWriter,
     pub counters: Arc<IntakeCounters>,
@@ -181,6 +207,7 @@ impl WebhookServer {
             writer: IntakeWriter::spawn(inbox.poller.store.clone(), inbox.poller.clock.clone()),
             inbox,
             tokens: Arc::new(TokenCache::new(TOKEN_CACHE_ENTRIES)),
+            known: Arc::default(),
             refusals: Arc::default(),
             counters: Arc::default(),
             limits: HttpLimits::default(),
@@ -259,7 +286,7 @@ impl WebhookServer {
 /// HTTP/1.1 (what Twilio speaks) with a deadline on every request's headers, which also
 /// closes idle keep-alive connections, and a cap on connections at once. axum's own `serve`
 /// sets neither.
-async fn serve_http1(listener: tokio::net::TcpListener, app: Router, limits: HttpLimits) {
+pub(crate) async fn serve_http1(listener: tokio::net::TcpListener, app: Router, limits: HttpLimits) {
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let mut connections = JoinSet::new();
     loop {
@@ -276,11 +303,20 @@ async fn serve_http1(listener: tokio::net::TcpListener, app: Router, limits: Htt
         while connections.try_join_next().is_some() {}
         let service = TowerToHyperService::new(app.clone());
         connections.spawn(async move {
-            let _ = hyper::server::conn::http1::Builder::new()
+            let connection = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(limits.header_timeout)
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+                .max_buf_size(MAX_HEADER_BYTES)
+                .max_headers(MAX_HEADERS)
+                .serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(connection);
+            tokio::select! {
+                _ = connection.as_mut() => {}
+                _ = tokio::time::sleep(limits.max_connection_age) => {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = connection.await;
+                }
+            }
             drop(slot);
         });
     }
@@ -347,8 +383,10 @@ fn media_of(headers: &HeaderMap) -> Media {
     }
 }
 
-fn unavailable(e: impl std::fmt::Display) -> Response {
-    tracing::warn!(error = %e, "webhook not queued: the store is unavailable");
+fn unavailable(s: &WebhookServer, e: impl std::fmt::Display) -> Response {
+    if let Some(unlogged) = s.refusals.admit() {
+        tracing::warn!(error = %e, unlogged, "webhook not queued: the store is unavailable");
+    }
     (StatusCode::SERVICE_UNAVAILABLE, "try again\n").into_response()
 }
 
@@ -372,10 +410,15 @@ async fn webhook(
     if !limits::is_tenant_id(&tenant) {
         return forbidden(&s, &tenant, path, "not a tenant id");
     }
+    match s.known.contains(&s.store, &tenant).await {
+        Ok(true) => {}
+        Ok(false) => return forbidden(&s, &tenant, path, "unknown tenant"),
+        Err(e) => return unavailable(&s, e),
+    }
     let token = match s.auth_token(&tenant).await {
         Ok(Some(t)) => t,
         Ok(None) => return forbidden(&s, &tenant, path, "unknown tenant or no Auth Token set"),
-        Err(e) => return unavailable(e),
+        Err(e) => return unavailable(&s, e),
     };
     let Some(signature_header) = headers.get("x-twilio-signature").and_then(|v| v.to_str().ok()) else {
         return forbidden(&s, &tenant, path, "no X-Twilio-Signature");
@@ -434,7 +477,7 @@ async fn webhook(
             s.counters.duplicates.fetch_add(1, Ordering::Relaxed);
             None
         }
-        Err(e) => return unavailable(e),
+        Err(e) => return unavailable(&s, e),
     };
     match kind {
         HookKind::MessageStatus | HookKind::CallStatus => StatusCode::NO_CONTENT.into_response(),

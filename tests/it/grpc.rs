@@ -1101,7 +1101,8 @@ async fn health_checks_and_refused_calls_do_not_keep_a_connection() {
     // Admitted calls, the same way: one connection throughout.
     let (channel, admitted_opened) = connect();
     let right = |mut req: tonic::Request<()>| {
-        req.metadata_mut().insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
+        req.metadata_mut()
+            .insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
         Ok(req)
     };
     let mut tenants = pb::tenants_client::TenantsClient::with_interceptor(channel, right);

@@ -31,9 +31,16 @@ async fn start(limits: HttpLimits) -> Port {
     let h = harness("sqlite").await;
     let s = &h.db.store;
     let twilio = ml_connector::secrets::Origin::of(ml_connector::twilio::DEFAULT_BASE_URL).unwrap();
-    s.set_secret(&h.keys, &h.tenant.id, SECRET_TWILIO_AUTH_TOKEN, &twilio, &SecretString::new(TOKEN), morning())
-        .await
-        .unwrap();
+    s.set_secret(
+        &h.keys,
+        &h.tenant.id,
+        SECRET_TWILIO_AUTH_TOKEN,
+        &twilio,
+        &SecretString::new(TOKEN),
+        morning(),
+    )
+    .await
+    .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let server = WebhookServer::new(Inbox::new(h.poller.clone()), &url).with_limits(limits);
@@ -223,8 +230,10 @@ async fn body_sha256_covers_the_body_that_was_sent() {
     assert_eq!((f.accepted, f.forged, f.unidentified), (1, 2, 1));
 }
 
-/// 3,000 unsigned requests to tenants that do not exist (half with 20 KB ids, half with
-/// ids of a tenant's shape): every one 403, counted, and the token cache stays bounded.
+/// 3,000 unsigned requests to tenants that do not exist (a third with 20 KB ids, which may
+/// be refused with 431 before routing, the request head being past 16 KiB; a third with
+/// 10 KB ids; a third with ids of a tenant's shape): every one refused, each 403 counted,
+/// the token cache bounded.
 #[tokio::test]
 async fn made_up_tenants_cost_nothing() {
     let port = start(HttpLimits::default()).await;
@@ -234,9 +243,10 @@ async fn made_up_tenants_cost_nothing() {
         seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         seed >> 33
     };
+    let mut forbidden = 0;
     let ids: Vec<String> = (0..3000)
         .map(|i| {
-            let len = if i % 2 == 0 { 20_000 } else { 63 };
+            let len = [20_000, 10_000, 63][i % 3];
             (0..len).map(|_| (b'a' + (next() % 26) as u8) as char).collect()
         })
         .collect();
@@ -247,11 +257,15 @@ async fn made_up_tenants_cost_nothing() {
                 .body("MessageSid=SM1&MessageStatus=sent")
                 .send()
         });
-        for r in futures_join(sends).await {
-            assert_eq!(r.unwrap().status(), 403);
+        for (r, id) in futures_join(sends).await.into_iter().zip(chunk) {
+            let status = r.unwrap().status().as_u16();
+            let allowed: &[u16] = if id.len() == 20_000 { &[403, 431] } else { &[403] };
+            assert!(allowed.contains(&status), "{status} for an id of {} bytes", id.len());
+            forbidden += usize::from(status == 403);
         }
     }
-    assert_eq!(port.counters.figures().forged, 3000);
+    assert!(forbidden >= 2000);
+    assert_eq!(port.counters.figures().forged, forbidden as u64);
     let cached = port.server.cached_tokens();
     assert!(cached <= TOKEN_CACHE_ENTRIES, "{cached} tokens cached");
     // The real tenant still gets through.
@@ -259,6 +273,17 @@ async fn made_up_tenants_cost_nothing() {
     let url = port.status_url();
     let sig = python_sig(&url, &params);
     assert_eq!(port.post(&url, FORM, form(&params), &sig).await, 204);
+    // A made-up tenant costs no query: with the database gone, it is still a plain 403
+    // (a lookup would have answered 503).
+    port.h.db.store.close().await;
+    let r = http
+        .post(format!("{}/twilio/no-such-tenant/messages/status", port.url))
+        .header("content-type", FORM)
+        .body("MessageSid=SM1&MessageStatus=sent")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
 }
 
 async fn futures_join<F: std::future::Future>(fs: impl Iterator<Item = F>) -> Vec<F::Output> {
@@ -312,6 +337,47 @@ async fn slow_and_silent_clients_are_cut() {
     assert_eq!(r.status(), 200);
 }
 
+/// A client that keeps its connection busy with a request every few hundred milliseconds
+/// gives the slot back at the connection's maximum age; headers past 16 KiB are refused.
+#[tokio::test]
+async fn a_busy_connection_is_closed_at_its_age_and_huge_headers_are_refused() {
+    let limits = HttpLimits {
+        max_connection_age: Duration::from_secs(1),
+        ..HttpLimits::default()
+    };
+    let port = start(limits).await;
+    let addr = port.url.trim_start_matches("http://").to_string();
+    let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut answered = 0;
+    let mut closed = false;
+    let mut buf = [0u8; 4096];
+    while tokio::time::Instant::now() < deadline {
+        if stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: h\r\n\r\n").await.is_err() {
+            closed = true;
+            break;
+        }
+        match tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                closed = true;
+                break;
+            }
+            Ok(Ok(_)) => answered += 1,
+            Err(_) => {}
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(closed, "a busy keep-alive connection is closed at its age ({answered} answers)");
+    assert!(answered >= 1, "it was served until then");
+    let r = reqwest::Client::new()
+        .get(format!("{}/healthz", port.url))
+        .header("x-padding", "p".repeat(100_000))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 431);
+}
+
 /// The public listener serves no metrics, and `/readyz` says the database is unreachable
 /// without the database's own words.
 #[tokio::test]
@@ -326,8 +392,9 @@ async fn nothing_internal_on_the_public_listener() {
     assert_eq!(r.text().await.unwrap(), "database unreachable\n");
 }
 
-/// The real `serve`: its resident memory and its log after 3,000 refusals with 20 KB
-/// tenant ids (before this was fixed: 60–180 MB and ~120 MB of log). Prints both figures.
+/// The real `serve`: its resident memory and its log after 3,000 refusals with 10 KB
+/// tenant ids (20 KB ones no longer reach the router: 431). Before this was fixed, 3,000
+/// with 20 KB ids grew it by 60–180 MB and wrote ~120 MB of log. Prints both figures.
 #[tokio::test]
 async fn three_thousand_refusals_grow_neither_memory_nor_log_much() {
     use ml_connector_tests::{TempDir, binary};
@@ -362,7 +429,7 @@ async fn three_thousand_refusals_grow_neither_memory_nor_log_much() {
         async move {
             for chunk in (offset..offset + n).collect::<Vec<_>>().chunks(32) {
                 let sends = chunk.iter().map(|i| {
-                    let id: String = format!("{i:020}").repeat(1000);
+                    let id: String = format!("{i:020}").repeat(500);
                     http.post(format!("{base}/twilio/{id}/messages/status"))
                         .header("content-type", FORM)
                         .body("MessageSid=SM1&MessageStatus=sent")

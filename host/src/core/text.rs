@@ -32,10 +32,21 @@ fn clipped(s: &str, max_chars: usize) -> String {
     }
 }
 
-/// `s` with every control character escaped (`\n`, `\u{1b}`), so it stays on its line.
+/// Characters that reorder or break a line where a viewer shows it: the Unicode line and
+/// paragraph separators and the bidirectional controls (a "right-to-left override" makes
+/// a line read differently from what it holds).
+pub fn is_line_trick(c: char) -> bool {
+    matches!(
+        c,
+        '\u{2028}' | '\u{2029}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{061c}'
+    )
+}
+
+/// `s` with every control character and line trick escaped (`\n`, `\u{1b}`, `\u{202e}`), so
+/// it stays on its line and reads as it is.
 pub fn escape_controls(s: &str) -> String {
     s.chars().fold(String::with_capacity(s.len()), |mut out, c| {
-        if c.is_control() {
+        if c.is_control() || is_line_trick(c) {
             out.extend(c.escape_default());
         } else {
             out.push(c);
@@ -58,6 +69,7 @@ mod tests {
             ("SI-1\n2026-12-04T00:00:00Z INFO forged", "SI-1\\n2026-12-04T00:00:00Z INFO forged"),
             ("\r\u{1b}[31mred", "\\r\\u{1b}[31mred"),
             ("\u{85}next", "\\u{85}next"),
+            ("a\u{2028}b\u{202e}c", "a\\u{2028}b\\u{202e}c"),
             ("Zürich ✓", "Zürich ✓"),
             (&long, &clipped),
         ];

@@ -318,28 +318,38 @@ pub async fn spawn(
             )
             .map_err(GrpcError::Tls)?;
     }
-    // Every service counts its calls as activity on their connection (see `conn`).
+    // A call counts as activity on its connection (see `conn`) only once the admin token let
+    // it in, and health never does: neither refused calls nor health checks keep a
+    // connection's slot past its header timeout.
     let router = builder
-        .add_service(conn::Tracked(health_service))
-        .add_service(conn::Tracked(InterceptedService::new(reflection_v1, auth.clone())))
-        .add_service(conn::Tracked(InterceptedService::new(reflection_v1alpha, auth.clone())))
-        .add_service(conn::Tracked(InterceptedService::new(
-            pb::tenants_server::TenantsServer::new(validate::Validated(tenants::TenantsService(control.clone()))),
+        .add_service(health_service)
+        .add_service(InterceptedService::new(conn::Tracked(reflection_v1), auth.clone()))
+        .add_service(InterceptedService::new(conn::Tracked(reflection_v1alpha), auth.clone()))
+        .add_service(InterceptedService::new(
+            conn::Tracked(pb::tenants_server::TenantsServer::new(validate::Validated(
+                tenants::TenantsService(control.clone()),
+            ))),
             auth.clone(),
-        )))
-        .add_service(conn::Tracked(InterceptedService::new(
-            pb::plugins_server::PluginsServer::new(validate::Validated(plugins::PluginsService(control.clone())))
-                .max_decoding_message_size(MAX_MESSAGE_BYTES),
+        ))
+        .add_service(InterceptedService::new(
+            conn::Tracked(
+                pb::plugins_server::PluginsServer::new(validate::Validated(plugins::PluginsService(control.clone())))
+                    .max_decoding_message_size(MAX_MESSAGE_BYTES),
+            ),
             auth.clone(),
-        )))
-        .add_service(conn::Tracked(InterceptedService::new(
-            pb::alerts_server::AlertsServer::new(validate::Validated(alerts::AlertsService(control.clone()))),
+        ))
+        .add_service(InterceptedService::new(
+            conn::Tracked(pb::alerts_server::AlertsServer::new(validate::Validated(alerts::AlertsService(
+                control.clone(),
+            )))),
             auth.clone(),
-        )))
-        .add_service(conn::Tracked(InterceptedService::new(
-            pb::polls_server::PollsServer::new(validate::Validated(polls::PollsService(control))),
+        ))
+        .add_service(InterceptedService::new(
+            conn::Tracked(pb::polls_server::PollsServer::new(validate::Validated(polls::PollsService(
+                control,
+            )))),
             auth,
-        )));
+        ));
     let deadlines = conn::Deadlines {
         header: limits.header_timeout,
         idle: limits.idle_timeout,
