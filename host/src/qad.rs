@@ -38,12 +38,6 @@ pub enum QadError {
     Shape { what: String, problem: String },
     #[error("QAD rejected the write to {what}: {errors}")]
     Rejected { what: String, errors: String },
-    #[error("QAD's answer to {what} was not read: {source}")]
-    Body {
-        what: String,
-        #[source]
-        source: BodyError,
-    },
     /// The poll read more than its ceiling (`ML_CONNECTOR_POLL_MAX_PAGES`, `…_MAX_ROWS`): a
     /// QAD that pages for ever, or a page size far too small, ends the poll here.
     #[error(
@@ -54,6 +48,12 @@ pub enum QadError {
         page: u32,
         read: String,
         ceiling: String,
+    },
+    #[error("QAD's answer to {what} was not read: {source}")]
+    Body {
+        what: String,
+        #[source]
+        source: BodyError,
     },
 }
 

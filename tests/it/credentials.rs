@@ -580,3 +580,86 @@ async fn answers_from_qad_and_twilio_are_read_up_to_a_cap() {
         assert!(err.contains("cap"), "chunked {chunked}: {err}");
     }
 }
+
+/// A database exactly as the previous release left it (its migrations only, up to 0009, a
+/// tenant and its credentials sealed without an origin), opened by this release: the
+/// migrations after it apply, and the credentials open for the tenant's current origin once
+/// re-sealed, as `serve` does at start, and for no other.
+#[tokio::test]
+async fn a_database_the_previous_release_wrote_is_upgraded_and_its_credentials_bound() {
+    const PREVIOUS_RELEASE: i64 = 9;
+    for engine in engines() {
+        // A tenant's row as this release writes it: its columns the previous release had.
+        let h = harness(engine).await;
+        let columns = "SELECT id, name, qad_base_url, qad_domain, qad_entity, schedule, profile FROM tenants";
+        type Row = (String, String, String, String, String, String, String);
+        let r: Row = match engine {
+            "sqlite" => sqlx::query_as(columns)
+                .fetch_one(&sqlx::SqlitePool::connect(&h.db.url).await.unwrap())
+                .await
+                .unwrap(),
+            _ => sqlx::query_as(columns)
+                .fetch_one(&sqlx::PgPool::connect(&h.db.url).await.unwrap())
+                .await
+                .unwrap(),
+        };
+        let row = [r.0, r.1, r.2, r.3, r.4, r.5, r.6];
+        let (url, _dir) = ml_connector_tests::empty_db(engine).await;
+        let folder = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../migrations").join(engine);
+        let mut old = sqlx::migrate::Migrator::new(folder).await.unwrap();
+        old.migrations = old
+            .migrations
+            .iter()
+            .filter(|m| m.version <= PREVIOUS_RELEASE)
+            .cloned()
+            .collect::<Vec<_>>()
+            .into();
+        let key = generate_master_key();
+        let (key_id, nonce, ct) = seal_v1(&key, &row[0], SECRET_QAD_PASSWORD, "old-password");
+        let tenant = "INSERT INTO tenants (id, name, qad_base_url, qad_domain, qad_entity, schedule, profile, created_at, updated_at)
+                      VALUES ($1, $2, $3, $4, $5, $6, $7, 0, 0)";
+        let secret = "INSERT INTO secrets (tenant_id, field, key_id, nonce, ciphertext, set_at) VALUES ($1, $2, $3, $4, $5, 0)";
+        macro_rules! as_the_previous_release_left_it {
+            ($pool:expr) => {{
+                let pool = $pool;
+                old.run(&pool).await.unwrap();
+                let mut insert = sqlx::query(tenant);
+                for v in &row {
+                    insert = insert.bind(v.clone());
+                }
+                insert.execute(&pool).await.unwrap();
+                sqlx::query(secret)
+                    .bind(&row[0])
+                    .bind(SECRET_QAD_PASSWORD)
+                    .bind(&key_id)
+                    .bind(&nonce)
+                    .bind(&ct)
+                    .execute(&pool)
+                    .await
+                    .unwrap();
+                pool.close().await;
+            }};
+        }
+        match engine {
+            "sqlite" => {
+                let opts: sqlx::sqlite::SqliteConnectOptions = url.parse().unwrap();
+                as_the_previous_release_left_it!(sqlx::SqlitePool::connect_with(opts.create_if_missing(true)).await.unwrap())
+            }
+            _ => as_the_previous_release_left_it!(sqlx::PgPool::connect(&url).await.unwrap()),
+        }
+        let store = ml_connector::store::Store::connect(&url).await.unwrap();
+        store.migrate().await.unwrap();
+        let keys = Keyring::new(&key, &[]).unwrap();
+        assert_eq!(store.seal_legacy_secrets(&keys, morning()).await.unwrap(), 1, "{engine}");
+        let qad = Origin::of(&row[2]).unwrap();
+        let pw = store.secret(&keys, &row[0], SECRET_QAD_PASSWORD, &qad).await.unwrap().unwrap();
+        assert_eq!(pw.expose(), "old-password", "{engine}");
+        let elsewhere = Origin::of("https://elsewhere.example/qad").unwrap();
+        assert_eq!(
+            store.secret(&keys, &row[0], SECRET_QAD_PASSWORD, &elsewhere).await.unwrap(),
+            None,
+            "{engine}"
+        );
+        store.close().await;
+    }
+}

@@ -866,18 +866,31 @@ async fn killing_the_host_between_a_post_and_its_commit_never_doubles_an_alert()
             .kill_on_drop(true)
             .spawn()
             .unwrap();
-        // Every third round, SIGKILL from outside at an arbitrary moment as well.
-        let limit = if round % 3 == 2 {
-            std::time::Duration::from_millis(150 + 97 * round as u64 % 400)
+        // Every third round, SIGKILL from outside at an arbitrary moment as well; otherwise
+        // wait for the hook's abort however slowly the host starts, unless every alert
+        // reached a final state first (then nothing is left to abort on).
+        let exited = if round % 3 == 2 {
+            let limit = std::time::Duration::from_millis(150 + 97 * round as u64 % 400);
+            tokio::time::timeout(limit, child.wait()).await.ok()
         } else {
-            std::time::Duration::from_secs(8)
+            let guard = tokio::time::Instant::now() + std::time::Duration::from_secs(120);
+            loop {
+                tokio::select! {
+                    status = child.wait() => break Some(status),
+                    _ = tokio::time::sleep(std::time::Duration::from_millis(200)) => {
+                        if finished(&store.jobs(&tenant.id).await.unwrap()) || tokio::time::Instant::now() > guard {
+                            break None;
+                        }
+                    }
+                }
+            }
         };
-        match tokio::time::timeout(limit, child.wait()).await {
-            Ok(status) => {
+        match exited {
+            Some(status) => {
                 assert!(!status.unwrap().success(), "serve only stops here by aborting");
                 aborts += 1;
             }
-            Err(_) => {
+            None => {
                 child.kill().await.unwrap();
                 kills += 1;
             }
