@@ -130,16 +130,21 @@ pub fn twiml_text(data: &[u8]) {
     }];
     let doc = twiml::voice(say, &choices, &format!("https://host/g?x={label}"));
     let spoken = well_formed(&doc);
-    assert_eq!(spoken.first().map(String::as_str), Some(xml_text(say).as_str()), "{doc}");
+    let said = spoken.first().map(|s| line_ends(s));
+    assert_eq!(said.as_deref(), Some(xml_text(say).as_str()), "{doc}");
     well_formed(&twiml::voice(say, &[], "https://host/g"));
     well_formed(&twiml::say_and_hang_up(say));
 }
 
 /// The text an XML 1.0 document can carry for `s`: characters XML forbids become spaces, and
-/// a parser normalises line ends.
+/// line ends are compared as `\n` (XML parsers differ on a lone `\r`).
 fn xml_text(s: &str) -> String {
     let replaced: String = s.chars().map(|c| if twiml::xml_allows(c) { c } else { ' ' }).collect();
-    replaced.replace("\r\n", "\n").replace('\r', "\n")
+    line_ends(&replaced)
+}
+
+fn line_ends(s: &str) -> String {
+    s.replace("\r\n", "\n").replace('\r', "\n")
 }
 
 /// Parses `doc` as XML (panicking if it is not well-formed) and returns the text of its

@@ -605,15 +605,7 @@ async fn a_database_the_previous_release_wrote_is_upgraded_and_its_credentials_b
         };
         let row = [r.0, r.1, r.2, r.3, r.4, r.5, r.6];
         let (url, _dir) = ml_connector_tests::empty_db(engine).await;
-        let folder = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../migrations").join(engine);
-        let mut old = sqlx::migrate::Migrator::new(folder).await.unwrap();
-        old.migrations = old
-            .migrations
-            .iter()
-            .filter(|m| m.version <= PREVIOUS_RELEASE)
-            .cloned()
-            .collect::<Vec<_>>()
-            .into();
+        let old = ml_connector_tests::migrations_up_to(engine, PREVIOUS_RELEASE).await;
         let key = generate_master_key();
         let (key_id, nonce, ct) = seal_v1(&key, &row[0], SECRET_QAD_PASSWORD, "old-password");
         let tenant = "INSERT INTO tenants (id, name, qad_base_url, qad_domain, qad_entity, schedule, profile, created_at, updated_at)

@@ -878,7 +878,9 @@ async fn killing_the_host_between_a_post_and_its_commit_never_doubles_an_alert()
                 tokio::select! {
                     status = child.wait() => break Some(status),
                     _ = tokio::time::sleep(std::time::Duration::from_millis(200)) => {
-                        if finished(&store.jobs(&tenant.id).await.unwrap()) || tokio::time::Instant::now() > guard {
+                        // Final only once a poll has committed every record, not between its batches.
+                        let polled = store.polls(&tenant.id, 10).await.unwrap().iter().any(|p| p.outcome == "ok");
+                        if (polled && finished(&store.jobs(&tenant.id).await.unwrap())) || tokio::time::Instant::now() > guard {
                             break None;
                         }
                     }

@@ -202,16 +202,7 @@ async fn jobs_queued_before_the_payloads_moved_keep_their_payloads() {
     for engine in engines() {
         let (url, _dir) = ml_connector_tests::empty_db(engine).await;
         // The database as the previous release left it: migrations up to 0008, two jobs queued.
-        let folder = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../migrations").join(engine);
-        let mut old = sqlx::migrate::Migrator::new(folder).await.unwrap();
-        old.migrations = old
-            .migrations
-            .iter()
-            .filter(|m| m.version <= BEFORE)
-            .cloned()
-            .collect::<Vec<_>>()
-            .into();
-        assert!(old.migrations.iter().any(|m| m.version == BEFORE), "{engine}: 0008 exists");
+        let old = ml_connector_tests::migrations_up_to(engine, BEFORE).await;
         let insert =
             "INSERT INTO jobs (job_key, tenant_id, kind, record_kind, record_key, episode, payload, state, run_at, created_at, updated_at)
                       VALUES ($1, 't', 'send', 'supplier_invoice', $2, 1, $3, 'queued', 0, 0, 0)";

@@ -97,6 +97,25 @@ pub async fn empty_db(engine: &str) -> (String, Option<TempDir>) {
     }
 }
 
+/// The migrations an earlier release shipped: `engine`'s up to `version`, to build a database
+/// as that release left it.
+pub async fn migrations_up_to(engine: &str, version: i64) -> sqlx::migrate::Migrator {
+    let folder = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../migrations").join(engine);
+    let mut m = sqlx::migrate::Migrator::new(folder).await.unwrap();
+    assert!(
+        m.migrations.iter().any(|x| x.version == version),
+        "{engine}: migration {version} exists"
+    );
+    m.migrations = m
+        .migrations
+        .iter()
+        .filter(|x| x.version <= version)
+        .cloned()
+        .collect::<Vec<_>>()
+        .into();
+    m
+}
+
 /// A running QAD sandbox with the example data as of `today()`.
 pub struct Qad {
     pub sandbox: QadSandbox,

@@ -348,10 +348,11 @@ pub fn audit_out(tenant: &str, a: &AuditEntry) -> pb::AuditEvent {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn tenant() -> pb::Tenant {
+    /// A valid tenant, the base the validation tests change one field of.
+    pub(crate) fn tenant() -> pb::Tenant {
         pb::Tenant {
             id: "acme".into(),
             name: "Acme".into(),

@@ -477,21 +477,7 @@ mod tests {
     /// Values seen accepted (issue 22), each refused naming its field.
     #[test]
     fn values_seen_accepted_are_refused_naming_the_field() {
-        let base = || pb::Tenant {
-            id: "acme".into(),
-            name: "Acme".into(),
-            qad: Some(pb::QadSettings {
-                base_url: "https://qad.example.com/qad-central".into(),
-                domain: "10USA".into(),
-                entity: "10USA".into(),
-            }),
-            schedule: Some(pb::Schedule {
-                every_seconds: 300,
-                time_zone: "America/Chicago".into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
+        let base = crate::grpc::convert::tests::tenant;
         let create = |t| pb::CreateTenantRequest { tenant: Some(t) };
         assert!(create(base()).check().is_ok());
         type Edit = fn(&mut pb::Tenant);
