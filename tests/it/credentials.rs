@@ -16,11 +16,11 @@ use ml_connector::qad::{QadClient, QadConfig, QadError, RetryPolicy};
 use ml_connector::secrets::{Keyring, Origin, SecretString, generate_master_key};
 use ml_connector::twilio::{TwilioClient, TwilioConfig};
 use ml_connector::twilio_sandbox::{TwilioSandbox, TwilioSandboxConfig};
-use ml_connector_tests::{Qad, binary, engines, fresh_db, harness, morning};
+use ml_connector_tests::{Qad, engines, fresh_db, harness, morning};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-const TOKEN: &str = "test-admin-token-0123456789";
+use crate::grpc::TOKEN;
 
 /// Everything a server elsewhere was sent: request lines, headers (Basic decoded) and bodies.
 #[derive(Clone, Default)]
@@ -88,37 +88,9 @@ async fn spawn(app: axum::Router) -> String {
     base
 }
 
-struct Host {
-    _child: tokio::process::Child,
-    addr: String,
-}
-
-async fn serve(url: &str, key: &str) -> Host {
-    let addr = format!(
-        "127.0.0.1:{}",
-        std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-    );
-    let child = tokio::process::Command::new(binary())
-        .arg("serve")
-        .env("ML_CONNECTOR_DATABASE_URL", url)
-        .env("ML_CONNECTOR_MASTER_KEY", key)
-        .env("ML_CONNECTOR_ADMIN_TOKEN", TOKEN)
-        .env("ML_CONNECTOR_GRPC_ADDR", &addr)
-        .env("ML_CONNECTOR_METRICS_ADDR", "127.0.0.1:0")
-        .env("ML_CONNECTOR_HTTP_ADDR", "127.0.0.1:0")
-        .env("ML_CONNECTOR_LOG", "warn")
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let host = Host { _child: child, addr };
-    for _ in 0..400 {
-        let (ok, out, _) = grpcurl(&host.addr, "grpc.health.v1.Health/Check", None).await;
-        if ok && out.contains("\"SERVING\"") {
-            return host;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("serve never reported SERVING");
+/// `serve` with the admin token, waited for until gRPC health says SERVING.
+async fn serve(url: &str, key: &str) -> crate::grpc::Host {
+    crate::grpc::serve(url, key, &[]).await
 }
 
 async fn grpcurl(addr: &str, method: &str, data: Option<&Value>) -> (bool, String, String) {
